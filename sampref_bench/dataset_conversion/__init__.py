@@ -1,0 +1,1 @@
+"""Converters from source layouts to sampref's raw format, the dataset.json writer and verification."""

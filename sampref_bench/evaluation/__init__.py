@@ -1,0 +1,1 @@
+"""Metrics, summary.json, cross-fold tables and plots; built in later issues."""

@@ -1,0 +1,1 @@
+"""Fingerprint, plans, splits, preprocessing and caches (see DESIGN.md, "Plans and splits")."""

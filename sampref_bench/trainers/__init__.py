@@ -1,0 +1,1 @@
+"""Base trainer, registry and the trainer family; built in later issues."""

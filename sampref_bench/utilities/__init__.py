@@ -1,0 +1,1 @@
+"""Small helpers shared by every room: errors, atomic writes, image IO."""
