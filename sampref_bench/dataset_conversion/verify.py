@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from sampref_bench.dataset_conversion.dataset_json import load_dataset_json
 from sampref_bench.utilities.errors import SamprefError
-from sampref_bench.utilities.imageio import read_image, split_ending
+from sampref_bench.utilities.imageio import has_nonfinite, read_image, split_ending
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -97,7 +97,7 @@ def _scan_channels(folder: Path, ending: str, report: VerifyReport) -> dict[str,
 
 
 def _check_array(path: Path, array: np.ndarray, report: VerifyReport) -> None:
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+    if has_nonfinite(path, array):
         report.problems.append(Problem(str(path), "contains NaN or Inf intensities; replace them (e.g. by the "
                                                   "minimum intensity) before converting"))
 
@@ -158,7 +158,7 @@ def verify_raw_dataset(folder: Path, progress: bool = False) -> VerifyReport:
 
     unlabeled = _scan_channels(folder / "imagesTrUnlabeled", ending, report)
     report.n_unlabeled = len(unlabeled)
-    for case, channels in sorted(unlabeled.items()):
+    for _case, channels in sorted(unlabeled.items()):
         for path in channels.values():
             try:
                 array, _ = read_image(path)
@@ -204,7 +204,7 @@ def _verify_case(case: str, channels: dict[int, Path], label_path: Path, n_chann
             report.label_cases[name] += 1
             report.label_voxels[name] += int((label == value).sum())
     report.shapes[case] = tuple(label.shape)
-    for index, path in sorted(channels.items()):
+    for _index, path in sorted(channels.items()):
         try:
             image, geo = read_image(path)
         except SamprefError as err:

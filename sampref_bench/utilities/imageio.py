@@ -83,6 +83,29 @@ def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
     return sitk.GetArrayFromImage(image), Geometry.of(image)
 
 
+def has_nonfinite(path: Path, array: np.ndarray) -> bool:
+    """True when the image ``array`` read from ``path`` holds NaN or Inf intensities.
+
+    SimpleITK reads NIfTI through niftilib, which silently replaces NaN and Inf voxels of floating-point
+    files by 0, so ``array`` cannot show them; for ``.nii``/``.nii.gz`` files with floating-point data the
+    stored values are checked with nibabel instead.
+    """
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        return True
+    _, ending = split_ending(path)
+    if ending not in (".nii", ".nii.gz"):
+        return False
+    import nibabel  # only needed here; keeps `import imageio` light
+
+    try:
+        image = nibabel.load(str(path))
+        if not np.issubdtype(image.get_data_dtype(), np.floating):
+            return False
+        return not np.isfinite(np.asanyarray(image.dataobj)).all()
+    except (OSError, ValueError, nibabel.filebasedimages.ImageFileError):
+        return False  # SimpleITK read it; a file nibabel cannot parse is left to that reading
+
+
 def to_grayscale(array: np.ndarray) -> tuple[np.ndarray, bool]:
     """Collapse a ``(H, W, C)`` colour image to ``(H, W)``; pass ``(H, W)`` through.
 

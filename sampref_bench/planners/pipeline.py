@@ -1,0 +1,157 @@
+"""``sampref_plan``'s work: fingerprint -> plans -> splits -> preprocessing, each redone only when stale.
+
+Every output records ``inputs_hash``, a digest of what it was computed from; a step is skipped when its
+output exists with the current digest, and redone when its inputs changed or ``clean`` is set. Outputs
+land in ``$SAMPREF_preprocessed/DatasetXXX_Name/``: ``dataset.json``, ``fingerprint.json``, ``plans.json``,
+``splits_final.json`` and ``samprefPlans_2d/`` (the preprocessed arrays), all written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sampref_bench import paths
+from sampref_bench.dataset_conversion.dataset_json import load_dataset_json
+from sampref_bench.planners.fingerprint import compute_fingerprint, list_raw_cases
+from sampref_bench.planners.plans import (
+    DEFAULT_DPO_LABELED_FRACTION,
+    DEFAULT_FRACTIONS,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_THRESHOLDS,
+    make_plans,
+)
+from sampref_bench.planners.preprocessing import preprocess_dataset
+from sampref_bench.planners.splits import add_budgets, kfold_splits, validate_user_splits
+from sampref_bench.utilities.atomic import load_json, staged_directory, write_json_atomic
+from sampref_bench.utilities.errors import SamprefError
+
+
+def digest(obj: Any) -> str:
+    """Short SHA-256 of a JSON-serialisable object (key order ignored)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _listing(folder: Path) -> list[list[Any]]:
+    if not folder.is_dir():
+        return []
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir())
+            if not p.name.startswith(".")]
+
+
+def _current(path: Path, inputs_hash: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return load_json(path).get("inputs_hash") == inputs_hash
+    except (SamprefError, AttributeError):
+        return False
+
+
+@dataclass
+class PlanOutcome:
+    """Where the plan's outputs are and which steps ran (the others were current)."""
+
+    folder: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def plans_file(self) -> Path:
+        """``plans.json``."""
+        return self.folder / "plans.json"
+
+
+def data_folder(preprocessed_dir: Path, plans: dict[str, Any]) -> Path:
+    """Folder of the preprocessed arrays of a plan: ``{plans_name}_{configuration}``."""
+    return preprocessed_dir / f"{plans['plans_name']}_{plans['configuration']}"
+
+
+def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
+                 fractions: list[float] | tuple[float, ...] = DEFAULT_FRACTIONS,
+                 thresholds: list[float] | tuple[float, ...] = DEFAULT_THRESHOLDS,
+                 dpo_labeled_fraction: float = DEFAULT_DPO_LABELED_FRACTION, num_processes: int = 2,
+                 clean: bool = False, verify: bool = False, progress: bool = True) -> PlanOutcome:
+    """Run every planning step for a converted dataset; see the module docstring."""
+    try:
+        raw_dir = paths.raw_dataset_dir(spec)
+    except SamprefError as err:
+        raise SamprefError(f"{err} (sampref_plan reads converted datasets: run `sampref_convert` first)") from None
+    dataset_json = load_dataset_json(raw_dir)
+    if verify:
+        from sampref_bench.dataset_conversion.verify import verify_raw_dataset
+
+        report = verify_raw_dataset(raw_dir, progress=progress)
+        if not report.ok:
+            raise SamprefError(f"{raw_dir} failed verification; fix these and rerun:\n{report.format_problems()}")
+    out = paths.preprocessed_root() / raw_dir.name
+    outcome = PlanOutcome(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "dataset.json", dataset_json)
+    cases = list_raw_cases(raw_dir, dataset_json)
+
+    def step(name: str, path: Path, inputs_hash: str) -> bool:
+        if not clean and _current(path, inputs_hash):
+            outcome.skipped.append(name)
+            return False
+        outcome.ran.append(name)
+        return True
+
+    fp_hash = digest([dataset_json, _listing(raw_dir / "imagesTr"), _listing(raw_dir / "labelsTr")])
+    fp_path = out / "fingerprint.json"
+    if step("fingerprint", fp_path, fp_hash):
+        try:
+            fingerprint = compute_fingerprint(raw_dir, dataset_json, num_processes, progress)
+        except SamprefError as err:
+            hint = f"Run `sampref_convert verify -d {raw_dir.name}` to list every problem."
+            raise SamprefError(f"{err}\n{hint}") from None
+        write_json_atomic(fp_path, {"inputs_hash": fp_hash, **fingerprint})
+    fingerprint = load_json(fp_path)
+
+    options = {"image_size": image_size, "fractions": list(fractions), "thresholds": list(thresholds),
+               "dpo_labeled_fraction": dpo_labeled_fraction}
+    plans_hash = digest([fp_hash, options])
+    plans_path = out / "plans.json"
+    if step("plans", plans_path, plans_hash):
+        plans = make_plans(dataset_json, fingerprint, image_size=image_size, fractions=fractions,
+                           thresholds=thresholds, dpo_labeled_fraction=dpo_labeled_fraction)
+        write_json_atomic(plans_path, {"inputs_hash": plans_hash, **plans})
+    plans = load_json(plans_path)
+
+    user_splits = raw_dir / "splits_final.json"
+    user_content = load_json(user_splits) if user_splits.is_file() else None
+    groups = dataset_json.get("case_groups")
+    splits_hash = digest([cases, groups, plans["fractions"], plans["dpo_labeled_fraction"], user_content])
+    splits_path = out / "splits_final.json"
+    if step("splits", splits_path, splits_hash):
+        if user_content is not None:
+            validate_user_splits(user_content, cases, groups, str(user_splits))
+            folds = [{"train": f["train"], "val": f["val"]} for f in user_content]
+            source = str(user_splits)
+        else:
+            folds, source = kfold_splits(cases, groups), "KFold(n_splits=5, shuffle=True, random_state=12345)"
+        folds = add_budgets(folds, plans["fractions"], plans["dpo_labeled_fraction"])
+        write_json_atomic(splits_path, {"inputs_hash": splits_hash, "source": source, "folds": folds})
+
+    data_dir = data_folder(out, plans)
+    pre_hash = digest([plans_hash, cases])
+    marker = data_dir / "preprocessing.json"
+    if step("preprocessing", marker, pre_hash):
+        with staged_directory(data_dir, overwrite=True) as stage:
+            metas = preprocess_dataset(raw_dir, dataset_json, plans, cases, stage, num_processes, progress)
+            write_json_atomic(stage / "preprocessing.json",
+                              {"inputs_hash": pre_hash, "cases": cases,
+                               "n_slices": sum(m["n_slices"] for m in metas),
+                               "n_train_slices": sum(len(m["train_slices"]) for m in metas)})
+    return outcome
+
+
+def load_splits(preprocessed_dir: Path) -> list[dict[str, Any]]:
+    """The folds of ``splits_final.json`` (a clear error when planning has not run)."""
+    path = Path(preprocessed_dir) / "splits_final.json"
+    if not path.is_file():
+        raise SamprefError(f"{path} is missing: run `sampref_plan -d {Path(preprocessed_dir).name}` first.")
+    return load_json(path)["folds"]

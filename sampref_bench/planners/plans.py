@@ -1,0 +1,179 @@
+"""From fingerprint to ``plans.json``: every dataset-dependent choice, each with its reason.
+
+Values sit at the top level (``plans["image_size"]``); the reason for each sits under
+``plans["reasons"][key]``. Axes are numpy order (``(Z, Y, X)`` for volumes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from sampref_bench import __version__
+from sampref_bench.dataset_conversion.dataset_json import foreground_labels
+from sampref_bench.utilities.errors import SamprefError
+
+PLANS_NAME = "samprefPlans"
+CONFIGURATION = "2d"
+DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
+DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+DEFAULT_IMAGE_SIZE = 256
+DEFAULT_DPO_LABELED_FRACTION = 0.1
+#: Share of training slices of a volume dataset that are background slices.
+BACKGROUND_SLICE_TARGET = 0.1
+#: A spacing this many times the next largest makes an axis "the through-plane axis".
+ANISOTROPY_RATIO = 1.1
+MAX_BATCH_SIZE = 8
+
+
+def fraction_key(fraction: float) -> str:
+    """Canonical text of an annotation fraction, used as a JSON key and in run folder names ("0.1", "1.0")."""
+    return str(round(float(fraction), 6))
+
+
+def validate_fractions(fractions: list[float] | tuple[float, ...]) -> list[float]:
+    """Sorted unique fractions, each in (0, 1]; otherwise a :class:`SamprefError`."""
+    bad = [f for f in fractions if not 0.0 < float(f) <= 1.0]
+    if bad or not fractions:
+        raise SamprefError(f"annotation fractions must lie in (0, 1], got {list(fractions)}; "
+                           "e.g. --fractions 0.1 0.5 1")
+    return sorted({round(float(f), 6) for f in fractions})
+
+
+def validate_thresholds(thresholds: list[float] | tuple[float, ...]) -> list[float]:
+    """Thresholds must be strictly increasing and inside (0, 1)."""
+    values = [float(t) for t in thresholds]
+    if not values or any(not 0.0 < t < 1.0 for t in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise SamprefError(f"candidate thresholds must be strictly increasing and inside (0, 1), got {values}; "
+                           "e.g. --thresholds 0.3 0.4 0.5 0.6")
+    return values
+
+
+def choose_slicing_axis(fingerprint: dict[str, Any]) -> tuple[int, str]:
+    """Through-plane axis of a volume dataset (numpy order) and the reason."""
+    spacings = np.median(np.array([c["spacing"] for c in fingerprint["cases"]]), axis=0)
+    shapes = np.median(np.array([c["shape"] for c in fingerprint["cases"]]), axis=0)
+    order = np.argsort(spacings)[::-1]
+    coarsest, runner_up = spacings[order[0]], spacings[order[1]]
+    if coarsest >= ANISOTROPY_RATIO * runner_up:
+        axis = int(order[0])
+        return axis, (f"median spacing {spacings.round(3).tolist()} mm (numpy axis order): axis {axis} has the "
+                      f"lowest resolution ({coarsest:.3g} mm vs {runner_up:.3g} mm), so slices are taken across it")
+    axis = int(np.argmin(shapes))
+    return axis, (f"median spacing {spacings.round(3).tolist()} mm is isotropic within {ANISOTROPY_RATIO}x, so the "
+                  f"axis with fewest voxels (median shape {shapes.astype(int).tolist()}) is sliced: axis {axis}")
+
+
+def _normalization(modality: str, fingerprint: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    if modality.upper() == "CT":
+        pooled = fingerprint["foreground_intensity_per_channel"]
+        clip = [[c["p0_5"], c["p99_5"]] for c in pooled]
+        return ({"scheme": "ct_dataset_clip", "clip": clip},
+                "CT intensities are calibrated (HU): clip every image to the 0.5/99.5 percentiles of foreground "
+                f"voxels pooled over the dataset ({[[round(a, 2), round(b, 2)] for a, b in clip]}) and scale to [0, 1]")
+    return ({"scheme": "per_image_percentile", "percentiles": [0.5, 99.5]},
+            f"{modality or 'this modality'} intensities are not calibrated: each image is clipped to its own "
+            "0.5/99.5 percentiles and scaled to [0, 1] (MedSAM-Lite was trained on min-max scaled inputs)")
+
+
+def _channels_to_rgb(n_channels: int) -> tuple[list[int], str]:
+    if n_channels == 1:
+        return [0, 0, 0], "one channel repeated three times: SAM's image encoder expects RGB"
+    if n_channels == 2:
+        return [0, 1, 0], "two channels fill R and G; B repeats channel 0"
+    mapping = [0, 1, 2]
+    note = "" if n_channels == 3 else f"; channels 3..{n_channels - 1} are not used by SAM"
+    return mapping, "the first three channels fill R, G, B" + note
+
+
+def _storage_dtype(fingerprint: dict[str, Any]) -> tuple[str, str]:
+    dtypes = {c["dtype"] for c in fingerprint["cases"]}
+    if dtypes <= {"uint8"}:
+        return "uint8", ("the source images are 8-bit: storing the [0, 1] scaled images as 8-bit keeps the "
+                         "source precision")
+    return "float16", f"source dtypes {sorted(dtypes)} exceed 8 bits: float16 keeps ~3 significant digits in [0, 1]"
+
+
+def background_share(fingerprint: dict[str, Any], axis: int) -> tuple[float, str]:
+    """Fraction of each volume's background slices that enter training, aiming at a 10% background share."""
+    fg = sum(c["foreground_slices_per_axis"][axis] for c in fingerprint["cases"])
+    total = sum(c["shape"][axis] for c in fingerprint["cases"])
+    bg = total - fg
+    if bg == 0:
+        return 0.0, "every slice holds foreground"
+    share = min(1.0, BACKGROUND_SLICE_TARGET / (1 - BACKGROUND_SLICE_TARGET) * fg / bg)
+    return round(share, 4), (f"{fg} foreground and {bg} background slices along axis {axis}: all foreground slices "
+                             f"and {share:.1%} of background slices (seeded per volume) train, so about "
+                             f"{BACKGROUND_SLICE_TARGET:.0%} of training slices teach the model to predict nothing")
+
+
+def make_plans(dataset_json: dict[str, Any], fingerprint: dict[str, Any], *, image_size: int = DEFAULT_IMAGE_SIZE,
+               fractions: list[float] | tuple[float, ...] = DEFAULT_FRACTIONS,
+               thresholds: list[float] | tuple[float, ...] = DEFAULT_THRESHOLDS,
+               dpo_labeled_fraction: float = DEFAULT_DPO_LABELED_FRACTION) -> dict[str, Any]:
+    """Build the plans dict (see module docstring)."""
+    if image_size < 32 or image_size % 16:
+        raise SamprefError(f"--image-size must be a multiple of 16 and at least 32, got {image_size}")
+    fractions = validate_fractions(fractions)
+    thresholds = validate_thresholds(thresholds)
+    if not 0.0 < dpo_labeled_fraction <= 1.0:
+        raise SamprefError(f"--dpo-labeled-fraction must lie in (0, 1], got {dpo_labeled_fraction}")
+    labels = foreground_labels(dataset_json)
+    empty = [name for name in labels if all(c["labels"][name]["voxels"] == 0 for c in fingerprint["cases"])]
+    if len(empty) == len(labels):
+        raise SamprefError(f"every label of {fingerprint['dataset_name']} is empty in every case: there is nothing to "
+                           "segment. Check the conversion (e.g. --label-map 255:1) and reconvert.")
+    modality = dataset_json["channel_names"]["0"]
+    reasons: dict[str, str] = {}
+    plans: dict[str, Any] = {
+        "plans_name": PLANS_NAME,
+        "configuration": CONFIGURATION,
+        "dataset_name": fingerprint["dataset_name"],
+        "sampref_version": __version__,
+        "dimensionality": int(dataset_json["dimensionality"]),
+        "modality": modality,
+        "labels": dict(dataset_json["labels"]),
+        "target_text": dict(dataset_json.get("target_text", {})),
+    }
+    if empty:
+        plans["empty_labels"] = empty
+        reasons["empty_labels"] = "these labels never occur; they are kept in the label map but never trained"
+    if plans["dimensionality"] == 3:
+        axis, reasons["slicing_axis"] = choose_slicing_axis(fingerprint)
+        plans["slicing_axis"] = axis
+        plans["background_slice_share"], reasons["background_slice_share"] = background_share(fingerprint, axis)
+        plans["slice_to_volume"] = "slice k of a case is index k along slicing_axis; predictions are stacked back"
+    else:
+        plans["slicing_axis"] = None
+        plans["background_slice_share"] = 1.0
+        reasons["background_slice_share"] = "2D dataset: every image is one training slice"
+    plans["normalization"], reasons["normalization"] = _normalization(modality, fingerprint)
+    n_channels = len(dataset_json["channel_names"])
+    plans["channels_to_rgb"], reasons["channels_to_rgb"] = _channels_to_rgb(n_channels)
+    plans["storage_dtype"], reasons["storage_dtype"] = _storage_dtype(fingerprint)
+    plans["image_size"] = int(image_size)
+    reasons["image_size"] = (f"{image_size} px: LiteMedSAM's native input (64x64 embeddings); ViT SAMs run at it "
+                             "with interpolated position embeddings, as SAM-Med2D does")
+    plans["transform"] = {"resize": "longest_side", "pad": "bottom_right_zeros", "image_interpolation": "bilinear",
+                          "label_interpolation": "nearest-exact",
+                          "inverse": "crop the resized region, resize to the original size (labels nearest-exact, "
+                                     "probabilities bilinear), restack slices along slicing_axis"}
+    reasons["transform"] = ("SAM-style: the longest side is resized to image_size keeping the aspect ratio and the "
+                            "rest padded, so objects are not distorted; nearest-exact label resizing makes the "
+                            "inverse exact whenever a slice is enlarged")
+    n_train_cases = math.floor(0.8 * fingerprint["n_cases"])
+    smallest = max(1, math.ceil(min(fractions) * n_train_cases))
+    plans["batch_size"] = int(max(1, min(MAX_BATCH_SIZE, smallest)))
+    reasons["batch_size"] = (f"{MAX_BATCH_SIZE} slices at {image_size} px keep decoder steps short on CPUs and fit a "
+                             f"16 GB GPU; capped by the smallest labeled training set (~{smallest} case(s))")
+    plans["fractions"] = fractions
+    reasons["fractions"] = "fraction f labels the first ceil(f*n) cases of each fold's permutation (nested budgets)"
+    plans["thresholds"] = thresholds
+    reasons["thresholds"] = "probability thresholds that turn a prediction into DPO preference candidates"
+    plans["dpo_labeled_fraction"] = float(dpo_labeled_fraction)
+    reasons["dpo_labeled_fraction"] = ("a DPO trainer at fraction f buys pixel labels for this first share of the "
+                                       "permutation and ratings for the rest of the fraction-f cases")
+    plans["reasons"] = reasons
+    return plans
