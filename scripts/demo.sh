@@ -12,3 +12,6 @@ echo "== 1. convert the bundled BUSI subset (demo_data/BUSI_subset) to Dataset00
 
 echo "== 2. verify it again, as a user would after editing files by hand"
 "$bin/sampref_convert" verify -d 003
+
+echo "== 3. plan it: fingerprint, plans, 5-fold splits with nested fractions, preprocessing"
+"$bin/sampref_plan" -d 003
