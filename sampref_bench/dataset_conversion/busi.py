@@ -25,12 +25,10 @@ from sampref_bench.dataset_conversion.folder2d import (
     drop_alpha,
     load_gray_image,
     name_collisions,
-    raise_problems,
     read_2d,
-    require_folder,
-    safe_case_name,
     single_channel,
 )
+from sampref_bench.dataset_conversion.sources import raise_problems, require_folder, safe_case_name
 from sampref_bench.dataset_conversion.verify import VerifyReport
 from sampref_bench.dataset_conversion.writer import RawDatasetWriter
 from sampref_bench.utilities.errors import SamprefError

@@ -9,14 +9,13 @@ Every problem in the source (missing or extra masks, unreadable files, size mism
 are not labels, name collisions, rows of the groups CSV) is collected and reported in one
 :class:`SamprefError`; nothing is written unless the whole conversion succeeds.
 
-The image helpers here (:func:`load_gray_image`, :func:`read_2d`, :func:`raise_problems`, ...) are shared
+The image helpers here (:func:`load_gray_image`, :func:`read_2d`, ...) are shared
 with the other 2D converters.
 """
 
 from __future__ import annotations
 
 import csv
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,39 +24,18 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from sampref_bench.dataset_conversion.sources import raise_problems, require_folder, safe_case_name
 from sampref_bench.dataset_conversion.verify import VerifyReport
 from sampref_bench.dataset_conversion.writer import RawDatasetWriter
 from sampref_bench.utilities.errors import SamprefError
 from sampref_bench.utilities.imageio import IMAGE_2D_ENDINGS, read_sitk, split_ending, to_grayscale
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 LUMA_NOTE = "colour image reduced to grayscale with BT.601 luma (0.299 R + 0.587 G + 0.114 B)"
 
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers shared by the 2D converters
 # ----------------------------------------------------------------------------------------------------------
-
-
-def safe_case_name(stem: str) -> str:
-    """``stem`` with each character outside ``[A-Za-z0-9_-]`` replaced by ``_`` (``a b(1)`` -> ``a_b_1_``)."""
-    return _UNSAFE.sub("_", stem)
-
-
-def require_folder(folder: Path, what: str) -> Path:
-    """Return ``folder`` if it is a directory, else raise :class:`SamprefError` naming ``what``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        state = "is not a folder" if folder.exists() else "does not exist"
-        raise SamprefError(f"{what} {folder} {state}; check the path (the folder that holds the files).")
-    return folder
-
-
-def raise_problems(problems: Sequence[str], what: str) -> None:
-    """Raise one :class:`SamprefError` listing every problem (one per line); do nothing when there is none."""
-    if problems:
-        listing = "\n".join(f"  - {p}" for p in problems)
-        raise SamprefError(f"{len(problems)} problem(s) in {what}; nothing was written:\n{listing}")
 
 
 def read_2d(path: Path) -> np.ndarray:

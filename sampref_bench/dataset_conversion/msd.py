@@ -34,11 +34,10 @@ from tqdm import tqdm
 
 from sampref_bench.dataset_conversion.nifti import (
     label_key,
-    raise_all,
     read_channels,
     read_label,
-    require_dir,
 )
+from sampref_bench.dataset_conversion.sources import raise_problems, require_folder
 from sampref_bench.dataset_conversion.verify import VerifyReport
 from sampref_bench.dataset_conversion.writer import RawDatasetWriter
 from sampref_bench.utilities.atomic import load_json
@@ -153,14 +152,14 @@ def convert_msd(source: Path, dataset_id: int, name: str | None = None,
     ``name`` defaults to the part after ``TaskXX_`` of the folder name. Returns the :class:`VerifyReport`
     of the published dataset (3D, ``.nii.gz``, one channel file per MSD modality).
     """
-    source = require_dir(source, "MSD task folder")
+    source = require_folder(source, "MSD task folder")
     meta = read_msd_json(source)
     json_path = source / "dataset.json"
     channel_names = _channel_names(meta, json_path)
     labels, phrases = msd_labels(meta["labels"], json_path)
     problems: list[str] = []
     cases = _listed_cases(source, meta, problems)
-    raise_all(problems, str(source))
+    raise_problems(problems, str(source))
     fix = f"Declared in {json_path}: {meta['labels']}. Fix the label file or declare the value there."
     with RawDatasetWriter(dataset_id, name or default_name(source), file_ending=".nii.gz", dimensionality=3,
                           overwrite=overwrite) as writer:
@@ -169,7 +168,7 @@ def convert_msd(source: Path, dataset_id: int, name: str | None = None,
                 _convert_case(writer, item, len(channel_names), labels.values(), fix)
             except SamprefError as err:
                 problems.append(str(err))
-        raise_all(problems, str(source))
+        raise_problems(problems, str(source))
         n_test = len([p for p in (source / "imagesTs").glob("*.nii.gz") if not p.name.startswith(".")])
         if n_test:
             writer.note(f"imagesTs/ ignored: its {n_test} image(s) have no labels in the MSD release")

@@ -22,7 +22,6 @@ with the MSD converter.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from sampref_bench.dataset_conversion.sources import raise_problems, require_folder, safe_case_name
 from sampref_bench.dataset_conversion.verify import VerifyReport
 from sampref_bench.dataset_conversion.writer import RawDatasetWriter
 from sampref_bench.utilities.errors import SamprefError
@@ -44,29 +44,12 @@ from sampref_bench.utilities.imageio import (
     split_ending,
 )
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _ENDINGS_TEXT = " ".join(VOLUME_ENDINGS)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers shared by the 3D converters
 # ----------------------------------------------------------------------------------------------------------
-
-
-def require_dir(folder: Path, what: str) -> Path:
-    """Return ``folder`` if it is a directory, else raise :class:`SamprefError` naming ``what``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        state = "is not a folder" if folder.exists() else "does not exist"
-        raise SamprefError(f"{what} {folder} {state}; check the path.")
-    return folder
-
-
-def raise_all(problems: Sequence[str], what: str) -> None:
-    """Raise one :class:`SamprefError` listing every problem (one per line); do nothing when there is none."""
-    if problems:
-        listing = "\n".join(f"  - {p}" for p in problems)
-        raise SamprefError(f"{len(problems)} problem(s) in {what}; nothing was written:\n{listing}")
 
 
 def label_key(name: str) -> str:
@@ -316,7 +299,7 @@ def _pair_volumes(images: Path, labels: Path, dicom: bool) -> list[_Pair]:
         expected = f"{images / stem}{'/' if dicom else '.*'}"
         problems.append(f"{label_files[stem]}: label without {what} ({expected} is missing); add it or "
                         "remove the label")
-    pairs = [_Pair(_UNSAFE.sub("_", stem), image_items[stem], label_files[stem])
+    pairs = [_Pair(safe_case_name(stem), image_items[stem], label_files[stem])
              for stem in sorted(set(image_items) & set(label_files))]
     by_case: dict[str, list[str]] = defaultdict(list)
     for pair in pairs:
@@ -325,7 +308,7 @@ def _pair_volumes(images: Path, labels: Path, dicom: bool) -> list[_Pair]:
         if len(names) > 1:
             problems.append(f"{images}: {sorted(names)} map to case names that differ only in letter case "
                             "or in characters outside A-Z a-z 0-9 _ -; rename one")
-    raise_all(problems, f"{images} and {labels}")
+    raise_problems(problems, f"{images} and {labels}")
     return pairs
 
 
@@ -354,8 +337,8 @@ def convert_nifti(images: Path, labels: Path, dataset_id: int, name: str, *, mod
     Returns:
         The :class:`VerifyReport` of the published dataset (3D, ``.nii.gz``, one channel).
     """
-    images = require_dir(images, "images folder")
-    labels = require_dir(labels, "labels folder")
+    images = require_folder(images, "images folder")
+    labels = require_folder(labels, "labels folder")
     label_map, phrases = label_names_spec(label_names, target_text)
     pairs = _pair_volumes(images, labels, dicom)
     allowed = range(len(label_map))
@@ -372,7 +355,7 @@ def convert_nifti(images: Path, labels: Path, dataset_id: int, name: str, *, mod
                 continue
             for note in notes:
                 writer.note(note)
-        raise_all(problems, f"{images} and {labels}")
+        raise_problems(problems, f"{images} and {labels}")
         writer.provenance = {
             "converter": "nifti", "images": str(images.resolve()), "labels": str(labels.resolve()),
             "dicom": dicom, "cases": {p.case: {"image": p.image.name, "label": p.label.name} for p in pairs},

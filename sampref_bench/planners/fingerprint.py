@@ -10,16 +10,14 @@ pooled foreground intensity percentiles per channel (what CT normalization clips
 from __future__ import annotations
 
 import zlib
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from sampref_bench.utilities.imageio import read_image
+from sampref_bench.utilities.parallel import map_with_progress
 
 #: Foreground voxels sampled per case and channel for the pooled intensity statistics.
 SAMPLES_PER_CASE = 10_000
@@ -114,27 +112,12 @@ def fingerprint_case(raw_dir: Path, dataset_json: dict[str, Any], case: str
     return record, samples
 
 
-def _fingerprint_job(job: tuple[Path, dict[str, Any], str]) -> tuple[dict[str, Any], list[np.ndarray]]:
-    return fingerprint_case(*job)
-
-
 def compute_fingerprint(raw_dir: Path, dataset_json: dict[str, Any], num_processes: int = 2,
                         progress: bool = True) -> dict[str, Any]:
     """Fingerprint every labeled case of ``raw_dir`` (``num_processes`` workers, progress bar on stderr)."""
     cases = list_raw_cases(raw_dir, dataset_json)
     jobs = [(raw_dir, dataset_json, case) for case in cases]
-    results: list[tuple[dict[str, Any], list[np.ndarray]]] = []
-    bar = tqdm(total=len(jobs), desc="fingerprint", unit="case", disable=not progress)
-    if num_processes <= 1 or len(jobs) < 4:
-        for job in jobs:
-            results.append(_fingerprint_job(job))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn")) as pool:
-            for result in pool.map(_fingerprint_job, jobs, chunksize=max(1, len(jobs) // (8 * num_processes))):
-                results.append(result)
-                bar.update()
-    bar.close()
+    results = map_with_progress(fingerprint_case, jobs, num_processes, "fingerprint", progress)
     n_channels = len(dataset_json["channel_names"])
     pooled = []
     for channel in range(n_channels):

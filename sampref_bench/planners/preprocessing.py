@@ -9,18 +9,16 @@ that enter training and the labels present in each slice.
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from sampref_bench.planners.fingerprint import case_seed, read_raw_case
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.utilities.arrays import save_npy_atomic
 from sampref_bench.utilities.atomic import write_json_atomic
+from sampref_bench.utilities.parallel import map_with_progress
 
 
 def normalize(image: np.ndarray, plans: dict[str, Any]) -> tuple[np.ndarray, list[list[float]]]:
@@ -102,11 +100,12 @@ def preprocess_case(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str
     return meta
 
 
-def _job(args: tuple[Path, dict[str, Any], dict[str, Any], str, Path]) -> dict[str, Any]:
+def _preprocess_job(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], case: str,
+                    out_dir: Path) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    return preprocess_case(*args)
+    return preprocess_case(raw_dir, dataset_json, plans, case, out_dir)
 
 
 def preprocess_dataset(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], cases: list[str],
@@ -114,16 +113,5 @@ def preprocess_dataset(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[
     """Preprocess ``cases`` into ``out_dir`` with ``num_processes`` workers; returns metadata in case order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(raw_dir, dataset_json, plans, case, out_dir) for case in cases]
-    bar = tqdm(total=len(jobs), desc="preprocess", unit="case", disable=not progress)
-    metas = []
-    if num_processes <= 1 or len(jobs) < 4:
-        for job in jobs:
-            metas.append(preprocess_case(*job))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn")) as pool:
-            for meta in pool.map(_job, jobs, chunksize=max(1, len(jobs) // (8 * num_processes))):
-                metas.append(meta)
-                bar.update()
-    bar.close()
-    return metas
+    return map_with_progress(_preprocess_job if num_processes > 1 else preprocess_case, jobs, num_processes,
+                             "preprocess", progress)
