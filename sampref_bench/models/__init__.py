@@ -1,1 +1,46 @@
-"""SAM builders, checkpoint loading, text-prompt projection and U-Net baselines; built in later issues."""
+"""SAM builders and checkpoint loading (text-prompt projection and U-Net baselines come in later issues).
+
+Public API::
+
+    build_sam(flavour="litemedsam", checkpoint=None, image_size=256, device="cpu", seed=0) -> SamModel
+    model.embed(images01)                 (B, 3, S, S) in [0, 1] -> (B, 256, E, E)
+    model.decode(embeddings, boxes=...)   -> low-res logits (B, 1, 4E, 4E), iou_pred (B, 1)
+    upscale_logits(logits, size)          (B, K, L, L) -> (B, K, size, size)
+
+E is S/4 for LiteMedSAM and ``tiny`` and S/16 for the ViT flavours; see :mod:`.sam` and :mod:`.flavours`.
+"""
+
+from sampref_bench.models.builders import build_sam, build_sam_architecture, bundled_litemedsam_checkpoint
+from sampref_bench.models.checkpoints import (
+    file_digest,
+    fit_state_dict,
+    guess_flavour,
+    load_strict,
+    read_state_dict,
+    resize_pos_embed,
+    resize_rel_pos,
+)
+from sampref_bench.models.flavours import DEFAULT_FLAVOUR, FLAVOURS, FlavourSpec, TinyArch, ViTArch, resolve_flavour
+from sampref_bench.models.sam import PerImageMaskDecoder, SamModel, upscale_logits
+
+__all__ = [
+    "DEFAULT_FLAVOUR",
+    "FLAVOURS",
+    "FlavourSpec",
+    "PerImageMaskDecoder",
+    "SamModel",
+    "TinyArch",
+    "ViTArch",
+    "build_sam",
+    "build_sam_architecture",
+    "bundled_litemedsam_checkpoint",
+    "file_digest",
+    "fit_state_dict",
+    "guess_flavour",
+    "load_strict",
+    "read_state_dict",
+    "resize_pos_embed",
+    "resize_rel_pos",
+    "resolve_flavour",
+    "upscale_logits",
+]
