@@ -48,7 +48,8 @@ def build_sam_architecture(
         encoder, decoder_depth, decoder_mlp, decoder_heads, iou_hidden = _build_encoder(
             spec, image_size, arch_overrides
         )
-        embedding_size = image_size // spec.embedding_stride
+        stride = spec.tiny.with_overrides(arch_overrides).stride if spec.tiny is not None else spec.embedding_stride
+        embedding_size = image_size // stride
         prompt_encoder = PromptEncoder(
             embed_dim=PROMPT_DIM,
             image_embedding_size=(embedding_size, embedding_size),

@@ -90,9 +90,9 @@ class _ConvNeXtBlock(nn.Module):
 
 
 class TinyConvEncoder(nn.Module):
-    """A small random-init encoder for tests: (B, 3, S, S) -> (B, 256, S/4, S/4).
+    """A small random-init encoder for tests: (B, 3, S, S) -> (B, 256, S/r, S/r), r = ``arch.stride``.
 
-    Two stride-2 convs (S -> S/4), ``arch.depth`` ConvNeXt-style blocks at ``arch.width`` channels,
+    Stride-2 convs (S -> S/r), ``arch.depth`` ConvNeXt-style blocks at ``arch.width`` channels,
     and a SAM-style neck (1x1 conv to 256 channels, LayerNorm2d).
     """
 
@@ -104,10 +104,11 @@ class TinyConvEncoder(nn.Module):
             LayerNorm2d(width // 2),
             nn.GELU(),
             nn.Conv2d(width // 2, width, kernel_size=2, stride=2),
+            *(nn.Conv2d(width, width, kernel_size=2, stride=2) for _ in range({4: 0, 8: 1, 16: 2}[arch.stride])),
         )
         self.blocks = nn.Sequential(*(_ConvNeXtBlock(width) for _ in range(arch.depth)))
         self.neck = nn.Sequential(nn.Conv2d(width, PROMPT_DIM, kernel_size=1, bias=False), LayerNorm2d(PROMPT_DIM))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalized image -> (B, 256, S/4, S/4) embedding."""
+        """(B, 3, S, S) normalized image -> (B, 256, S/r, S/r) embedding."""
         return self.neck(self.blocks(self.stem(x)))

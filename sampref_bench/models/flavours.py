@@ -76,6 +76,8 @@ class TinyArch:
 
     width: int = 64
     depth: int = 2
+    #: Input pixels per embedding cell: 4 (LiteMedSAM's grid, E = S/4) or 8/16 (fewer tokens, faster tests).
+    stride: int = 4
     decoder_depth: int = 1
     decoder_mlp_dim: int = 256
     decoder_heads: int = 8
@@ -90,7 +92,10 @@ class TinyArch:
             raise SamprefError(
                 f"unknown tiny architecture override(s) {unknown}; allowed: {sorted(self.__dataclass_fields__)}"
             )
-        return replace(self, **overrides)
+        arch = replace(self, **overrides)
+        if arch.stride not in (4, 8, 16):
+            raise SamprefError(f"tiny stride must be 4, 8 or 16, got {arch.stride}")
+        return arch
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,53 @@
+"""Final validation of a run: predictions in original geometry, written as label files, scored once.
+
+For every validation case the trainer's :meth:`predict_case` returns a label map in the raw image's
+geometry (3D: slices restacked into the volume); it is written to ``validation/{case}{file_ending}``
+with the raw image's spacing, origin and direction, scored against the raw label per volume, and all
+cases go into ``validation/summary.json`` in nnU-Net's layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from sampref_bench import paths
+from sampref_bench.evaluation.metrics import case_metrics
+from sampref_bench.evaluation.summary import CaseResult, build_summary, write_summary
+from sampref_bench.utilities.imageio import Geometry, read_image, write_image
+
+
+def validate_cases(trainer: Any, out_dir: Path, cases: list[str] | None = None) -> dict[str, Any]:
+    """Predict, write and score ``cases`` (default: the fold's validation cases); returns the summary."""
+    raw_dir = paths.raw_root() / trainer.dataset_name
+    ending = trainer.plans.get("file_ending") or _file_ending(raw_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.network.eval()
+    results = []
+    for case in tqdm(cases or trainer.roles.val, desc="validation", unit="case", disable=not trainer.progress):
+        prediction = trainer.predict_case(case)
+        meta = trainer.data.meta(case)
+        geometry = Geometry(tuple(meta["spacing_xyz"]), tuple(meta["origin"]), tuple(meta["direction"]))
+        pred_path = out_dir / f"{case}{ending}"
+        tmp = out_dir / f".{case}.tmp{ending}"
+        write_image(tmp, prediction, geometry)
+        tmp.replace(pred_path)
+        ref_path = raw_dir / "labelsTr" / f"{case}{ending}"
+        reference, _ = read_image(ref_path)
+        spacing = meta["spacing"] if trainer.plans["dimensionality"] == 3 else None
+        metrics = case_metrics(reference, prediction, trainer.labels, spacing=spacing)
+        results.append(CaseResult(case, str(ref_path), str(pred_path), metrics,
+                                  tuple(meta["spacing_xyz"]) if spacing else None))
+    names = {k: v for k, v in trainer.plans["labels"].items() if v != 0}
+    summary = build_summary(results, names, {"trainer": type(trainer).__name__, "fold": trainer.fold,
+                                             "fraction": trainer.fraction})
+    write_summary(out_dir / "summary.json", summary)
+    return summary
+
+
+def _file_ending(raw_dir: Path) -> str:
+    from sampref_bench.dataset_conversion.dataset_json import load_dataset_json
+
+    return load_dataset_json(raw_dir)["file_ending"]

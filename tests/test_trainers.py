@@ -1,0 +1,170 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sampref_bench.cli.train import main as train_main
+from sampref_bench.trainers.data import case_roles
+from sampref_bench.trainers.registry import get_trainer
+from sampref_bench.trainers.validation import validate_cases
+from sampref_bench.utilities.errors import SamprefError
+from tests.trainer_helpers import FAST, planned_busi, planned_phantoms
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _trainer(name, dataset, fold=0, fraction=0.5, **overrides):
+    return get_trainer(name)(dataset, fold, fraction, overrides={**FAST, **overrides}, progress=False)
+
+
+
+# ------------------------------------------------------------------ registry
+def test_typo_suggests_trainer():
+    with pytest.raises(SamprefError, match="Did you mean SAMBoxOracle"):
+        get_trainer("SAMBoxOracel")
+
+
+def test_external_trainer_registers(tmp_path):
+    module = tmp_path / "my_trainers.py"
+    module.write_text(
+        "from sampref_bench.trainers.registry import register_trainer\n"
+        "from sampref_bench.trainers.sam_trainers import SAMBoxOracle\n"
+        "@register_trainer\nclass MyBoxTrainer(SAMBoxOracle):\n    pass\n")
+    assert train_main(["--trainer-module", str(module), "--list"]) == 0
+    assert get_trainer("MyBoxTrainer").__mro__[1].__name__ == "SAMBoxOracle"
+
+
+# ------------------------------------------------------------------ budgets
+def test_case_roles_budgets():
+    perm = [f"c{i}" for i in range(10)]
+    splits = [{"train": sorted(perm), "val": ["v"], "permutation": perm,
+               "labeled": {"0.2": perm[:2], "0.5": perm[:5]}, "dpo_labeled": perm[:1]}]
+    sup = case_roles(splits, 0, 0.5)
+    assert sup.labeled == perm[:5] and sup.rated == [] and sup.unlabeled == perm[5:]
+    dpo = case_roles(splits, 0, 0.2, budget="dpo")
+    assert dpo.labeled == ["c0"] and dpo.rated == ["c1"] and dpo.unlabeled == perm[2:]
+    with pytest.raises(SamprefError, match="was not planned"):
+        case_roles(splits, 0, 0.3)
+    with pytest.raises(SamprefError, match="fold 1 does not exist"):
+        case_roles(splits, 1, 0.2)
+
+
+# ------------------------------------------------------------------ bad input
+def test_user_errors_are_one_line_messages(capsys):
+    assert train_main(["3", "SAMBoxOracle", "0"]) == 2
+    assert "no dataset matches" in capsys.readouterr().err
+    dataset = planned_phantoms()
+    cases = [
+        (["SAMNope", "0"], "unknown trainer"),
+        (["SAMBoxOracle", "9"], "fold 9 does not exist"),
+        (["SAMBoxOracle", "0", "--fraction", "0.3"], "was not planned"),
+        (["SAMBoxOracle", "0", "--continue"], "no checkpoint to continue from"),
+        (["SAMBoxOracle", "0", "--set", "nonsense=1"], "unknown option"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["SAMBoxOracle", "0", "--device", "cuda"], "no CUDA GPU"))
+    for args, message in cases:
+        assert train_main([dataset, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+def test_missing_plans_says_run_plan(sampref_roots, capsys):
+    (sampref_roots["preprocessed"] / "Dataset005_X").mkdir(parents=True)
+    assert train_main(["5", "SAMBoxOracle", "0"]) == 2
+    assert "sampref_plan" in capsys.readouterr().err
+
+
+def test_existing_run_and_corrupt_checkpoint(capsys):
+    dataset = planned_phantoms()
+    trainer = _trainer("SAMBoxOracle", dataset, epochs=1)
+    out = trainer.run_training()
+    assert train_main([dataset, "SAMBoxOracle", "0", "--fraction", "0.5", "--set", 'model="tiny"',
+                       "--set", 'model_arch={"stride": 16}', "--set", "batch_size=2",
+                       "--set", "iterations_per_epoch=2", "--epochs", "1"]) == 2
+    assert "--continue" in capsys.readouterr().err
+    (out / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(SamprefError, match="not a readable sampref checkpoint"):
+        _trainer("SAMBoxOracle", dataset, epochs=1).run_training(continue_training=True)
+
+
+# ------------------------------------------------------------------ end to end
+def test_two_label_dataset_end_to_end():
+    dataset = planned_phantoms(n_labels=2)
+    for name in ("SAMNoPrompt", "SAMBoxOracle"):
+        trainer = _trainer(name, dataset, epochs=1)
+        out = trainer.run_training()
+        summary = json.loads((out / "validation" / "summary.json").read_text())
+        assert set(summary["mean"]) == {"1", "2"}
+        assert "Dice" in summary["foreground_mean"]
+        assert len(summary["metric_per_case"]) == len(trainer.roles.val)
+        prediction = out / "validation" / f"{trainer.roles.val[0]}.nii.gz"
+        import SimpleITK as sitk
+        ref = sitk.ReadImage(str(prediction.parents[5] / "raw" / trainer.dataset_name / "labelsTr" / prediction.name))
+        pred = sitk.ReadImage(str(prediction))
+        assert pred.GetSize() == ref.GetSize()
+        np.testing.assert_allclose(pred.GetSpacing(), ref.GetSpacing())
+        for name_ in ("config.json", "training_log.csv", "progress.png", "checkpoint_final.pth"):
+            assert (out / name_).is_file()
+    assert trainer.network.label_tokens if name == "SAMNoPrompt" else True
+
+
+def _run_cli_process(env, extra=()):
+    args = [sys.executable, "-m", "sampref_bench.cli.train", "7", "SAMBoxOracle", "0", "--fraction", "0.5",
+            "--epochs", "4", "--set", 'model="tiny"', "--set", 'model_arch={"stride": 16}', "--set", "batch_size=2",
+            "--set", "iterations_per_epoch=2", "--no-progress", *extra]
+    return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigkill_and_continue_matches_uninterrupted(sampref_roots, tmp_path):
+    planned_phantoms()
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    straight = _run_cli_process({**env, "SAMPREF_results": str(tmp_path / "straight")})
+    assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()
+
+    env_k = {**env, "SAMPREF_results": str(tmp_path / "killed")}
+    victim = _run_cli_process(env_k)
+    log = next(iter([tmp_path / "killed" / "Dataset007_Phantom" / "SAMBoxOracle__samprefPlans__2d-tiny__f0.5"
+                     / "fold_0" / "training_log.csv"]))
+    deadline = time.time() + 600
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        assert victim.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (log.parent / "checkpoint_final.pth").exists()
+    resumed = _run_cli_process(env_k, ["--continue"])
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()
+
+    runs = [p / "Dataset007_Phantom" / "SAMBoxOracle__samprefPlans__2d-tiny__f0.5" / "fold_0"
+            for p in (tmp_path / "straight", tmp_path / "killed")]
+    a, b = (torch.load(r / "checkpoint_final.pth", map_location="cpu", weights_only=True) for r in runs)
+    assert a["epoch"] == b["epoch"] == 4
+    for key in a["network"]:
+        assert torch.equal(a["network"][key], b["network"][key]), key
+    sa, sb = (json.loads((r / "validation" / "summary.json").read_text()) for r in runs)
+    assert [c["metrics"] for c in sa["metric_per_case"]] == [c["metrics"] for c in sb["metric_per_case"]]
+    assert [r["train_loss"] for r in a["log"]] == [r["train_loss"] for r in b["log"]]
+
+
+def test_trained_model_beats_untrained_on_real_busi(tmp_path):
+    # 8 real BUSI images (fraction 0.1 of fold 0), tiny random-init SAM with box prompts, 30 Adam steps on the
+    # paper's 20:1 focal + Dice loss: the fine-tuned model must segment its own training images far better.
+    dataset = planned_busi()
+    settings = {"fraction": 0.1, "epochs": 3, "lr": 2e-3, "batch_size": 8, "iterations_per_epoch": 10}
+    untrained = _trainer("SAMBoxOracle", dataset, **settings)
+    untrained.initialize()
+    cases = untrained.roles.labeled
+    assert len(cases) == 8
+    before = validate_cases(untrained, tmp_path / "before", cases)["foreground_mean"]["Dice"]
+    trained = _trainer("SAMBoxOracle", dataset, **settings)
+    trained.run_training()
+    after = validate_cases(trained, tmp_path / "after", cases)["foreground_mean"]["Dice"]
+    assert after > before + 0.15, (before, after)
