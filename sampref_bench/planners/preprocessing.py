@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from sampref_bench.planners.fingerprint import case_seed, read_raw_case
 from sampref_bench.planners.transforms import SliceTransform
@@ -102,8 +103,6 @@ def preprocess_case(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str
 
 def _preprocess_job(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], case: str,
                     out_dir: Path) -> dict[str, Any]:
-    import torch
-
     torch.set_num_threads(1)
     return preprocess_case(raw_dir, dataset_json, plans, case, out_dir)
 
@@ -113,5 +112,9 @@ def preprocess_dataset(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[
     """Preprocess ``cases`` into ``out_dir`` with ``num_processes`` workers; returns metadata in case order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(raw_dir, dataset_json, plans, case, out_dir) for case in cases]
-    return map_with_progress(_preprocess_job if num_processes > 1 else preprocess_case, jobs, num_processes,
-                             "preprocess", progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per-slice ops are small: waking a second intra-op thread costs more than it saves
+    try:
+        return map_with_progress(_preprocess_job, jobs, num_processes, "preprocess", progress)
+    finally:
+        torch.set_num_threads(threads)

@@ -4,8 +4,11 @@ Forward: resize so that the longest side equals ``image_size`` (aspect ratio kep
 bottom and right to ``image_size x image_size``, as SAM's ``ResizeLongestSide`` and MedSAM-Lite's
 training pipeline do. Images use bilinear interpolation (anti-aliased when shrinking); label maps use
 half-pixel nearest neighbour (``nearest-exact``), which makes ``inverse(forward(label)) == label``
-exactly whenever the slice is enlarged or kept at its size. Resizing goes through MONAI's ``Resize`` and
-``SpatialPad``.
+exactly whenever the slice is enlarged or kept at its size.
+
+Resizing calls ``torch.nn.functional.interpolate`` directly (with torch's built-in ``antialias`` filter when
+shrinking) rather than MONAI's ``Resize``: importing MONAI costs several seconds of CPU in every
+preprocessing worker, more than the work itself on small datasets (``benchmarks/bench_plan.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,19 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from monai.transforms import Resize, SpatialPad
+import torch.nn.functional as F
+
+
+def _resize(tensor: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool = False) -> torch.Tensor:
+    """``(C, H, W)`` float tensor -> ``(C, *size)`` float32 (``mode``: "bilinear" or "nearest-exact")."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(tensor.shape[-2:]) == size:
+        return tensor.to(torch.float32)
+    if mode == "bilinear":
+        out = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=antialias)
+    else:
+        out = F.interpolate(tensor[None], size=size, mode=mode)
+    return out[0].to(torch.float32)
 
 
 @dataclass(frozen=True)
@@ -49,21 +64,23 @@ class SliceTransform:
         return self.image_size / max(self.original)
 
     def _pad(self, tensor: torch.Tensor) -> np.ndarray:
-        padded = SpatialPad((self.image_size, self.image_size), method="end")(tensor)
-        return np.asarray(padded)
+        array = tensor.numpy()
+        padded = np.zeros((*array.shape[:-2], self.image_size, self.image_size), array.dtype)
+        padded[..., : array.shape[-2], : array.shape[-1]] = array
+        return padded
 
     def image(self, array: np.ndarray) -> np.ndarray:
         """``(C, H, W)`` float image -> ``(C, S, S)`` float32, zero padded."""
         tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))
         shrinking = self.resized[0] < self.original[0] or self.resized[1] < self.original[1]
-        resized = Resize(self.resized, mode="bilinear", align_corners=False, anti_aliasing=shrinking)(tensor)
+        resized = _resize(tensor, self.resized, "bilinear", antialias=shrinking)
         return self._pad(resized).astype(np.float32)
 
     def label(self, array: np.ndarray) -> np.ndarray:
         """``(H, W)`` or ``(N, H, W)`` integer label map -> same leading shape at ``(S, S)``, uint8."""
         squeeze = array.ndim == 2
         tensor = torch.as_tensor(np.asarray(array, dtype=np.float32)[None] if squeeze else array.astype(np.float32))
-        resized = Resize(self.resized, mode="nearest-exact")(tensor)
+        resized = _resize(tensor, self.resized, "nearest-exact")
         out = self._pad(resized).astype(np.uint8)
         return out[0] if squeeze else out
 
@@ -72,10 +89,10 @@ class SliceTransform:
         squeeze = array.ndim == 2
         cropped = np.asarray(array)[..., : self.resized[0], : self.resized[1]].astype(np.float32)
         tensor = torch.as_tensor(cropped[None] if squeeze else cropped)
-        out = np.asarray(Resize(self.original, mode="nearest-exact")(tensor)).astype(np.uint8)
+        out = _resize(tensor, self.original, "nearest-exact").numpy().astype(np.uint8)
         return out[0] if squeeze else out
 
     def inverse_probabilities(self, array: np.ndarray | torch.Tensor) -> np.ndarray:
         """``(K, S, S)`` probabilities -> ``(K, H, W)`` float32 by bilinear interpolation of the valid region."""
         cropped = torch.as_tensor(array, dtype=torch.float32)[..., : self.resized[0], : self.resized[1]]
-        return np.asarray(Resize(self.original, mode="bilinear", align_corners=False)(cropped)).astype(np.float32)
+        return _resize(cropped, self.original, "bilinear").numpy().astype(np.float32)
