@@ -168,3 +168,36 @@ def test_trained_model_beats_untrained_on_real_busi(tmp_path):
     trained.run_training()
     after = validate_cases(trained, tmp_path / "after", cases)["foreground_mean"]["Dice"]
     assert after > before + 0.15, (before, after)
+
+
+class _PerfectOracle:
+    """Mixin: probabilities are the one-hot preprocessed labels, so predictions must equal the raw labels."""
+
+    def predict_probabilities(self, case):
+        seg = self.data.seg(case)
+        return np.stack([(seg == v).astype(np.float32) for v in self.labels])
+
+
+def test_volumes_are_reassembled_and_scored_per_volume(tmp_path):
+    from sampref_bench.trainers.sam_trainers import SAMNoPrompt
+
+    dataset = planned_phantoms(n_labels=2)
+    perfect = type("PerfectNoPrompt", (_PerfectOracle, SAMNoPrompt), {})(dataset, 0, 0.5, overrides=FAST,
+                                                                          progress=False)
+    perfect.initialize()
+    summary = validate_cases(perfect, tmp_path / "val")
+    assert summary["n_cases"] == len(perfect.roles.val)
+    for case in summary["metric_per_case"]:
+        assert case["metrics"]["1"]["Dice"] == 1.0 and case["metrics"]["2"]["Dice"] == 1.0
+        assert len(case["spacing"]) == 3
+
+
+def test_checkpoint_of_another_trainer_is_refused():
+    dataset = planned_phantoms()
+    box = _trainer("SAMBoxOracle", dataset, epochs=1)
+    out = box.run_training()
+    other = _trainer("SAMNoPrompt", dataset, epochs=1)
+    other.output_dir.mkdir(parents=True)
+    (other.output_dir / "checkpoint_latest.pth").write_bytes((out / "checkpoint_final.pth").read_bytes())
+    with pytest.raises(SamprefError, match="written by trainer 'SAMBoxOracle'"):
+        other.run_training(continue_training=True)

@@ -1,2 +1,3 @@
-"""Evaluation: per-case metrics (``metrics``), nnU-Net-layout summary.json (``summary``) and folder scoring
-(``evaluate_folder``); cross-fold tables, plots and statistics come in later issues."""
+"""Evaluation: per-case metrics (``metrics``), nnU-Net-layout summary.json (``summary``), folder scoring
+(``evaluate_folder``), the cross-fold table with paired tests (``aggregate``) and its text, CSV, JSON and
+plot outputs (``table_output``, ``plots``)."""

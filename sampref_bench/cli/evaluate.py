@@ -1,0 +1,62 @@
+"""``sampref_evaluate``: one cross-fold table of every trainer, configuration and fraction of a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sampref_bench.cli.common import run_cli
+
+EPILOG = """\
+reads $SAMPREF_results/DatasetXXX_Name/{Trainer}__{plans}__{configuration}__f{fraction}/fold_{k}/validation/summary.json
+of every finished fold (checkpoint_final.pth present); other folds are listed as unfinished and left out.
+
+writes (atomically, into the dataset's results folder or -o DIR):
+  summary_table.csv    one line per (trainer, configuration, fraction): per-label and foreground mean,
+                       each as mean and std over folds (std empty with one fold), number of folds,
+                       and with --baseline the mean paired difference, pairs and Wilcoxon p-value
+  summary_table.json   the same, plus the unfinished folds
+  dice_vs_fraction.png the foreground mean (or --label) against the fraction, error bars = std over folds
+
+examples:
+  sampref_evaluate -d 003
+  sampref_evaluate -d Dataset003_BUSI --baseline SAMBoxOracle --label lesion -o tables/
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``sampref_evaluate``."""
+    parser = argparse.ArgumentParser(prog="sampref_evaluate", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-d", "--dataset", required=True, help="dataset: 3, 003 or Dataset003_BUSI")
+    parser.add_argument("--baseline", default=None, metavar="TRAINER",
+                        help="trainer to test every other row against (paired Wilcoxon signed-rank over cases)")
+    parser.add_argument("--metric", default="Dice", help="metric of summary.json to aggregate (default: Dice)")
+    parser.add_argument("--label", default="all", metavar="all|NAME",
+                        help="'all': every foreground label plus foreground_mean (default); NAME: that label only")
+    parser.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
+                        help="folder for the table and plot (default: $SAMPREF_results/DatasetXXX_Name)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sampref_bench.evaluation.aggregate import evaluate_dataset
+    from sampref_bench.evaluation.table_output import format_table
+
+    table, written = evaluate_dataset(args.dataset, metric=args.metric, label=args.label, baseline=args.baseline,
+                                      output_dir=args.output)
+    print(format_table(table))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sampref_evaluate``."""
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: _run(args), "sampref_evaluate")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

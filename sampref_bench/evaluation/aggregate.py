@@ -1,0 +1,315 @@
+"""Cross-fold aggregation of every run of a dataset: one table, paired tests against a baseline, a plot.
+
+Runs live in ``$SAMPREF_results/DatasetXXX_Name/{Trainer}__{plans}__{configuration}__f{fraction}/fold_{k}/``.
+A fold counts as finished when it holds ``checkpoint_final.pth`` and a readable ``validation/summary.json``;
+any other fold is listed as unfinished and left out. A row of the table is one
+(trainer, configuration, fraction) (and plans, should several exist); each column is a foreground label's
+mean metric, or ``foreground_mean``, summarized as mean and std (ddof=1, only with two or more folds) over
+the folds found, NaN folds left out.
+
+The paired test compares per-case values of a row with the baseline trainer's row at the same plans,
+configuration and fraction, over the cases (keyed by fold and case) both scored. The per-case value is the
+NaN-ignoring mean over the foreground labels (``label="all"``) or the named label's value; cases that are
+NaN on either side are dropped. The test is :func:`scipy.stats.wilcoxon` (two-sided); with fewer than
+:data:`MIN_PAIRS` pairs or only zero differences the p-value is NaN and a note says why.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sampref_bench import paths
+from sampref_bench.evaluation.summary import case_values, load_summary, nanmean
+from sampref_bench.utilities.errors import SamprefError
+
+MIN_PAIRS = 5
+FOREGROUND = "foreground_mean"
+TABLE_CSV = "summary_table.csv"
+TABLE_JSON = "summary_table.json"
+PLOT_PNG = "dice_vs_fraction.png"
+_FOLD_RE = re.compile(r"fold_(\d+)")
+_FRACTION_RE = re.compile(r"f(\d+(?:\.\d*)?|\.\d+)")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """What a run folder's name says: ``{trainer}__{plans}__{configuration}__f{fraction}``."""
+
+    trainer: str
+    plans: str
+    configuration: str
+    fraction: str
+
+    @property
+    def fraction_value(self) -> float:
+        """The annotation fraction as a number."""
+        return float(self.fraction)
+
+    def sort_key(self) -> tuple[str, str, float, str]:
+        """Order of the table: trainer, configuration, fraction, plans."""
+        return self.trainer, self.configuration, self.fraction_value, self.plans
+
+    def folder_name(self) -> str:
+        """The run folder's name."""
+        return f"{self.trainer}__{self.plans}__{self.configuration}__f{self.fraction}"
+
+
+@dataclass
+class FoldResult:
+    """A finished fold of a run and its validation summary."""
+
+    key: RunKey
+    fold: int
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UnfinishedFold:
+    """A fold folder left out of the table, and why."""
+
+    run: str
+    fold: int
+    reason: str
+
+
+@dataclass
+class RunScan:
+    """Everything found in one dataset's results folder."""
+
+    dataset: str
+    folder: Path
+    finished: list[FoldResult] = field(default_factory=list)
+    unfinished: list[UnfinishedFold] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FoldStat:
+    """Mean and std (ddof=1; ``None`` with fewer than two values) over the non-NaN fold values."""
+
+    mean: float
+    std: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Row minus baseline over paired cases: mean difference, number of pairs, Wilcoxon p-value, note."""
+
+    mean_difference: float
+    n_pairs: int
+    p_value: float
+    note: str = ""
+
+
+@dataclass
+class TableRow:
+    """One (trainer, configuration, fraction) row."""
+
+    key: RunKey
+    folds: list[int]
+    values: dict[str, FoldStat]
+    paired: PairedTest | None = None
+
+
+@dataclass
+class ResultTable:
+    """The aggregated table of a dataset; ``columns`` are label names and/or ``foreground_mean``."""
+
+    dataset: str
+    metric: str
+    label: str
+    baseline: str | None
+    columns: list[str]
+    rows: list[TableRow]
+    unfinished: list[UnfinishedFold]
+    skipped: list[str]
+
+
+# ----------------------------------------------------------------------------------------------- scanning
+def parse_run_name(name: str) -> RunKey | None:
+    """Split ``{trainer}__{plans}__{configuration}__f{fraction}`` (the configuration may hold ``__``).
+
+    Returns ``None`` for a name that is not a run folder's.
+    """
+    parts = name.split("__")
+    if len(parts) < 4 or not all(parts) or not _FRACTION_RE.fullmatch(parts[-1]):
+        return None
+    return RunKey(parts[0], parts[1], "__".join(parts[2:-1]), parts[-1][1:])
+
+
+def _missing_reason(fold_dir: Path) -> str | None:
+    if not (fold_dir / "checkpoint_final.pth").is_file():
+        return "no checkpoint_final.pth (training not finished)"
+    if not (fold_dir / "validation" / "summary.json").is_file():
+        return "no validation/summary.json (final validation missing)"
+    return None
+
+
+def scan_runs(dataset: str, results_root: Path | None = None) -> RunScan:
+    """Find every fold of every run of ``dataset`` (a folder name) under ``results_root`` (default
+    ``$SAMPREF_results``); finished folds come with their summary, others with the reason they are left out."""
+    folder = (results_root if results_root is not None else paths.results_root()) / dataset
+    scan = RunScan(dataset, folder)
+    run_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if folder.is_dir() else []
+    for run_dir in run_dirs:
+        key = parse_run_name(run_dir.name)
+        if key is None:
+            scan.skipped.append(run_dir.name)
+            continue
+        folds = sorted((int(m.group(1)), p) for p in run_dir.iterdir()
+                       if p.is_dir() and (m := _FOLD_RE.fullmatch(p.name)))
+        for fold, fold_dir in folds:
+            reason = _missing_reason(fold_dir)
+            if reason is None:
+                try:
+                    scan.finished.append(FoldResult(key, fold, load_summary(fold_dir / "validation" / "summary.json")))
+                    continue
+                except SamprefError as err:
+                    reason = f"unreadable validation/summary.json: {err}"
+            scan.unfinished.append(UnfinishedFold(run_dir.name, fold, reason))
+    return scan
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def fold_stat(values: Sequence[float]) -> FoldStat:
+    """Mean and std (ddof=1) of the non-NaN ``values``; std is ``None`` with fewer than two of them."""
+    array = np.asarray(values, dtype=np.float64)
+    kept = array[~np.isnan(array)]
+    if kept.size == 0:
+        return FoldStat(math.nan, None, 0)
+    return FoldStat(float(kept.mean()), float(kept.std(ddof=1)) if kept.size >= 2 else None, int(kept.size))
+
+
+def paired_test(values: Mapping[Hashable, float], reference: Mapping[Hashable, float]) -> PairedTest:
+    """Wilcoxon signed-rank test of ``values - reference`` over the keys both hold with non-NaN values."""
+    from scipy.stats import wilcoxon
+
+    common = [k for k in values if k in reference and not math.isnan(values[k]) and not math.isnan(reference[k])]
+    diffs = np.array([values[k] - reference[k] for k in common], dtype=np.float64)
+    if diffs.size == 0:
+        return PairedTest(math.nan, 0, math.nan, "no case scored by both; no test")
+    mean, n = float(diffs.mean()), int(diffs.size)
+    if n < MIN_PAIRS:
+        return PairedTest(mean, n, math.nan, f"only {n} paired cases (< {MIN_PAIRS}); no p-value")
+    if not np.any(diffs):
+        return PairedTest(mean, n, math.nan, "all paired differences are zero; no p-value")
+    return PairedTest(mean, n, float(wilcoxon(diffs).pvalue))
+
+
+# ------------------------------------------------------------------------------------------------ the table
+def _summary_labels(summary: Mapping[str, Any]) -> dict[str, int]:
+    """Foreground label name -> value of a summary (an nnU-Net summary without names uses the values)."""
+    labels = summary.get("labels") or {key: int(key) for key in summary["mean"] if key.lstrip("-").isdigit()}
+    return {str(name): int(value) for name, value in labels.items() if int(value) != 0}
+
+
+def _dataset_labels(folds: Sequence[FoldResult]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for result in folds:
+        for name, value in _summary_labels(result.summary).items():
+            found.setdefault(name, value)
+    return dict(sorted(found.items(), key=lambda kv: kv[1]))
+
+
+def _check_metric(folds: Sequence[FoldResult], metric: str) -> None:
+    names: set[str] = set()
+    for result in folds:
+        names.update(result.summary.get("foreground_mean", {}))
+        for means in result.summary.get("mean", {}).values():
+            names.update(means)
+    if metric not in names:
+        raise SamprefError(f"metric {metric!r} is in no summary.json; metrics found: {', '.join(sorted(names))}. "
+                           "HD95 and NSD exist only when the evaluation asked for them.")
+
+
+def _fold_value(summary: Mapping[str, Any], column: str, labels: Mapping[str, int], metric: str) -> float:
+    if column == FOREGROUND:
+        return float(summary["foreground_mean"].get(metric, math.nan))
+    return float(summary["mean"].get(str(labels[column]), {}).get(metric, math.nan))
+
+
+def case_scores(summary: Mapping[str, Any], labels: Mapping[str, int], metric: str = "Dice") -> dict[str, float]:
+    """``{case: value}``: the NaN-ignoring mean of ``metric`` over ``labels`` (name -> value) in each case."""
+    per_label = [case_values(summary, value, metric) for value in labels.values()]
+    cases = list(per_label[0]) if per_label else []
+    return {case: nanmean([values.get(case, math.nan) for values in per_label]) for case in cases}
+
+
+def _paired_scores(folds: Sequence[FoldResult], labels: Mapping[str, int], metric: str) -> dict[tuple, float]:
+    return {(result.fold, case): value for result in folds
+            for case, value in case_scores(result.summary, labels, metric).items()}
+
+
+def build_table(scan: RunScan, metric: str = "Dice", label: str = "all", baseline: str | None = None) -> ResultTable:
+    """Aggregate the finished folds of ``scan`` into a :class:`ResultTable` (see the module docstring).
+
+    ``label`` is ``"all"`` (every foreground label plus ``foreground_mean``) or one label's name.
+    Raises :class:`SamprefError` when nothing is finished, or the metric, label or baseline is unknown.
+    """
+    if not scan.finished:
+        hint = f" ({len(scan.unfinished)} unfinished fold(s) found)" if scan.unfinished else ""
+        raise SamprefError(f"no finished run of {scan.dataset} in {scan.folder}{hint}. Train one first, e.g. "
+                           f"`sampref_train {scan.dataset} SAMBoxOracle 0`, and rerun sampref_evaluate.")
+    _check_metric(scan.finished, metric)
+    labels = _dataset_labels(scan.finished)
+    if label == "all":
+        columns, paired_labels = [*labels, FOREGROUND], labels
+    elif label in labels:
+        columns, paired_labels = [label], {label: labels[label]}
+    else:
+        raise SamprefError(f"label {label!r} is in no summary.json; labels found: {', '.join(labels) or 'none'} "
+                           "(or pass --label all).")
+    groups: dict[RunKey, list[FoldResult]] = {}
+    for result in scan.finished:
+        groups.setdefault(result.key, []).append(result)
+    trainers = sorted({key.trainer for key in groups})
+    if baseline is not None and baseline not in trainers:
+        raise SamprefError(f"baseline {baseline!r} has no finished run of {scan.dataset}; "
+                           f"trainers found: {', '.join(trainers)}.")
+    rows = []
+    for key in sorted(groups, key=RunKey.sort_key):
+        folds = sorted(groups[key], key=lambda r: r.fold)
+        values = {column: fold_stat([_fold_value(r.summary, column, labels, metric) for r in folds])
+                  for column in columns}
+        rows.append(TableRow(key, [r.fold for r in folds], values))
+    if baseline is not None:
+        _add_paired_tests(rows, groups, baseline, paired_labels, metric)
+    return ResultTable(scan.dataset, metric, label, baseline, columns, rows, scan.unfinished, scan.skipped)
+
+
+def _add_paired_tests(rows: list[TableRow], groups: Mapping[RunKey, list[FoldResult]], baseline: str,
+                      labels: Mapping[str, int], metric: str) -> None:
+    references = {(k.plans, k.configuration, round(k.fraction_value, 6)): _paired_scores(folds, labels, metric)
+                  for k, folds in groups.items() if k.trainer == baseline}
+    for row in rows:
+        if row.key.trainer == baseline:
+            continue
+        reference = references.get((row.key.plans, row.key.configuration, round(row.key.fraction_value, 6)))
+        if reference is None:
+            row.paired = PairedTest(math.nan, 0, math.nan,
+                                    f"no {baseline} run at configuration {row.key.configuration}, "
+                                    f"fraction {row.key.fraction}; no test")
+        else:
+            row.paired = paired_test(_paired_scores(groups[row.key], labels, metric), reference)
+
+
+# ---------------------------------------------------------------------------------------------- presentation
+def evaluate_dataset(dataset: str | int, metric: str = "Dice", label: str = "all", baseline: str | None = None,
+                     output_dir: Path | None = None) -> tuple[ResultTable, list[Path]]:
+    """Resolve ``dataset`` (3, 003 or Dataset003_BUSI), aggregate its runs and write the table and plot into
+    ``output_dir`` (default ``$SAMPREF_results/DatasetXXX_Name``). Returns the table and the written paths."""
+    from sampref_bench.evaluation.table_output import write_outputs
+
+    name = paths.resolve_dataset(dataset, paths.raw_root(), paths.preprocessed_root(), paths.results_root())
+    scan = scan_runs(name)
+    table = build_table(scan, metric=metric, label=label, baseline=baseline)
+    return table, write_outputs(table, output_dir if output_dir is not None else scan.folder)

@@ -1,0 +1,314 @@
+"""Cross-fold aggregation (sampref_bench.evaluation.aggregate) and sampref_evaluate on a hand-built results tree."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from sampref_bench.cli.evaluate import main as evaluate_main
+from sampref_bench.evaluation.aggregate import (
+    FOREGROUND,
+    build_table,
+    fold_stat,
+    paired_test,
+    parse_run_name,
+    scan_runs,
+)
+from sampref_bench.evaluation.summary import CaseResult, build_summary, write_summary
+from sampref_bench.evaluation.table_output import format_table, write_outputs
+from sampref_bench.utilities.errors import SamprefError
+
+NAN = math.nan
+DATASET = "Dataset003_BUSI"
+LABELS = {"lesion": 1, "cyst": 2}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# (trainer, configuration, fraction, fold) -> (lesion Dice per case, cyst Dice per case); five cases per fold,
+# named case_{fold}_{i}, so the same fold of two trainers scores the same cases.
+FOLDS = {
+    ("DPORanking", "2d", "0.2", 0): ([0.8, 0.7, 0.9, 0.6, 0.5], [0.4] * 5),
+    ("DPORanking", "2d", "0.2", 1): ([0.9, 0.8, 0.85, 0.95, 1.0], [0.6, 0.6, NAN, 0.6, 0.6]),
+    ("DPORanking", "2d", "0.2", 2): ([0.8] * 5, [0.5] * 5),
+    ("DPORanking", "2d", "1.0", 0): ([0.95] * 5, [0.75] * 5),
+    ("SAMBoxOracle", "2d", "0.2", 0): ([0.7] * 5, [0.3] * 5),
+    ("SAMBoxOracle", "2d", "0.2", 1): ([0.8] * 5, [0.5] * 5),
+    ("SAMBoxOracle", "2d", "1.0", 0): ([0.9] * 5, [0.7] * 5),
+    ("SAMNoPrompt", "2d", "0.2", 0): ([0.7] * 5, [0.3] * 5),
+    ("SAMNoPrompt", "2d", "1.0", 0): ([NAN, NAN, 0.9, 0.9, 0.9], [NAN, NAN, 0.7, 0.7, 0.7]),
+    ("SAMNoPrompt", "2d__big", "0.5", 0): ([0.6] * 5, [0.2] * 5),
+}
+
+
+def fold_dir(root, trainer, configuration, fraction, fold):
+    return root / DATASET / f"{trainer}__samprefPlans__{configuration}__f{fraction}" / f"fold_{fold}"
+
+
+def write_fold(root, trainer, configuration, fraction, fold, lesion, cyst, *, final=True, summary=True):
+    folder = fold_dir(root, trainer, configuration, fraction, fold)
+    (folder / "validation").mkdir(parents=True)
+    if final:
+        (folder / "checkpoint_final.pth").touch()
+    if summary:
+        cases = [CaseResult(f"case_{fold}_{i}", f"ref/case_{fold}_{i}.png", f"pred/case_{fold}_{i}.png",
+                            {1: {"Dice": a, "IoU": 0.5}, 2: {"Dice": b, "IoU": 0.5}})
+                 for i, (a, b) in enumerate(zip(lesion, cyst))]
+        write_summary(folder / "validation" / "summary.json", build_summary(cases, LABELS))
+    return folder
+
+
+@pytest.fixture
+def results(sampref_roots):
+    """The results tree of FOLDS plus two unfinished folds, one corrupt summary and one stray folder."""
+    root = sampref_roots["results"]
+    for (trainer, configuration, fraction, fold), (lesion, cyst) in FOLDS.items():
+        write_fold(root, trainer, configuration, fraction, fold, lesion, cyst)
+    write_fold(root, "DPORanking", "2d", "1.0", 1, [0.1] * 5, [0.1] * 5, final=False)
+    write_fold(root, "DPORanking", "2d", "1.0", 2, [], [], summary=False)
+    bad = write_fold(root, "SAMNoPrompt", "2d", "0.2", 1, [], [], summary=False)
+    (bad / "validation" / "summary.json").write_text("{")
+    (root / DATASET / "old_plots").mkdir()
+    return root
+
+
+def row(table, trainer, fraction, configuration="2d"):
+    [found] = [r for r in table.rows if (r.key.trainer, r.key.configuration, r.key.fraction)
+               == (trainer, configuration, fraction)]
+    return found
+
+
+def case_foreground(trainer, configuration, fraction, fold):
+    """Per-case foreground mean Dice computed here, independently of the module (NaN where both labels are)."""
+    lesion, cyst = FOLDS[(trainer, configuration, fraction, fold)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-NaN case
+        return {(fold, f"case_{fold}_{i}"): float(np.nanmean([a, b])) for i, (a, b) in enumerate(zip(lesion, cyst))}
+
+
+def expected_pairs(trainer, configuration, fraction, folds):
+    mine, base = {}, {}
+    for fold in folds:
+        mine.update(case_foreground(trainer, configuration, fraction, fold))
+        base.update(case_foreground("SAMBoxOracle", configuration, fraction, fold))
+    keys = [k for k in mine if not math.isnan(mine[k]) and not math.isnan(base[k])]
+    return np.array([mine[k] - base[k] for k in keys])
+
+
+# ------------------------------------------------------------------------------------------------- scanning
+@pytest.mark.parametrize("name,expected", [
+    ("DPORanking__samprefPlans__2d__f0.2", ("DPORanking", "samprefPlans", "2d", "0.2")),
+    ("My_Trainer__samprefPlans__2d__f1.0", ("My_Trainer", "samprefPlans", "2d", "1.0")),
+    ("SAMNoPrompt__samprefPlans__2d__big__f0.5", ("SAMNoPrompt", "samprefPlans", "2d__big", "0.5")),
+    ("SAMNoPrompt__samprefPlans__2d__f1", ("SAMNoPrompt", "samprefPlans", "2d", "1")),
+    ("old_plots", None),
+    ("A__B__f0.2", None),
+    ("A__B__2d__fhalf", None),
+    ("A____2d__f0.2", None),
+])
+def test_parse_run_name(name, expected):
+    key = parse_run_name(name)
+    assert (key if key is None else (key.trainer, key.plans, key.configuration, key.fraction)) == expected
+    if key is not None:
+        assert key.folder_name() == name
+
+
+def test_scan_separates_finished_and_unfinished(results):
+    scan = scan_runs(DATASET)
+    assert len(scan.finished) == len(FOLDS)
+    reasons = {(u.run, u.fold): u.reason for u in scan.unfinished}
+    assert set(reasons) == {("DPORanking__samprefPlans__2d__f1.0", 1), ("DPORanking__samprefPlans__2d__f1.0", 2),
+                            ("SAMNoPrompt__samprefPlans__2d__f0.2", 1)}
+    assert "checkpoint_final.pth" in reasons[("DPORanking__samprefPlans__2d__f1.0", 1)]
+    assert "summary.json" in reasons[("DPORanking__samprefPlans__2d__f1.0", 2)]
+    assert "unreadable" in reasons[("SAMNoPrompt__samprefPlans__2d__f0.2", 1)]
+    assert scan.skipped == ["old_plots"]
+
+
+# -------------------------------------------------------------------------------------------------- the table
+def test_table_rows_sorted_and_fold_counts(results):
+    table = build_table(scan_runs(DATASET))
+    assert table.columns == ["lesion", "cyst", FOREGROUND]
+    assert [(r.key.trainer, r.key.configuration, r.key.fraction, r.folds) for r in table.rows] == [
+        ("DPORanking", "2d", "0.2", [0, 1, 2]), ("DPORanking", "2d", "1.0", [0]),
+        ("SAMBoxOracle", "2d", "0.2", [0, 1]), ("SAMBoxOracle", "2d", "1.0", [0]),
+        ("SAMNoPrompt", "2d", "0.2", [0]), ("SAMNoPrompt", "2d", "1.0", [0]),
+        ("SAMNoPrompt", "2d__big", "0.5", [0]),
+    ]
+
+
+# (trainer, fraction, column, mean, std) worked out by hand from FOLDS (std: ddof=1; None with one fold).
+# DPORanking f0.2 fold means: lesion 0.7/0.9/0.8, cyst 0.4/0.6/0.5 (NaN case left out), foreground 0.55/0.75/0.65.
+# SAMBoxOracle f0.2: lesion 0.7/0.8, cyst 0.3/0.5, foreground 0.5/0.65.
+EXPECTED = [
+    ("DPORanking", "0.2", "lesion", 0.8, 0.1),
+    ("DPORanking", "0.2", "cyst", 0.5, 0.1),
+    ("DPORanking", "0.2", FOREGROUND, 0.65, 0.1),
+    ("SAMBoxOracle", "0.2", "lesion", 0.75, 0.1 / math.sqrt(2)),
+    ("SAMBoxOracle", "0.2", "cyst", 0.4, 0.2 / math.sqrt(2)),
+    ("SAMBoxOracle", "0.2", FOREGROUND, 0.575, 0.15 / math.sqrt(2)),
+    ("DPORanking", "1.0", FOREGROUND, 0.85, None),
+    ("SAMNoPrompt", "1.0", "lesion", 0.9, None),
+]
+
+
+@pytest.mark.parametrize("trainer,fraction,column,mean,std", EXPECTED)
+def test_table_values_hand_computed(results, trainer, fraction, column, mean, std):
+    stat = row(build_table(scan_runs(DATASET)), trainer, fraction).values[column]
+    assert stat.mean == pytest.approx(mean, abs=1e-12)
+    assert stat.std is None if std is None else stat.std == pytest.approx(std, abs=1e-12)
+
+
+def test_fold_stat_ignores_nan():
+    assert fold_stat([0.5, NAN, 0.7]) == pytest.approx(fold_stat([0.5, 0.7]))
+    assert fold_stat([0.4]).std is None and fold_stat([0.4]).n == 1
+    empty = fold_stat([NAN])
+    assert math.isnan(empty.mean) and empty.std is None and empty.n == 0
+
+
+def test_single_label_option(results):
+    table = build_table(scan_runs(DATASET), label="cyst", baseline="SAMBoxOracle")
+    assert table.columns == ["cyst"]
+    assert row(table, "DPORanking", "0.2").values["cyst"].mean == pytest.approx(0.5)
+    # cyst only: fold 0 diffs 0.1 each, fold 1 diffs 0.1 except the NaN case -> 9 pairs, mean 0.1
+    paired = row(table, "DPORanking", "0.2").paired
+    assert paired.n_pairs == 9 and paired.mean_difference == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------------------------- paired tests
+def test_paired_test_matches_scipy(results):
+    table = build_table(scan_runs(DATASET), baseline="SAMBoxOracle")
+    paired = row(table, "DPORanking", "0.2").paired
+    diffs = expected_pairs("DPORanking", "2d", "0.2", [0, 1])
+    # fold 0: 0.1, 0.05, 0.15, 0, -0.05; fold 1: 0.1, 0.05, 0.2 (lesion only), 0.125, 0.15
+    assert paired.n_pairs == 10 == diffs.size
+    assert paired.mean_difference == pytest.approx(0.0875, abs=1e-12)
+    assert paired.p_value == pytest.approx(wilcoxon(diffs).pvalue, rel=1e-12)
+    assert paired.note == ""
+
+    full = row(table, "DPORanking", "1.0").paired
+    assert full.n_pairs == 5 and full.mean_difference == pytest.approx(0.05)
+    assert full.p_value == pytest.approx(wilcoxon(expected_pairs("DPORanking", "2d", "1.0", [0])).pvalue)
+    assert full.p_value == pytest.approx(0.0625)  # exact two-sided: five equal positive differences
+    assert row(table, "SAMBoxOracle", "0.2").paired is None
+
+
+@pytest.mark.parametrize("trainer,fraction,configuration,n_pairs,note", [
+    ("SAMNoPrompt", "0.2", "2d", 5, "all paired differences are zero"),
+    ("SAMNoPrompt", "1.0", "2d", 3, "only 3 paired cases"),
+    ("SAMNoPrompt", "0.5", "2d__big", 0, "no SAMBoxOracle run at configuration 2d__big"),
+])
+def test_paired_test_without_p_value(results, trainer, fraction, configuration, n_pairs, note):
+    paired = row(build_table(scan_runs(DATASET), baseline="SAMBoxOracle"), trainer, fraction, configuration).paired
+    assert paired.n_pairs == n_pairs and math.isnan(paired.p_value) and note in paired.note
+
+
+def test_paired_test_function_directly():
+    values = {("a", i): 0.5 + 0.01 * i for i in range(8)} | {("b", 0): NAN}
+    reference = {("a", i): 0.5 for i in range(7)} | {("b", 0): 0.4, ("c", 0): 0.1}
+    result = paired_test(values, reference)
+    diffs = np.array([0.01 * i for i in range(7)])
+    assert result.n_pairs == 7
+    assert result.mean_difference == pytest.approx(diffs.mean())
+    assert result.p_value == pytest.approx(wilcoxon([values[("a", i)] - 0.5 for i in range(7)]).pvalue)
+    assert paired_test({}, reference).n_pairs == 0
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def test_written_csv_json_and_plot(results, tmp_path):
+    table = build_table(scan_runs(DATASET), baseline="SAMBoxOracle")
+    written = write_outputs(table, tmp_path / "out")
+    assert [p.name for p in written] == ["summary_table.csv", "summary_table.json", "dice_vs_fraction.png"]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+    lines = list(csv.DictReader((tmp_path / "out" / "summary_table.csv").open()))
+    assert len(lines) == 7
+    first = lines[0]
+    assert (first["trainer"], first["configuration"], first["fraction"], first["n_folds"], first["folds"]) == (
+        "DPORanking", "2d", "0.2", "3", "0;1;2")
+    assert float(first["lesion_mean"]) == pytest.approx(0.8) and float(first["foreground_mean_std"]) == (
+        pytest.approx(0.1))
+    assert float(first["mean_difference"]) == pytest.approx(0.0875) and first["n_pairs"] == "10"
+    single = lines[1]
+    assert single["foreground_mean_std"] == "" and float(single["p_value"]) == pytest.approx(0.0625)
+    assert lines[2]["paired_note"] == "baseline" and lines[2]["p_value"] == ""
+    assert lines[4]["p_value"] == "nan" and "zero" in lines[4]["paired_note"]
+
+    data = json.loads((tmp_path / "out" / "summary_table.json").read_text())
+    assert data["dataset"] == DATASET and data["metric"] == "Dice" and data["baseline"] == "SAMBoxOracle"
+    assert data["columns"] == ["lesion", "cyst", FOREGROUND]
+    assert data["rows"][0]["values"]["cyst"] == {"mean": pytest.approx(0.5), "std": pytest.approx(0.1)}
+    assert data["rows"][1]["values"][FOREGROUND]["std"] is None
+    assert data["rows"][0]["paired"]["n_pairs"] == 10
+    assert {(u["run"], u["fold"]) for u in data["unfinished"]} == {
+        ("DPORanking__samprefPlans__2d__f1.0", 1), ("DPORanking__samprefPlans__2d__f1.0", 2),
+        ("SAMNoPrompt__samprefPlans__2d__f0.2", 1)}
+
+    png = (tmp_path / "out" / "dice_vs_fraction.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 1000
+
+
+def test_text_table_is_aligned(results):
+    text = format_table(build_table(scan_runs(DATASET), baseline="SAMBoxOracle"))
+    lines = text.splitlines()
+    header, body = lines[1], lines[2:9]
+    assert header.split()[:4] == ["trainer", "configuration", "fraction", "folds"]
+    assert "0.8000 ± 0.1000" in body[0] and "0.8500 ± -" in body[1] and "(baseline)" in body[2]
+    positions = {line.index("±") for line in body}
+    assert len(positions) == 1  # the first ± of every row in one column
+    assert "unfinished (left out): DPORanking__samprefPlans__2d__f1.0/fold_1: no checkpoint_final.pth" in text
+    assert "not a run folder (skipped): old_plots" in text
+    assert "SAMNoPrompt 2d f1.0: only 3 paired cases" in text
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def test_cli_writes_into_dataset_folder(results, capsys):
+    assert evaluate_main(["-d", "3", "--baseline", "SAMBoxOracle"]) == 0
+    out = capsys.readouterr().out
+    assert "DPORanking" in out and "0.6500 ± 0.1000" in out and "unfinished (left out)" in out
+    for name in ("summary_table.csv", "summary_table.json", "dice_vs_fraction.png"):
+        assert (results / DATASET / name).is_file()
+        assert f"wrote {results / DATASET / name}" in out
+
+
+def test_cli_output_dir_metric_and_label(results, tmp_path, capsys):
+    out_dir = tmp_path / "tables"
+    assert evaluate_main(["-d", DATASET, "--metric", "IoU", "--label", "lesion", "-o", str(out_dir)]) == 0
+    assert "0.5000 ± 0.0000" in capsys.readouterr().out
+    data = json.loads((out_dir / "summary_table.json").read_text())
+    assert data["metric"] == "IoU" and data["columns"] == ["lesion"] and data["baseline"] is None
+    assert not (results / DATASET / "summary_table.csv").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-d", "7"], "no dataset matches '7'"),
+    (["-d", "3", "--baseline", "SAMBaseline"],
+     "baseline 'SAMBaseline' has no finished run of Dataset003_BUSI; trainers found: DPORanking, SAMBoxOracle, "
+     "SAMNoPrompt"),
+    (["-d", "3", "--label", "liver"], "labels found: lesion, cyst"),
+    (["-d", "3", "--metric", "HD95"], "metric 'HD95' is in no summary.json; metrics found: Dice, IoU"),
+])
+def test_cli_user_errors(results, capsys, args, message):
+    assert evaluate_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sampref_evaluate: error: ") and message in err and "Traceback" not in err
+
+
+def test_cli_no_finished_run_says_train_first(sampref_roots, capsys):
+    (sampref_roots["raw"] / "Dataset005_Empty").mkdir(parents=True)
+    assert evaluate_main(["-d", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "no finished run of Dataset005_Empty" in err and "sampref_train" in err
+
+    write_fold(sampref_roots["results"], "SAMBoxOracle", "2d", "0.2", 0, [0.5], [0.5], final=False)
+    assert evaluate_main(["-d", "3"]) == 2
+    assert "1 unfinished fold(s) found" in capsys.readouterr().err
+
+
+def test_build_table_needs_finished_runs(sampref_roots):
+    with pytest.raises(SamprefError, match="sampref_train"):
+        build_table(scan_runs("Dataset009_None"))
