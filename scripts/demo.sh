@@ -1,17 +1,39 @@
 #!/usr/bin/env bash
-# The main job of sampref on the bundled BUSI subset, every stage that exists so far.
+# The main job of sampref on the bundled BUSI subset: convert, verify, plan, train two SAM trainers on
+# fold 0 at annotation fraction 0.2 with LiteMedSAM, evaluate, print the Dice table.
 # Usage: bash scripts/demo.sh [VENV]   (make demo calls it). Data goes to ./sampref_data unless the
-# SAMPREF_raw / SAMPREF_preprocessed / SAMPREF_results variables say otherwise.
+# SAMPREF_raw / SAMPREF_preprocessed / SAMPREF_results variables say otherwise. Running it again reuses
+# what is done (conversion, plan, embeddings, finished runs) and resumes an interrupted run.
 set -euo pipefail
 venv=${1:-.venv}
 bin="$venv/bin"
 export HF_HUB_OFFLINE=1
+raw=${SAMPREF_raw:-sampref_data/raw}
+results=${SAMPREF_results:-sampref_data/results}
+start=$(date +%s)
 
 echo "== 1. convert the bundled BUSI subset (demo_data/BUSI_subset) to Dataset003_BUSI"
-"$bin/sampref_convert" busi demo_data/BUSI_subset -d 3 --name BUSI --overwrite
+if [[ -d "$raw/Dataset003_BUSI" ]]; then
+  echo "$raw/Dataset003_BUSI exists; keeping it (make clean-demo starts over)"
+else
+  "$bin/sampref_convert" busi demo_data/BUSI_subset -d 3 --name BUSI
+fi
 
-echo "== 2. verify it again, as a user would after editing files by hand"
+echo "== 2. verify it, as a user would after editing files by hand"
 "$bin/sampref_convert" verify -d 003
 
 echo "== 3. plan it: fingerprint, plans, 5-fold splits with nested fractions, preprocessing"
 "$bin/sampref_plan" -d 003
+
+echo "== 4. train on fold 0 at fraction 0.2 (16 labeled images) with LiteMedSAM, 15 epochs each"
+for trainer in SAMBoxOracle SAMNoPrompt; do
+  run="$results/Dataset003_BUSI/${trainer}__samprefPlans__2d__f0.2/fold_0"
+  resume=()
+  if [[ -f "$run/checkpoint_latest.pth" || -f "$run/checkpoint_final.pth" ]]; then resume=(--continue); fi
+  "$bin/sampref_train" 003 "$trainer" 0 --fraction 0.2 "${resume[@]}"
+done
+
+echo "== 5. evaluate: one Dice table over every trainer, fraction and fold"
+"$bin/sampref_evaluate" -d 003 --baseline SAMNoPrompt
+
+echo "demo finished in $(( $(date +%s) - start )) s; runs, tables and plots are under $results/Dataset003_BUSI"
