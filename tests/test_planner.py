@@ -162,3 +162,14 @@ def test_unreadable_case_points_to_verify(sampref_roots):
         _plan()
     with pytest.raises(SamprefError, match="failed verification"):
         _plan(verify=True)
+
+
+def test_patient_groups_stay_on_one_side():
+    _phantoms(n=10, case_groups=True)
+    out = _plan()
+    groups = json.loads((out.folder / "dataset.json").read_text())["case_groups"]
+    folds = json.loads((out.folder / "splits_final.json").read_text())["folds"]
+    assert len(folds) == 5
+    for fold in folds:
+        assert not {groups[c] for c in fold["train"]} & {groups[c] for c in fold["val"]}
+        assert len(fold["val"]) == 2 and groups[fold["val"][0]] == groups[fold["val"][1]]
