@@ -38,6 +38,16 @@ SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 PROMPT_DIM = 256
 
 
+def _replace_checked(arch: Any, values: dict[str, Any], what: str) -> Any:
+    """``dataclasses.replace(arch, **values)`` after checking that every key names a field."""
+    unknown = sorted(set(values) - set(arch.__dataclass_fields__))
+    if unknown:
+        raise SamprefError(
+            f"unknown {what} architecture override(s) {unknown}; allowed: {sorted(arch.__dataclass_fields__)}"
+        )
+    return replace(arch, **values) if values else arch
+
+
 @dataclass(frozen=True)
 class ViTArch:
     """Hyperparameters of a SAM ViT image encoder (``segment_anything.modeling.ImageEncoderViT``).
@@ -57,17 +67,10 @@ class ViTArch:
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> ViTArch:
         """Return a copy with the given fields replaced (unknown field names are an error)."""
-        if not overrides:
-            return self
-        unknown = sorted(set(overrides) - set(self.__dataclass_fields__))
-        if unknown:
-            raise SamprefError(
-                f"unknown ViT architecture override(s) {unknown}; allowed: {sorted(self.__dataclass_fields__)}"
-            )
-        values = dict(overrides)
+        values = dict(overrides or {})
         if "global_attn_indexes" in values:
             values["global_attn_indexes"] = tuple(int(i) for i in values["global_attn_indexes"])
-        return replace(self, **values)
+        return _replace_checked(self, values, "ViT")
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,7 @@ class TinyArch:
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> TinyArch:
         """Return a copy with the given fields replaced (unknown field names are an error)."""
-        if not overrides:
-            return self
-        unknown = sorted(set(overrides) - set(self.__dataclass_fields__))
-        if unknown:
-            raise SamprefError(
-                f"unknown tiny architecture override(s) {unknown}; allowed: {sorted(self.__dataclass_fields__)}"
-            )
-        arch = replace(self, **overrides)
+        arch = _replace_checked(self, dict(overrides or {}), "tiny")
         if arch.stride not in (4, 8, 16):
             raise SamprefError(f"tiny stride must be 4, 8 or 16, got {arch.stride}")
         return arch
