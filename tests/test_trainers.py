@@ -201,3 +201,16 @@ def test_checkpoint_of_another_trainer_is_refused():
     (other.output_dir / "checkpoint_latest.pth").write_bytes((out / "checkpoint_final.pth").read_bytes())
     with pytest.raises(SamprefError, match="written by trainer 'SAMBoxOracle'"):
         other.run_training(continue_training=True)
+
+
+def test_unfrozen_encoder_trains_and_is_checkpointed():
+    dataset = planned_phantoms()
+    trainer = _trainer("SAMBoxOracle", dataset, epochs=1, freeze_image_encoder=False)
+    assert trainer.run_configuration_name() == "2d-tiny-unfrozen"
+    trainer.initialize()
+    before = {k: v.clone() for k, v in trainer.network.image_encoder.state_dict().items()}
+    out = _trainer("SAMBoxOracle", dataset, epochs=1, freeze_image_encoder=False).run_training()
+    state = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=True)["network"]
+    encoder_keys = [k for k in state if k.startswith("image_encoder.")]
+    assert encoder_keys
+    assert any(not torch.equal(state[k], before[k.removeprefix("image_encoder.")]) for k in encoder_keys)

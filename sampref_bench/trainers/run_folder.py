@@ -85,7 +85,8 @@ def plot_progress(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     twin.plot(epochs, [r["val_dice"] for r in rows], "g-s", label="val pseudo Dice")
     twin.set_ylabel("Dice")
     twin.set_ylim(0, 1)
-    fig.legend(loc="upper right")
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="center right", fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
