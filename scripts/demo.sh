@@ -36,4 +36,7 @@ done
 echo "== 5. evaluate: one Dice table over every trainer, fraction and fold"
 "$bin/sampref_evaluate" -d 003 --baseline SAMNoPrompt
 
+echo "note: at fraction 0.2 an epoch is one pass over 16 labeled images (2 optimizer steps), so each trainer"
+echo "      gets 30 steps with the paper's defaults; a box prompt needs few, the prompt-free lower bound needs"
+echo "      more (try: sampref_train 003 SAMNoPrompt 0 --fraction 0.2 --set iterations_per_epoch=10)."
 echo "demo finished in $(( $(date +%s) - start )) s; runs, tables and plots are under $results/Dataset003_BUSI"
