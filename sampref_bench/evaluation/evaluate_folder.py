@@ -31,10 +31,10 @@ from sampref_bench.evaluation.metrics import absent_label_metrics, case_metrics
 from sampref_bench.evaluation.summary import CaseResult, build_summary, write_summary
 from sampref_bench.utilities.atomic import load_json
 from sampref_bench.utilities.errors import SamprefError
-from sampref_bench.utilities.imageio import read_sitk, split_ending
+from sampref_bench.utilities.imageio import VOLUME_ENDINGS, read_sitk, split_ending
 
 #: Endings of label-map files that are matched (case-insensitive); other files (e.g. summary.json) are ignored.
-LABEL_ENDINGS = (".png", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+LABEL_ENDINGS = (".png", *VOLUME_ENDINGS)
 #: Endings without physical geometry: surface distances there are in pixels.
 PIXEL_ENDINGS = (".png",)
 

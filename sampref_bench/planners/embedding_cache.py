@@ -2,7 +2,8 @@
 
 An encoder pass costs about 3 s per image for LiteMedSAM on two CPU cores, so every trainer, fraction
 and fold of a dataset shares one cache, computed once per (encoder weights, preprocessing, case):
-``{preprocessed plan folder}/cache/embeddings/{flavour}-{weights_id}-{preprocessing hash}/{case}.npy``
+``{preprocessed plan folder}/cache/embeddings/{weights_id}-{preprocessing hash}/{case}.npy`` (the weights ID
+starts with the flavour name, e.g. ``litemedsam-256-79d8c9dca6db4d69``)
 holds the ``(S, 256, E, E)`` float16 embeddings of the case's ``S`` slices. A change of weights or of the
 plan changes the folder name, so stale embeddings are never read; ``prune_stale`` deletes old folders.
 """
@@ -35,7 +36,7 @@ class EmbeddingCache:
         self.batch_size = batch_size
         pre_hash = load_json(data.data_dir / "preprocessing.json")["inputs_hash"]
         self.root = data.data_dir / "cache" / "embeddings"
-        self.folder = self.root / f"{model.flavour}-{model.weights_id}-{pre_hash}"
+        self.folder = self.root / f"{model.weights_id}-{pre_hash}"
         self._loaded: dict[str, np.ndarray] = {}
 
     def path(self, case: str) -> Path:

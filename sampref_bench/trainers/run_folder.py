@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sampref_bench import paths
-from sampref_bench.utilities.atomic import write_bytes_atomic
+from sampref_bench.utilities.atomic import atomic_write, write_bytes_atomic
 from sampref_bench.utilities.errors import SamprefError
 
 
@@ -30,15 +28,7 @@ def run_folder(dataset_name: str, trainer: str, plans_name: str, configuration: 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` through a temporary sibling and ``os.replace`` (a killed run never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -7,28 +7,38 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sampref_bench.utilities.errors import SamprefError
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling file and ``os.replace``."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], fsync: bool = False) -> None:
+    """Call ``write(handle)`` on a temporary sibling of ``path``, then ``os.replace`` it into place.
+
+    A reader sees the old file or the complete new one; on any error the temporary file is removed.
+    ``fsync`` flushes the data to disk before the rename.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            write(handle)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (flushed to disk before the rename)."""
+    atomic_write(path, lambda handle: handle.write(data), fsync=True)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
