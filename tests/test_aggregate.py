@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
+import sampref_bench.evaluation as evaluation_package
 from sampref_bench.cli.evaluate import main as evaluate_main
 from sampref_bench.evaluation.aggregate import (
     FOREGROUND,
@@ -312,3 +315,28 @@ def test_cli_no_finished_run_says_train_first(sampref_roots, capsys):
 def test_build_table_needs_finished_runs(sampref_roots):
     with pytest.raises(SamprefError, match="sampref_train"):
         build_table(scan_runs("Dataset009_None"))
+
+
+# ------------------------------------------------------------------------------------------------ imports
+def _evaluation_imports(path):
+    """The ``sampref_bench.evaluation`` modules a source file imports anywhere (function-level ones too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sampref_bench.evaluation."):
+            found.add(node.module.rsplit(".", 1)[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.rsplit(".", 1)[1] for a in node.names
+                         if a.name.startswith("sampref_bench.evaluation."))
+    return found
+
+
+def test_evaluation_imports_have_no_circle():
+    folder = Path(evaluation_package.__file__).parent
+    graph = {p.stem: _evaluation_imports(p) for p in folder.glob("*.py") if p.stem != "__init__"}
+    assert "table_output" not in graph["aggregate"] and "report" not in graph["aggregate"]
+    assert graph["report"] >= {"aggregate", "table_output"}
+
+    def reaches(start, target, seen=()):
+        return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph.get(start, ()))
+
+    assert [m for m in graph if reaches(m, m)] == []

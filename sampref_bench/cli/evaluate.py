@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sampref_bench.evaluation.aggregate import evaluate_dataset
+    from sampref_bench.evaluation.report import evaluate_dataset
     from sampref_bench.evaluation.table_output import format_table
 
     table, written = evaluate_dataset(args.dataset, metric=args.metric, label=args.label, baseline=args.baseline,

@@ -31,9 +31,6 @@ from sampref_bench.utilities.errors import SamprefError
 
 MIN_PAIRS = 5
 FOREGROUND = "foreground_mean"
-TABLE_CSV = "summary_table.csv"
-TABLE_JSON = "summary_table.json"
-PLOT_PNG = "dice_vs_fraction.png"
 _FOLD_RE = re.compile(r"fold_(\d+)")
 _FRACTION_RE = re.compile(r"f(\d+(?:\.\d*)?|\.\d+)")
 
@@ -300,16 +297,3 @@ def _add_paired_tests(rows: list[TableRow], groups: Mapping[RunKey, list[FoldRes
                                     f"fraction {row.key.fraction}; no test")
         else:
             row.paired = paired_test(_paired_scores(groups[row.key], labels, metric), reference)
-
-
-# ---------------------------------------------------------------------------------------------- presentation
-def evaluate_dataset(dataset: str | int, metric: str = "Dice", label: str = "all", baseline: str | None = None,
-                     output_dir: Path | None = None) -> tuple[ResultTable, list[Path]]:
-    """Resolve ``dataset`` (3, 003 or Dataset003_BUSI), aggregate its runs and write the table and plot into
-    ``output_dir`` (default ``$SAMPREF_results/DatasetXXX_Name``). Returns the table and the written paths."""
-    from sampref_bench.evaluation.table_output import write_outputs
-
-    name = paths.resolve_dataset(dataset, paths.raw_root(), paths.preprocessed_root(), paths.results_root())
-    scan = scan_runs(name)
-    table = build_table(scan, metric=metric, label=label, baseline=baseline)
-    return table, write_outputs(table, output_dir if output_dir is not None else scan.folder)

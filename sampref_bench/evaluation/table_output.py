@@ -8,8 +8,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sampref_bench.evaluation.aggregate import PLOT_PNG, TABLE_CSV, TABLE_JSON, ResultTable, TableRow
+from sampref_bench.evaluation.aggregate import ResultTable, TableRow
+from sampref_bench.evaluation.plots import plot_vs_fraction
 from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
+
+#: The files :func:`write_outputs` writes into a dataset's results folder (or ``sampref_evaluate -o DIR``).
+TABLE_CSV = "summary_table.csv"
+TABLE_JSON = "summary_table.json"
+PLOT_PNG = "dice_vs_fraction.png"
 
 
 def _num(value: float | None, spec: str = ".4f") -> str:
@@ -112,8 +118,6 @@ def table_to_csv(table: ResultTable) -> str:
 def plot_table(table: ResultTable, path: Path) -> Path:
     """``dice_vs_fraction.png``: the foreground mean (or the chosen label) against the fraction, one line per
     (trainer, configuration), error bars = std over folds."""
-    from sampref_bench.evaluation.plots import plot_vs_fraction
-
     column = table.columns[-1]
     series: dict[str, list[tuple[float, float, float | None]]] = {}
     for row in table.rows:
