@@ -17,14 +17,17 @@ import sampref_bench.evaluation as evaluation_package
 from sampref_bench.cli.evaluate import main as evaluate_main
 from sampref_bench.evaluation.aggregate import (
     FOREGROUND,
+    RunConfig,
     build_table,
     fold_stat,
     paired_test,
     parse_run_name,
+    read_run_config,
     scan_runs,
 )
+from sampref_bench.evaluation.plots import figure_vs_fraction
 from sampref_bench.evaluation.summary import CaseResult, build_summary, write_summary
-from sampref_bench.evaluation.table_output import format_table, write_outputs
+from sampref_bench.evaluation.table_output import format_table, plot_series, write_outputs
 from sampref_bench.utilities.errors import SamprefError
 
 NAN = math.nan
@@ -52,11 +55,14 @@ def fold_dir(root, trainer, configuration, fraction, fold):
     return root / DATASET / f"{trainer}__samprefPlans__{configuration}__f{fraction}" / f"fold_{fold}"
 
 
-def write_fold(root, trainer, configuration, fraction, fold, lesion, cyst, *, final=True, summary=True):
+def write_fold(root, trainer, configuration, fraction, fold, lesion, cyst, *, final=True, summary=True, config=None):
+    """A fold folder; ``config`` is written as config.json (a str as raw text, anything else as JSON; None: none)."""
     folder = fold_dir(root, trainer, configuration, fraction, fold)
     (folder / "validation").mkdir(parents=True)
     if final:
         (folder / "checkpoint_final.pth").touch()
+    if config is not None:
+        (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
     if summary:
         cases = [CaseResult(f"case_{fold}_{i}", f"ref/case_{fold}_{i}.png", f"pred/case_{fold}_{i}.png",
                             {1: {"Dice": a, "IoU": 0.5}, 2: {"Dice": b, "IoU": 0.5}})
@@ -108,6 +114,9 @@ def expected_pairs(trainer, configuration, fraction, folds):
     ("My_Trainer__samprefPlans__2d__f1.0", ("My_Trainer", "samprefPlans", "2d", "1.0")),
     ("SAMNoPrompt__samprefPlans__2d__big__f0.5", ("SAMNoPrompt", "samprefPlans", "2d__big", "0.5")),
     ("SAMNoPrompt__samprefPlans__2d__f1", ("SAMNoPrompt", "samprefPlans", "2d", "1")),
+    ("DPORanking__samprefPlans__2d-lr0.0003__f0.2", ("DPORanking", "samprefPlans", "2d-lr0.0003", "0.2")),
+    ("DPORanking__samprefPlans__2d-tiny-myrun__f1.0", ("DPORanking", "samprefPlans", "2d-tiny-myrun", "1.0")),
+    ("DPORanking__samprefPlans__2d-f0.5__f0.2", ("DPORanking", "samprefPlans", "2d-f0.5", "0.2")),
     ("old_plots", None),
     ("A__B__f0.2", None),
     ("A__B__2d__fhalf", None),
@@ -266,6 +275,132 @@ def test_text_table_is_aligned(results):
     assert "unfinished (left out): DPORanking__samprefPlans__2d__f1.0/fold_1: no checkpoint_final.pth" in text
     assert "not a run folder (skipped): old_plots" in text
     assert "SAMNoPrompt 2d f1.0: only 3 paired cases" in text
+
+
+# ------------------------------------------------------------------------------------- oracle rows, run tags
+def cfg(oracle, base="2d", tag=None):
+    """A config.json as a trainer writes it (only the keys the table reads, plus one it ignores)."""
+    return {"trainer": "x", "oracle": oracle, "configuration_base": base, "run_tag": tag}
+
+
+# (trainer, configuration, fold) -> (Dice of both labels in each of the five cases, config.json); all at f0.2.
+MARKED = {
+    ("SAMBoxOracle", "2d", 0): ([0.5] * 5, cfg(True)),
+    ("SAMBoxOracle", "2d", 1): ([0.5] * 5, None),  # no config.json: the row is oracle through fold 0
+    ("SAMBoxOracle", "2d-lr0.001", 0): ([0.6] * 5, cfg(True, tag="lr0.001")),
+    ("DPORanking", "2d", 0): ([0.7] * 5, cfg(False)),
+    ("DPORanking", "2d", 1): ([0.7] * 5, "{"),  # unreadable config.json
+    ("DPORanking", "2d-lr0.0003", 0): ([0.8, 0.82, 0.84, 0.86, 0.88], cfg(False, tag="lr0.0003")),
+    ("DPORanking", "2d-lr0.001", 0): ([0.9] * 5, cfg(False, tag="lr0.001")),
+    ("DPORanking", "2d-tiny-lr0.01", 0): ([0.45] * 5, cfg(False, base="2d-tiny", tag="lr0.01")),
+    ("DPORanking", "2d-tiny-myrun", 0): ([0.4] * 5, {"trainer": "DPORanking"}),  # an old run: no such keys
+    ("SAMNoPrompt", "2d", 0): ([0.3] * 5, []),  # config.json that is not an object
+}
+
+
+@pytest.fixture
+def marked(sampref_roots):
+    root = sampref_roots["results"]
+    for (trainer, configuration, fold), (dice, config) in MARKED.items():
+        write_fold(root, trainer, configuration, "0.2", fold, dice, dice, config=config)
+    return root
+
+
+def test_run_config_read_per_fold(marked):
+    configs = {(r.key.trainer, r.key.configuration, r.fold): r.config for r in scan_runs(DATASET).finished}
+    assert configs[("SAMBoxOracle", "2d", 0)] == RunConfig(True, "2d", None)
+    assert configs[("DPORanking", "2d-lr0.0003", 0)] == RunConfig(False, "2d", "lr0.0003")
+    for missing in [("SAMBoxOracle", "2d", 1), ("DPORanking", "2d", 1), ("DPORanking", "2d-tiny-myrun", 0),
+                    ("SAMNoPrompt", "2d", 0)]:
+        assert configs[missing] == RunConfig(), missing
+    (fold_dir(marked, "SAMNoPrompt", "2d", "0.2", 0) / "config.json").write_text('{"oracle": "yes"}')
+    assert read_run_config(fold_dir(marked, "SAMNoPrompt", "2d", "0.2", 0)).oracle is False  # only JSON true
+
+
+def test_oracle_rows_marked_in_text_csv_json(marked, tmp_path):
+    table = build_table(scan_runs(DATASET), baseline="SAMBoxOracle")
+    oracle = {(r.key.trainer, r.key.configuration): r.oracle for r in table.rows}
+    assert oracle == {("DPORanking", "2d"): False, ("DPORanking", "2d-lr0.0003"): False,
+                      ("DPORanking", "2d-lr0.001"): False, ("DPORanking", "2d-tiny-lr0.01"): False,
+                      ("DPORanking", "2d-tiny-myrun"): False, ("SAMBoxOracle", "2d"): True,
+                      ("SAMBoxOracle", "2d-lr0.001"): True, ("SAMNoPrompt", "2d"): False}
+
+    lines = format_table(table).splitlines()
+    body = lines[2:2 + len(table.rows)]
+    assert [line.split()[0] + (" [oracle]" if "[oracle]" in line else "") for line in body] == [
+        "DPORanking"] * 5 + ["SAMBoxOracle [oracle]"] * 2 + ["SAMNoPrompt"]
+    assert all(line.startswith("SAMBoxOracle [oracle]  ") for line in body[5:7])
+    assert "  [oracle]: prompts come from the ground truth; an upper bound, not a method" in lines
+    assert len({line.index("±") for line in body}) == 1  # the mark widens the column, alignment holds
+
+    write_outputs(table, tmp_path)
+    records = list(csv.DictReader((tmp_path / "summary_table.csv").open()))
+    assert {(r["trainer"], r["configuration"]): r["oracle"] for r in records} == {
+        key: "true" if value else "false" for key, value in oracle.items()}
+    data = json.loads((tmp_path / "summary_table.json").read_text())
+    assert {(r["trainer"], r["configuration"]): r["oracle"] for r in data["rows"]} == oracle
+
+
+def test_no_oracle_mark_without_oracle_rows(results):
+    text = format_table(build_table(scan_runs(DATASET)))
+    assert "[oracle]" not in text  # the results tree has no config.json at all: nothing is an oracle
+
+
+def test_plot_draws_oracle_dashed_and_labelled(marked):
+    table = build_table(scan_runs(DATASET))
+    series, dashed = plot_series(table)
+    assert dashed == {"SAMBoxOracle 2d (oracle)", "SAMBoxOracle 2d-lr0.001 (oracle)"}
+    assert "DPORanking 2d" in series and "DPORanking 2d-lr0.0003" in series
+    fig = figure_vs_fraction(series, "t", "Dice", dashed)
+    ax = fig.axes[0]
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == set(series)
+    styles = {bars.get_label(): bars.lines[0].get_linestyle() for bars in ax.containers}  # the data line of each
+    assert styles["SAMBoxOracle 2d (oracle)"] == "--" and styles["SAMBoxOracle 2d-lr0.001 (oracle)"] == "--"
+    assert styles["DPORanking 2d"] == "-" and styles["SAMNoPrompt 2d"] == "-"
+
+
+def test_tagged_runs_are_rows_of_their_own(marked, tmp_path):
+    table = build_table(scan_runs(DATASET), baseline="SAMBoxOracle")
+    dpo = [r for r in table.rows if r.key.trainer == "DPORanking"]
+    assert [(r.key.configuration, r.configuration_base, r.run_tag) for r in dpo] == [
+        ("2d", "2d", None), ("2d-lr0.0003", "2d", "lr0.0003"), ("2d-lr0.001", "2d", "lr0.001"),
+        ("2d-tiny-lr0.01", "2d-tiny", "lr0.01"), ("2d-tiny-myrun", None, None)]
+    assert [r.values[FOREGROUND].mean for r in dpo] == pytest.approx([0.7, 0.84, 0.9, 0.45, 0.4])
+    assert [r.folds for r in dpo] == [[0, 1], [0], [0], [0], [0]]
+
+    write_outputs(table, tmp_path)
+    records = {r["configuration"]: r for r in csv.DictReader((tmp_path / "summary_table.csv").open())
+               if r["trainer"] == "DPORanking"}
+    assert (records["2d-lr0.0003"]["run_tag"], records["2d-lr0.0003"]["configuration_base"]) == ("lr0.0003", "2d")
+    assert (records["2d-tiny-myrun"]["run_tag"], records["2d-tiny-myrun"]["configuration_base"]) == ("", "")
+    data = json.loads((tmp_path / "summary_table.json").read_text())
+    [tagged] = [r for r in data["rows"] if r["configuration"] == "2d-lr0.0003"]
+    assert tagged["run_tag"] == "lr0.0003" and tagged["paired"]["baseline_configuration"] == "2d"
+
+
+def test_tagged_runs_pair_exactly_then_with_base_configuration(marked):
+    table = build_table(scan_runs(DATASET), baseline="SAMBoxOracle")
+    paired = {r.key.configuration: r.paired for r in table.rows if r.key.trainer == "DPORanking"}
+    # untagged: the untagged baseline (0.7 - 0.5 over both folds)
+    assert (paired["2d"].baseline_configuration, paired["2d"].n_pairs) == ("2d", 10)
+    assert paired["2d"].mean_difference == pytest.approx(0.2) and paired["2d"].note == ""
+    # the baseline has a run at exactly 2d-lr0.001: paired with it (0.9 - 0.6), not with 2d (which would be 0.4)
+    assert paired["2d-lr0.001"].baseline_configuration == "2d-lr0.001"
+    assert paired["2d-lr0.001"].mean_difference == pytest.approx(0.3) and paired["2d-lr0.001"].note == ""
+    # no baseline at 2d-lr0.0003: falls back to the base configuration 2d (mean 0.84 - 0.5)
+    fallback = paired["2d-lr0.0003"]
+    assert fallback.baseline_configuration == "2d" and fallback.n_pairs == 5
+    assert fallback.mean_difference == pytest.approx(0.34)
+    diffs = np.array([0.8, 0.82, 0.84, 0.86, 0.88]) - 0.5
+    assert fallback.p_value == pytest.approx(wilcoxon(diffs).pvalue)
+    assert "base configuration 2d (none at 2d-lr0.0003)" in fallback.note
+    # base configuration known but the baseline has neither: no test, both named
+    assert "no SAMBoxOracle run at configuration 2d-tiny-lr0.01 or 2d-tiny" in paired["2d-tiny-lr0.01"].note
+    assert paired["2d-tiny-lr0.01"].baseline_configuration is None
+    # base configuration unknown (old config.json): exact match only
+    assert paired["2d-tiny-myrun"].n_pairs == 0
+    assert "no SAMBoxOracle run at configuration 2d-tiny-myrun, fraction 0.2" in paired["2d-tiny-myrun"].note
+    assert "DPORanking 2d-lr0.0003 f0.2: paired with SAMBoxOracle at base configuration 2d" in format_table(table)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

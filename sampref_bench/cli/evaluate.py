@@ -11,13 +11,19 @@ from sampref_bench.cli.common import run_cli
 EPILOG = """\
 reads $SAMPREF_results/DatasetXXX_Name/{Trainer}__{plans}__{configuration}__f{fraction}/fold_{k}/validation/summary.json
 of every finished fold (checkpoint_final.pth present); other folds are listed as unfinished and left out.
+Each fold's config.json says whether the trainer is an oracle (prompts from the ground truth: an upper bound,
+not a method; marked [oracle] in every output) and, for a tagged run (configuration 2d-lr0.0003), its base
+configuration; a tagged run without a baseline run at its exact configuration is paired with the baseline
+at its base configuration.
 
 writes (atomically, into the dataset's results folder or -o DIR):
-  summary_table.csv    one line per (trainer, configuration, fraction): per-label and foreground mean,
-                       each as mean and std over folds (std empty with one fold), number of folds,
-                       and with --baseline the mean paired difference, pairs and Wilcoxon p-value
+  summary_table.csv    one line per (trainer, configuration, fraction): oracle (true/false), base configuration
+                       and run tag, per-label and foreground mean, each as mean and std over folds (std empty
+                       with one fold), number of folds, and with --baseline the baseline's configuration, the
+                       mean paired difference, pairs and Wilcoxon p-value
   summary_table.json   the same, plus the unfinished folds
-  dice_vs_fraction.png the foreground mean (or --label) against the fraction, error bars = std over folds
+  dice_vs_fraction.png the foreground mean (or --label) against the fraction, error bars = std over folds,
+                       oracle lines dashed and labelled (oracle)
 
 examples:
   sampref_evaluate -d 003

@@ -7,11 +7,21 @@ any other fold is listed as unfinished and left out. A row of the table is one
 mean metric, or ``foreground_mean``, summarized as mean and std (ddof=1, only with two or more folds) over
 the folds found, NaN folds left out.
 
+A run with non-default hyperparameters carries a tag in its configuration part, ``2d-lr0.0003`` or
+``2d-tiny-myrun`` (``-`` separated, never ``__``); its rows are apart from the untagged run's. The folder
+name alone does not say where the tag starts (``2d-tiny`` may be a configuration of its own), so each finished
+fold's ``config.json`` is read for ``configuration_base`` (the configuration without the tag) and ``run_tag``,
+and for ``oracle``: true for a trainer whose prompts come from the ground truth (an upper bound, not a
+method). A missing or unreadable ``config.json``, or a missing key, means not oracle and no known base
+configuration. A row is oracle when any of its folds is.
+
 The paired test compares per-case values of a row with the baseline trainer's row at the same plans,
-configuration and fraction, over the cases (keyed by fold and case) both scored. The per-case value is the
-NaN-ignoring mean over the foreground labels (``label="all"``) or the named label's value; cases that are
-NaN on either side are dropped. The test is :func:`scipy.stats.wilcoxon` (two-sided); with fewer than
-:data:`MIN_PAIRS` pairs or only zero differences the p-value is NaN and a note says why.
+configuration and fraction or, when the baseline has no run at that exact configuration and the row's
+``configuration_base`` differs from it, at the row's base configuration (a tagged run against the untagged
+baseline), over the cases (keyed by fold and case) both scored. The per-case value is the NaN-ignoring mean
+over the foreground labels (``label="all"``) or the named label's value; cases that are NaN on either side
+are dropped. The test is :func:`scipy.stats.wilcoxon` (two-sided); with fewer than :data:`MIN_PAIRS` pairs or
+only zero differences the p-value is NaN and a note says why.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +37,7 @@ import numpy as np
 
 from sampref_bench import paths
 from sampref_bench.evaluation.summary import case_values, load_summary, nanmean
+from sampref_bench.utilities.atomic import load_json
 from sampref_bench.utilities.errors import SamprefError
 
 MIN_PAIRS = 5
@@ -58,13 +69,28 @@ class RunKey:
         return f"{self.trainer}__{self.plans}__{self.configuration}__f{self.fraction}"
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    """What the table needs from a fold's ``config.json``; the defaults stand for a missing file or key.
+
+    ``oracle``: the trainer's prompts come from the ground truth. ``configuration_base``: the configuration
+    without the run tag (``2d-tiny`` of ``2d-tiny-myrun``), ``None`` when unknown. ``run_tag``: the tag, or
+    ``None`` for an untagged run or when unknown.
+    """
+
+    oracle: bool = False
+    configuration_base: str | None = None
+    run_tag: str | None = None
+
+
 @dataclass
 class FoldResult:
-    """A finished fold of a run and its validation summary."""
+    """A finished fold of a run, its validation summary and what its ``config.json`` says."""
 
     key: RunKey
     fold: int
     summary: dict[str, Any]
+    config: RunConfig = RunConfig()
 
 
 @dataclass(frozen=True)
@@ -98,22 +124,29 @@ class FoldStat:
 
 @dataclass(frozen=True)
 class PairedTest:
-    """Row minus baseline over paired cases: mean difference, number of pairs, Wilcoxon p-value, note."""
+    """Row minus baseline over paired cases: mean difference, number of pairs, Wilcoxon p-value, note, and the
+    configuration of the baseline row it was paired with (``None`` when there was none)."""
 
     mean_difference: float
     n_pairs: int
     p_value: float
     note: str = ""
+    baseline_configuration: str | None = None
 
 
 @dataclass
 class TableRow:
-    """One (trainer, configuration, fraction) row."""
+    """One (trainer, configuration, fraction) row; ``oracle``, ``configuration_base`` and ``run_tag`` as in
+    :class:`RunConfig`, merged over the row's folds (oracle if any fold is; the first fold that knows the
+    base configuration or tag)."""
 
     key: RunKey
     folds: list[int]
     values: dict[str, FoldStat]
     paired: PairedTest | None = None
+    oracle: bool = False
+    configuration_base: str | None = None
+    run_tag: str | None = None
 
 
 @dataclass
@@ -132,7 +165,8 @@ class ResultTable:
 
 # ----------------------------------------------------------------------------------------------- scanning
 def parse_run_name(name: str) -> RunKey | None:
-    """Split ``{trainer}__{plans}__{configuration}__f{fraction}`` (the configuration may hold ``__``).
+    """Split ``{trainer}__{plans}__{configuration}__f{fraction}``; the configuration may hold ``__`` and a run
+    tag (``2d-lr0.0003``), which stays part of it.
 
     Returns ``None`` for a name that is not a run folder's.
     """
@@ -150,9 +184,30 @@ def _missing_reason(fold_dir: Path) -> str | None:
     return None
 
 
+def _optional_name(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def read_run_config(fold_dir: Path) -> RunConfig:
+    """The oracle flag, base configuration and run tag of ``fold_dir/config.json``.
+
+    A missing, unreadable or malformed file, or a missing or ill-typed key, gives the :class:`RunConfig`
+    default for it (not oracle, unknown base configuration and tag); only a JSON ``true`` marks an oracle.
+    """
+    try:
+        record = load_json(Path(fold_dir) / "config.json")
+    except (SamprefError, OSError, ValueError):
+        return RunConfig()
+    if not isinstance(record, dict):
+        return RunConfig()
+    return RunConfig(record.get("oracle") is True, _optional_name(record.get("configuration_base")),
+                     _optional_name(record.get("run_tag")))
+
+
 def scan_runs(dataset: str, results_root: Path | None = None) -> RunScan:
     """Find every fold of every run of ``dataset`` (a folder name) under ``results_root`` (default
-    ``$SAMPREF_results``); finished folds come with their summary, others with the reason they are left out."""
+    ``$SAMPREF_results``); finished folds come with their summary and :func:`read_run_config`, others with the
+    reason they are left out."""
     folder = (results_root if results_root is not None else paths.results_root()) / dataset
     scan = RunScan(dataset, folder)
     run_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
@@ -168,7 +223,8 @@ def scan_runs(dataset: str, results_root: Path | None = None) -> RunScan:
             reason = _missing_reason(fold_dir)
             if reason is None:
                 try:
-                    scan.finished.append(FoldResult(key, fold, load_summary(fold_dir / "validation" / "summary.json")))
+                    summary = load_summary(fold_dir / "validation" / "summary.json")
+                    scan.finished.append(FoldResult(key, fold, summary, read_run_config(fold_dir)))
                     continue
                 except SamprefError as err:
                     reason = f"unreadable validation/summary.json: {err}"
@@ -277,7 +333,11 @@ def build_table(scan: RunScan, metric: str = "Dice", label: str = "all", baselin
         folds = sorted(groups[key], key=lambda r: r.fold)
         values = {column: fold_stat([_fold_value(r.summary, column, labels, metric) for r in folds])
                   for column in columns}
-        rows.append(TableRow(key, [r.fold for r in folds], values))
+        configs = [r.config for r in folds]
+        rows.append(TableRow(key, [r.fold for r in folds], values, oracle=any(c.oracle for c in configs),
+                             configuration_base=next((c.configuration_base for c in configs
+                                                      if c.configuration_base is not None), None),
+                             run_tag=next((c.run_tag for c in configs if c.run_tag is not None), None)))
     if baseline is not None:
         _add_paired_tests(rows, groups, baseline, paired_labels, metric)
     return ResultTable(scan.dataset, metric, label, baseline, columns, rows, scan.unfinished, scan.skipped)
@@ -290,10 +350,17 @@ def _add_paired_tests(rows: list[TableRow], groups: Mapping[RunKey, list[FoldRes
     for row in rows:
         if row.key.trainer == baseline:
             continue
-        reference = references.get((row.key.plans, row.key.configuration, round(row.key.fraction_value, 6)))
-        if reference is None:
-            row.paired = PairedTest(math.nan, 0, math.nan,
-                                    f"no {baseline} run at configuration {row.key.configuration}, "
-                                    f"fraction {row.key.fraction}; no test")
-        else:
-            row.paired = paired_test(_paired_scores(groups[row.key], labels, metric), reference)
+        key, base = row.key, row.configuration_base
+        candidates = [key.configuration] + ([base] if base is not None and base != key.configuration else [])
+        found = [c for c in candidates if (key.plans, c, round(key.fraction_value, 6)) in references]
+        if not found:
+            row.paired = PairedTest(math.nan, 0, math.nan, f"no {baseline} run at configuration "
+                                    f"{' or '.join(candidates)}, fraction {key.fraction}; no test")
+            continue
+        configuration = found[0]
+        paired = paired_test(_paired_scores(groups[key], labels, metric),
+                             references[(key.plans, configuration, round(key.fraction_value, 6))])
+        fallback = (f"paired with {baseline} at base configuration {configuration} (none at {key.configuration})"
+                    if configuration != key.configuration else "")
+        row.paired = replace(paired, note="; ".join(filter(None, [fallback, paired.note])),
+                             baseline_configuration=configuration)

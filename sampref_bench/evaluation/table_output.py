@@ -1,4 +1,9 @@
-"""Rendering a cross-fold :class:`ResultTable`: aligned text, CSV, JSON and the Dice-vs-fraction plot."""
+"""Rendering a cross-fold :class:`ResultTable`: aligned text, CSV, JSON and the Dice-vs-fraction plot.
+
+Oracle rows (prompts from the ground truth) are marked in all four: ``[oracle]`` after the trainer and a note in
+the text, an ``oracle`` column (``true``/``false``) in the CSV, an ``oracle`` field in the JSON, a dashed line
+labelled ``(oracle)`` in the plot.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from sampref_bench.evaluation.aggregate import ResultTable, TableRow
-from sampref_bench.evaluation.plots import plot_vs_fraction
+from sampref_bench.evaluation.plots import Point, plot_vs_fraction
 from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
 
 #: The files :func:`write_outputs` writes into a dataset's results folder (or ``sampref_evaluate -o DIR``).
 TABLE_CSV = "summary_table.csv"
 TABLE_JSON = "summary_table.json"
 PLOT_PNG = "dice_vs_fraction.png"
+#: What the ``[oracle]`` mark means, as the text table's note says it.
+ORACLE_MARK = "[oracle]"
+ORACLE_NOTE = f"{ORACLE_MARK}: prompts come from the ground truth; an upper bound, not a method"
 
 
 def _num(value: float | None, spec: str = ".4f") -> str:
@@ -26,6 +34,10 @@ def _num(value: float | None, spec: str = ".4f") -> str:
 
 def _show_plans(table: ResultTable) -> bool:
     return len({row.key.plans for row in table.rows}) > 1
+
+
+def _trainer_cell(row: TableRow) -> str:
+    return f"{row.key.trainer} {ORACLE_MARK}" if row.oracle else row.key.trainer
 
 
 def _paired_scope(table: ResultTable) -> str:
@@ -41,7 +53,7 @@ def format_table(table: ResultTable) -> str:
         head += [f"diff vs {table.baseline}", "pairs", "p"]
     body = []
     for row in table.rows:
-        cells = [row.key.trainer, *([row.key.plans] if _show_plans(table) else []), row.key.configuration,
+        cells = [_trainer_cell(row), *([row.key.plans] if _show_plans(table) else []), row.key.configuration,
                  row.key.fraction, str(len(row.folds))]
         cells += [f"{_num(row.values[c].mean):>6} ± {_num(row.values[c].std):<6}" for c in table.columns]
         if table.baseline:
@@ -60,10 +72,11 @@ def format_table(table: ResultTable) -> str:
 
 
 def _notes(table: ResultTable) -> list[str]:
-    notes = []
+    notes = [ORACLE_NOTE] if any(row.oracle for row in table.rows) else []
     if table.baseline:
         notes.append(f"paired: Wilcoxon signed-rank on {_paired_scope(table)}, row minus {table.baseline} at the "
-                     "same configuration and fraction, over the cases both scored")
+                     "same configuration (else a tagged run's base configuration) and fraction, over the cases "
+                     "both scored")
         notes += [f"{r.key.trainer} {r.key.configuration} f{r.key.fraction}: {r.paired.note}"
                   for r in table.rows if r.paired is not None and r.paired.note]
     notes += [f"unfinished (left out): {u.run}/fold_{u.fold}: {u.reason}" for u in table.unfinished]
@@ -72,20 +85,23 @@ def _notes(table: ResultTable) -> list[str]:
 
 
 def _row_record(table: ResultTable, row: TableRow) -> dict[str, Any]:
-    record: dict[str, Any] = {"trainer": row.key.trainer, "plans": row.key.plans,
-                              "configuration": row.key.configuration, "fraction": row.key.fraction,
-                              "n_folds": len(row.folds), "folds": row.folds,
+    record: dict[str, Any] = {"trainer": row.key.trainer, "oracle": row.oracle, "plans": row.key.plans,
+                              "configuration": row.key.configuration,
+                              "configuration_base": row.configuration_base, "run_tag": row.run_tag,
+                              "fraction": row.key.fraction, "n_folds": len(row.folds), "folds": row.folds,
                               "values": {c: {"mean": row.values[c].mean, "std": row.values[c].std}
                                          for c in table.columns}}
     if table.baseline:
         p = row.paired
-        record["paired"] = None if p is None else {"baseline": table.baseline, "mean_difference": p.mean_difference,
-                                                   "n_pairs": p.n_pairs, "p_value": p.p_value, "note": p.note}
+        record["paired"] = None if p is None else {
+            "baseline": table.baseline, "baseline_configuration": p.baseline_configuration,
+            "mean_difference": p.mean_difference, "n_pairs": p.n_pairs, "p_value": p.p_value, "note": p.note}
     return record
 
 
 def table_to_json(table: ResultTable) -> dict[str, Any]:
-    """The table as a JSON-ready dict (std ``null`` with one fold; NaN where a statistic is undefined)."""
+    """The table as a JSON-ready dict (std ``null`` with one fold; NaN where a statistic is undefined); each row
+    has ``oracle`` (bool), ``configuration_base`` and ``run_tag`` (``null`` when its config.json does not say)."""
     return {"dataset": table.dataset, "metric": table.metric, "label": table.label, "baseline": table.baseline,
             "paired_test": (f"scipy.stats.wilcoxon on {_paired_scope(table)}" if table.baseline else None),
             "columns": table.columns, "rows": [_row_record(table, row) for row in table.rows],
@@ -94,38 +110,56 @@ def table_to_json(table: ResultTable) -> dict[str, Any]:
 
 
 def table_to_csv(table: ResultTable) -> str:
-    """The table as CSV: one line per row, ``{column}_mean``/``{column}_std`` (std empty with one fold)."""
-    head = ["trainer", "plans", "configuration", "fraction", "n_folds", "folds"]
+    """The table as CSV: one line per row, ``oracle`` as ``true``/``false``, ``configuration_base`` and
+    ``run_tag`` (empty when unknown), ``{column}_mean``/``{column}_std`` (std empty with one fold)."""
+    head = ["trainer", "oracle", "plans", "configuration", "configuration_base", "run_tag", "fraction", "n_folds",
+            "folds"]
     head += [f"{c}_{s}" for c in table.columns for s in ("mean", "std")]
     if table.baseline:
-        head += ["baseline", "mean_difference", "n_pairs", "p_value", "paired_note"]
+        head += ["baseline", "baseline_configuration", "mean_difference", "n_pairs", "p_value", "paired_note"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(head)
     for row in table.rows:
-        cells: list[Any] = [row.key.trainer, row.key.plans, row.key.configuration, row.key.fraction,
-                            len(row.folds), ";".join(map(str, row.folds))]
+        cells: list[Any] = [row.key.trainer, "true" if row.oracle else "false", row.key.plans, row.key.configuration,
+                            row.configuration_base or "", row.run_tag or "", row.key.fraction, len(row.folds),
+                            ";".join(map(str, row.folds))]
         for c in table.columns:
             cells += [row.values[c].mean, "" if row.values[c].std is None else row.values[c].std]
         if table.baseline:
             p = row.paired
-            cells += [table.baseline, "", "", "", "baseline"] if p is None else \
-                [table.baseline, p.mean_difference, p.n_pairs, p.p_value, p.note]
+            cells += [table.baseline, "", "", "", "", "baseline"] if p is None else \
+                [table.baseline, p.baseline_configuration or "", p.mean_difference, p.n_pairs, p.p_value, p.note]
         writer.writerow(cells)
     return buffer.getvalue()
 
 
-def plot_table(table: ResultTable, path: Path) -> Path:
-    """``dice_vs_fraction.png``: the foreground mean (or the chosen label) against the fraction, one line per
-    (trainer, configuration), error bars = std over folds."""
+def plot_series(table: ResultTable) -> tuple[dict[str, list[Point]], set[str]]:
+    """The lines of ``dice_vs_fraction.png``: ``{legend name: [(fraction, mean, std or None), ...]}`` of the
+    foreground mean (or the chosen label), one per (trainer, configuration[, plans]), and the names of the oracle
+    lines (a line is oracle when any of its rows is; its name ends in ``(oracle)``)."""
     column = table.columns[-1]
-    series: dict[str, list[tuple[float, float, float | None]]] = {}
+    groups: dict[tuple[str, str, str], list[TableRow]] = {}
     for row in table.rows:
-        name = f"{row.key.trainer} {row.key.configuration}" + (f" {row.key.plans}" if _show_plans(table) else "")
-        stat = row.values[column]
-        series.setdefault(name, []).append((row.key.fraction_value, stat.mean, stat.std))
+        groups.setdefault((row.key.trainer, row.key.configuration, row.key.plans), []).append(row)
+    series: dict[str, list[Point]] = {}
+    oracle: set[str] = set()
+    for (trainer, configuration, plans), rows in groups.items():
+        name = f"{trainer} {configuration}" + (f" {plans}" if _show_plans(table) else "")
+        if any(row.oracle for row in rows):
+            name += " (oracle)"
+            oracle.add(name)
+        series[name] = [(row.key.fraction_value, row.values[column].mean, row.values[column].std) for row in rows]
+    return series, oracle
+
+
+def plot_table(table: ResultTable, path: Path) -> Path:
+    """``dice_vs_fraction.png``: the lines of :func:`plot_series`, error bars = std over folds, oracle lines
+    dashed."""
+    column = table.columns[-1]
+    series, oracle = plot_series(table)
     return plot_vs_fraction(series, path, title=f"{table.dataset}: {column} {table.metric} vs annotation fraction",
-                            ylabel=f"{table.metric} ({column})")
+                            ylabel=f"{table.metric} ({column})", dashed=oracle)
 
 
 def write_outputs(table: ResultTable, out_dir: Path) -> list[Path]:
