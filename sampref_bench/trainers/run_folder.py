@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -47,39 +49,83 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write the training log as CSV (one row per finished epoch), atomically."""
+    """Write the training log as CSV (one row per finished epoch), atomically.
+
+    The header is the union of the rows' keys in first-seen order, so a key that first appears in a later
+    epoch (a second training stage's ``dpo_margin``, say) gets its column; a row lacking a key has an empty cell.
+    """
     if not rows:
         return
+    fieldnames = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, restval="")
     writer.writeheader()
     writer.writerows(rows)
     write_bytes_atomic(path, buffer.getvalue().encode())
 
 
+#: Log columns ``progress.png`` draws in its top panel, and bookkeeping columns it leaves to the CSV.
+_MAIN_COLUMNS = ("train_loss", "val_dice")
+_NOT_PLOTTED = ("epoch", "lr", "seconds")
+#: At most this many extra metrics get a panel each; the rest are named in the last panel's title.
+_MAX_EXTRA_PANELS = 6
+
+
+def _as_float(value: Any) -> float:
+    """A log cell as a float: NaN for a missing, boolean, non-numeric or unparsable value."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return math.nan
+    return math.nan
+
+
 def plot_progress(path: Path, rows: list[dict[str, Any]], title: str) -> None:
-    """``progress.png``: training loss and validation Dice per epoch."""
+    """``progress.png``: training loss and validation Dice per epoch on top; below, one small panel per further
+    numeric column a trainer logs (``dpo_margin``, ...; at most six, the rest are named under the epoch axis),
+    sharing the epoch axis.
+
+    Rows may lack keys and hold NaN, ``None`` or text: such cells are gaps; a column with no finite number is
+    not drawn. ``epoch``, ``lr`` and ``seconds`` stay in ``training_log.csv`` only.
+    """
     if not rows:
         return
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    epochs = [e if math.isfinite(e := _as_float(r.get("epoch"))) else float(i + 1) for i, r in enumerate(rows)]
+    columns = {key: [_as_float(r.get(key)) for r in rows] for key in dict.fromkeys(k for r in rows for k in r)}
+    extras = [key for key, values in columns.items() if key not in _MAIN_COLUMNS + _NOT_PLOTTED
+              and any(math.isfinite(v) for v in values)]
+    shown, hidden = extras[:_MAX_EXTRA_PANELS], extras[_MAX_EXTRA_PANELS:]
 
-    epochs = [r["epoch"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(epochs, [r["train_loss"] for r in rows], "b-o", label="train loss")
-    ax.set_xlabel("epoch")
+    fig = Figure(figsize=(7, 4 + 1.8 * len(shown)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1 + len(shown), 1, sharex=True, squeeze=False,
+                        gridspec_kw={"height_ratios": [2.2] + [1.0] * len(shown)})[:, 0]
+    ax = axes[0]
+    ax.plot(epochs, columns.get("train_loss", [math.nan] * len(rows)), "b-o", markersize=4, label="train loss")
     ax.set_ylabel("loss")
     twin = ax.twinx()
-    twin.plot(epochs, [r["val_dice"] for r in rows], "g-s", label="val pseudo Dice")
+    twin.plot(epochs, columns.get("val_dice", [math.nan] * len(rows)), "g-s", markersize=4, label="val pseudo Dice")
     twin.set_ylabel("Dice")
     twin.set_ylim(0, 1)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="center right", fontsize=8)
     ax.set_title(title, fontsize=9)
+    for panel, key in zip(axes[1:], shown):
+        panel.plot(epochs, columns[key], "-o", color="tab:purple", markersize=3)
+        panel.set_ylabel(key, fontsize=8)
+        panel.grid(alpha=0.3)
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel("epoch" + (f"\n(not drawn, see training_log.csv: {', '.join(hidden)})" if hidden else ""))
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
     write_bytes_atomic(path, buffer.getvalue())
