@@ -5,6 +5,11 @@ order): shape, spacing, channel count, source dtype, intensity statistics over a
 foreground voxels per channel, voxel count, connected-object count and bounding-box extent (relative to
 the image) per label, and, for 3D, the number of slices holding foreground along each axis. Dataset-wide:
 pooled foreground intensity percentiles per channel (what CT normalization clips to), as nnU-Net does.
+
+Only foreground voxels enter the intensity statistics, as in nnU-Net: a case without foreground has
+``foreground_intensity`` ``[null, ...]`` (one ``null`` per channel) and adds no samples to the pooled
+statistics. When no case has foreground the pooled entries hold ``null`` statistics with ``n_samples: 0``
+(the planner then refuses the dataset: every label is empty).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from sampref_bench.utilities.parallel import map_with_progress
 
 #: Foreground voxels sampled per case and channel for the pooled intensity statistics.
 SAMPLES_PER_CASE = 10_000
+#: Version of what a fingerprint records; part of its inputs hash, so a change refingerprints old datasets.
+#: 2: a case without foreground adds nothing to the intensity statistics.
+FINGERPRINT_FORMAT = 2
 
 
 def case_seed(case: str, salt: int = 0) -> int:
@@ -69,15 +77,21 @@ def read_raw_case(raw_dir: Path, dataset_json: dict[str, Any], case: str
 
 def fingerprint_case(raw_dir: Path, dataset_json: dict[str, Any], case: str
                      ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Fingerprint one case; also return the sampled foreground intensities per channel (1D arrays)."""
+    """Fingerprint one case; also return the sampled foreground intensities per channel (1D float64 arrays).
+
+    A case without foreground returns empty sample arrays and ``foreground_intensity`` ``[None] * C``.
+    """
     image, label, info = read_raw_case(raw_dir, dataset_json, case)
     foreground = label > 0
     rng = np.random.default_rng(case_seed(case))
     samples: list[np.ndarray] = []
-    intensity: list[dict[str, float]] = []
+    intensity: list[dict[str, float] | None] = []
     for channel in image:
-        values = channel[foreground] if foreground.any() else channel.reshape(-1)
-        values = values.astype(np.float64)
+        if not foreground.any():
+            samples.append(np.empty(0, dtype=np.float64))
+            intensity.append(None)
+            continue
+        values = channel[foreground].astype(np.float64)
         take = rng.choice(values.size, size=min(values.size, SAMPLES_PER_CASE), replace=False)
         samples.append(values[take])
         lo, hi = np.percentile(values, [0.5, 99.5])
@@ -122,6 +136,9 @@ def compute_fingerprint(raw_dir: Path, dataset_json: dict[str, Any], num_process
     pooled = []
     for channel in range(n_channels):
         values = np.concatenate([samples[channel] for _, samples in results])
+        if values.size == 0:
+            pooled.append({"p0_5": None, "median": None, "p99_5": None, "mean": None, "std": None, "n_samples": 0})
+            continue
         lo, median, hi = np.percentile(values, [0.5, 50.0, 99.5])
         pooled.append({"p0_5": float(lo), "median": float(median), "p99_5": float(hi),
                        "mean": float(values.mean()), "std": float(values.std()), "n_samples": int(values.size)})
