@@ -75,3 +75,18 @@ def test_user_splits_straddling_group():
     groups = {"c00": "p", "c01": "p"}
     with pytest.raises(SamprefError, match="both sides"):
         validate_user_splits([{"train": ["c00"], "val": ["c01"]}], CASES, groups, "s.json")
+
+
+def test_fold_keys_in_nnunet_order():
+    for fold in add_budgets(kfold_splits(CASES), [0.5, 1.0], 0.1):
+        assert list(fold) == ["train", "val", "permutation", "labeled", "dpo_labeled"]
+
+
+def test_dpo_labeled_fraction_buys_at_least_one_case():
+    # 5 cases: 4 training cases per fold, so 0.1 buys 0.4 of a case; as the DPO stage-1 budget it buys one.
+    folds = add_budgets(kfold_splits(CASES[:5]), [0.1, 0.5, 1.0], 0.1)
+    for fold in folds:
+        assert fold["labeled"]["0.1"] == fold["dpo_labeled"] == fold["permutation"][:1]
+        assert fold["labeled"]["0.5"] == fold["permutation"][:2]
+    with pytest.raises(SamprefError, match="fraction 0.2 .* less than one case"):
+        add_budgets(kfold_splits(CASES[:5]), [0.1, 0.2, 1.0], 0.1)

@@ -2,11 +2,19 @@
 
 Values sit at the top level (``plans["image_size"]``); the reason for each sits under
 ``plans["reasons"][key]``. Axes are numpy order (``(Z, Y, X)`` for volumes).
+
+Training length is planned here and is the same at every annotation fraction, as nnU-Net fixes 250
+iterations per epoch: ``batch_size`` (slices per step), ``epochs`` and ``iterations_per_epoch`` for stage 1,
+``dpo_epochs`` and ``dpo_iterations_per_epoch`` for stage 2. A budget changes which cases a trainer sees,
+never how long it trains. ``fractions`` always holds ``dpo_labeled_fraction`` (the DPO trainers' stage-1
+budget); ``dpo_fractions`` lists the planned fractions above it, where a DPO trainer has cases to rate.
+
+Only some keys change the preprocessed arrays; :func:`preprocessing_signature` returns exactly those, so
+re-planning with other fractions, thresholds or training lengths keeps the preprocessed folder.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -16,6 +24,10 @@ from sampref_bench.dataset_conversion.dataset_json import foreground_labels
 from sampref_bench.utilities.errors import SamprefError
 
 PLANS_NAME = "samprefPlans"
+#: Version of the plan's content; part of its inputs hash, so a change re-plans old datasets.
+#: 2: planned training length (epochs, iterations_per_epoch, dpo_*), batch size independent of the fractions,
+#: dpo_labeled_fraction always planned, dpo_fractions.
+PLANS_FORMAT = 2
 CONFIGURATION = "2d"
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
@@ -25,7 +37,20 @@ DEFAULT_DPO_LABELED_FRACTION = 0.1
 BACKGROUND_SLICE_TARGET = 0.1
 #: A spacing this many times the next largest makes an axis "the through-plane axis".
 ANISOTROPY_RATIO = 1.1
-MAX_BATCH_SIZE = 8
+#: Slices per training step, the same at every fraction.
+BATCH_SIZE = 8
+#: Stage-1 epochs (the paper's stage-1 length).
+EPOCHS = 15
+#: Stage-2 (DPO) epochs.
+DPO_EPOCHS = 30
+#: Batches per epoch, in both stages and at every fraction (nnU-Net fixes 250 per epoch).
+ITERATIONS_PER_EPOCH = 20
+#: Measured CPU seconds per image per training step of LiteMedSAM's mask decoder on 2 CPU cores
+#: (image embeddings cached), used to state the CPU time a planned training length implies.
+CPU_SECONDS_PER_IMAGE_STEP = 0.34
+#: Plan keys that change the preprocessed arrays (see :func:`preprocessing_signature`).
+PREPROCESSING_KEYS = ("dimensionality", "labels", "slicing_axis", "normalization", "channels_to_rgb",
+                      "storage_dtype", "image_size", "transform")
 
 
 def fraction_key(fraction: float) -> str:
@@ -40,6 +65,25 @@ def validate_fractions(fractions: list[float] | tuple[float, ...]) -> list[float
         raise SamprefError(f"annotation fractions must lie in (0, 1], got {list(fractions)}; "
                            "e.g. --fractions 0.1 0.5 1")
     return sorted({round(float(f), 6) for f in fractions})
+
+
+def preprocessing_signature(plans: dict[str, Any]) -> dict[str, Any]:
+    """The plan keys that change preprocessed arrays (:data:`PREPROCESSING_KEYS`), and nothing else.
+
+    Fractions, thresholds, batch size, training lengths, ``background_slice_share`` and the ``dpo_*`` keys
+    are left out: they change what a trainer does with the arrays, not the arrays. Keys a plan lacks
+    (e.g. ``slicing_axis`` of a hand-written 2D plan) map to ``None``.
+    """
+    return {key: plans.get(key) for key in PREPROCESSING_KEYS}
+
+
+def training_time_text(epochs: int, iterations_per_epoch: int, batch_size: int) -> str:
+    """``"15 x 20 x 8 = 2400 decoder image steps, about 14 min on 2 CPU cores"`` for one training run."""
+    steps = int(epochs) * int(iterations_per_epoch) * int(batch_size)
+    minutes = steps * CPU_SECONDS_PER_IMAGE_STEP / 60.0
+    return (f"{epochs} x {iterations_per_epoch} x {batch_size} = {steps} decoder image steps, about "
+            f"{minutes:.0f} min on 2 CPU cores ({CPU_SECONDS_PER_IMAGE_STEP} s per image step of LiteMedSAM's "
+            "mask decoder, embeddings cached)")
 
 
 def validate_thresholds(thresholds: list[float] | tuple[float, ...]) -> list[float]:
@@ -116,10 +160,12 @@ def make_plans(dataset_json: dict[str, Any], fingerprint: dict[str, Any], *, ima
     """Build the plans dict (see module docstring)."""
     if image_size < 32 or image_size % 16:
         raise SamprefError(f"--image-size must be a multiple of 16 and at least 32, got {image_size}")
-    fractions = validate_fractions(fractions)
+    requested = validate_fractions(fractions)
     thresholds = validate_thresholds(thresholds)
     if not 0.0 < dpo_labeled_fraction <= 1.0:
         raise SamprefError(f"--dpo-labeled-fraction must lie in (0, 1], got {dpo_labeled_fraction}")
+    dpo_labeled_fraction = round(float(dpo_labeled_fraction), 6)
+    fractions = validate_fractions([*requested, dpo_labeled_fraction])
     labels = foreground_labels(dataset_json)
     empty = [name for name in labels if all(c["labels"][name]["voxels"] == 0 for c in fingerprint["cases"])]
     if len(empty) == len(labels):
@@ -163,17 +209,39 @@ def make_plans(dataset_json: dict[str, Any], fingerprint: dict[str, Any], *, ima
     reasons["transform"] = ("SAM-style: the longest side is resized to image_size keeping the aspect ratio and the "
                             "rest padded, so objects are not distorted; nearest-exact label resizing makes the "
                             "inverse exact whenever a slice is enlarged")
-    n_train_cases = math.floor(0.8 * fingerprint["n_cases"])
-    smallest = max(1, math.ceil(min(fractions) * n_train_cases))
-    plans["batch_size"] = int(max(1, min(MAX_BATCH_SIZE, smallest)))
-    reasons["batch_size"] = (f"{MAX_BATCH_SIZE} slices at {image_size} px keep decoder steps short on CPUs and fit a "
-                             f"16 GB GPU; capped by the smallest labeled training set (~{smallest} case(s))")
+    plans["batch_size"] = BATCH_SIZE
+    reasons["batch_size"] = (f"{BATCH_SIZE} slices per step at every fraction: {BATCH_SIZE} slices at {image_size} px "
+                             "keep CPU decoder steps short and fit a 16 GB GPU; the batch counts slices, not cases, "
+                             "so a small budget revisits its slices more often instead of getting smaller batches")
+    plans["epochs"] = EPOCHS
+    stage1 = training_time_text(EPOCHS, ITERATIONS_PER_EPOCH, BATCH_SIZE)
+    reasons["epochs"] = f"{EPOCHS} epochs, the paper's stage-1 length, at every fraction: {stage1}"
+    plans["iterations_per_epoch"] = ITERATIONS_PER_EPOCH
+    reasons["iterations_per_epoch"] = (f"{ITERATIONS_PER_EPOCH} batches per epoch at every fraction (nnU-Net fixes "
+                                       "250): a budget changes which slices a trainer sees, never how long it "
+                                       f"trains; one stage-1 run is {stage1}")
+    plans["dpo_epochs"] = DPO_EPOCHS
+    stage2 = training_time_text(DPO_EPOCHS, ITERATIONS_PER_EPOCH, BATCH_SIZE)
+    reasons["dpo_epochs"] = (f"{DPO_EPOCHS} stage-2 (DPO) epochs by default, at every fraction: {stage2}; the frozen "
+                             "reference model adds one forward pass per step")
+    plans["dpo_iterations_per_epoch"] = ITERATIONS_PER_EPOCH
+    reasons["dpo_iterations_per_epoch"] = (f"{ITERATIONS_PER_EPOCH} batches per stage-2 epoch, as in stage 1 and the "
+                                           "same at every fraction")
     plans["fractions"] = fractions
     reasons["fractions"] = "fraction f labels the first ceil(f*n) cases of each fold's permutation (nested budgets)"
+    if dpo_labeled_fraction not in requested:
+        reasons["fractions"] += (f"; {fraction_key(dpo_labeled_fraction)} (dpo_labeled_fraction) was added to the "
+                                 f"requested {[fraction_key(f) for f in requested]}: it is the stage-1 budget of "
+                                 "every DPO trainer, so its reference run must be plannable")
     plans["thresholds"] = thresholds
     reasons["thresholds"] = "probability thresholds that turn a prediction into DPO preference candidates"
-    plans["dpo_labeled_fraction"] = float(dpo_labeled_fraction)
+    plans["dpo_labeled_fraction"] = dpo_labeled_fraction
     reasons["dpo_labeled_fraction"] = ("a DPO trainer at fraction f buys pixel labels for this first share of the "
-                                       "permutation and ratings for the rest of the fraction-f cases")
+                                       "permutation and ratings for the rest of the fraction-f cases; it is always "
+                                       "among the planned fractions and buys at least one case per fold")
+    plans["dpo_fractions"] = [f for f in fractions if f > dpo_labeled_fraction]
+    reasons["dpo_fractions"] = (f"the planned fractions above dpo_labeled_fraction {fraction_key(dpo_labeled_fraction)}"
+                                ": only there does a DPO trainer have cases to rate (at or below it every budgeted "
+                                "case is pixel-labeled and stage 2 has nothing to learn from)")
     plans["reasons"] = reasons
     return plans

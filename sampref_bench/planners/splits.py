@@ -5,6 +5,12 @@ cases, or over the sorted patient groups when dataset.json has ``case_groups`` (
 never straddle a split). Inside each fold the training cases get a seeded permutation; annotation
 fraction ``f`` labels its first ``ceil(f * n_train)`` cases, so smaller budgets are nested in larger ones
 and every trainer at the same ``f`` sees the same labels.
+
+``splits_final.json`` keeps nnU-Net's layout: a JSON list with one dict per fold whose first keys are
+``train`` and ``val`` (sorted case names), followed by sampref's ``permutation``, ``labeled``
+({fraction key -> cases}) and ``dpo_labeled``. nnU-Net reads the same file as
+``load_json(path)[fold]["train"]`` and ignores the extra keys. File-level metadata (``inputs_hash``, the
+split ``source``, ``sampref_version``) lives beside it in ``splits_final_info.json`` (:data:`SPLITS_INFO_FILE`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ from sampref_bench.utilities.errors import SamprefError
 
 N_FOLDS = 5
 SPLIT_SEED = 12345
+#: The folds, in nnU-Net's layout plus sampref's keys.
+SPLITS_FILE = "splits_final.json"
+#: Sidecar of :data:`SPLITS_FILE` with file-level metadata (inputs_hash, source, sampref_version, splits_hash).
+SPLITS_INFO_FILE = "splits_final_info.json"
 
 
 def _groups_of(cases: list[str], case_groups: dict[str, str] | None) -> dict[str, list[str]]:
@@ -50,7 +60,10 @@ def add_budgets(folds: list[dict[str, Any]], fractions: list[float], dpo_labeled
                 seed: int = SPLIT_SEED) -> list[dict[str, Any]]:
     """Add ``permutation``, ``labeled`` {fraction key -> cases} and ``dpo_labeled`` to every fold.
 
-    Raises :class:`SamprefError` when a fraction buys less than one whole case in some fold.
+    Each returned fold has the keys ``train``, ``val`` (both sorted), ``permutation``, ``labeled``,
+    ``dpo_labeled``, in this order. Raises :class:`SamprefError` when a fraction buys less than one whole
+    case in some fold, except ``dpo_labeled_fraction`` (the planner adds it to every plan), which buys at
+    least one case.
     """
     completed = []
     for index, fold in enumerate(folds):
@@ -59,12 +72,15 @@ def add_budgets(folds: list[dict[str, Any]], fractions: list[float], dpo_labeled
         rng = np.random.default_rng(seed + index)
         permutation = [train[i] for i in rng.permutation(n)]
         labeled = {}
+        dpo_n = max(1, math.ceil(round(dpo_labeled_fraction * n, 9)))
         for fraction in sorted(fractions):
+            if fraction_key(fraction) == fraction_key(dpo_labeled_fraction):
+                labeled[fraction_key(fraction)] = permutation[:dpo_n]
+                continue
             if fraction * n < 1:
                 raise SamprefError(f"fraction {fraction} of fold {index}'s {n} training cases is less than one case; "
                                    f"the smallest usable fraction is {math.ceil(1e4 / n) / 1e4} (--fractions)")
             labeled[fraction_key(fraction)] = permutation[: math.ceil(round(fraction * n, 9))]
-        dpo_n = math.ceil(round(dpo_labeled_fraction * n, 9))
         completed.append({"train": train, "val": sorted(fold["val"]), "permutation": permutation,
                           "labeled": labeled, "dpo_labeled": permutation[:dpo_n]})
     return completed
