@@ -7,21 +7,39 @@ import sys
 
 from sampref_bench.cli.common import run_cli
 from sampref_bench.planners.plans import (
+    BATCH_SIZE,
     DEFAULT_DPO_LABELED_FRACTION,
     DEFAULT_FRACTIONS,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_THRESHOLDS,
+    DPO_EPOCHS,
+    EPOCHS,
+    ITERATIONS_PER_EPOCH,
 )
 
-EPILOG = """\
+EPILOG = f"""\
 steps (each skipped when its output is current; --clean redoes all):
-  fingerprint.json   shapes, spacings, foreground intensities, label sizes and objects per case
-  plans.json         slicing axis (3D), normalization, 3-channel mapping, input size, batch size,
-                     fractions, thresholds, each with its reason under "reasons"
-  splits_final.json  5 folds (KFold, random_state=12345, patient groups kept together), a seeded
-                     permutation per fold and the nested labeled cases of every fraction; a
-                     splits_final.json you place in the raw dataset folder is validated and used
-  samprefPlans_2d/   normalized, resized, padded slices (.npy, memory-mappable) and per-case metadata
+  fingerprint.json   shapes, spacings, label sizes and objects per case; intensity statistics of
+                     foreground voxels only (a case without foreground adds nothing)
+  plans.json         every choice with its reason under "reasons": slicing axis (3D), normalization,
+                     3-channel mapping, input size; the training length, the same at every
+                     fraction: batch_size ({BATCH_SIZE} slices), epochs ({EPOCHS}), iterations_per_epoch
+                     ({ITERATIONS_PER_EPOCH}), dpo_epochs ({DPO_EPOCHS}), dpo_iterations_per_epoch; fractions (always
+                     including --dpo-labeled-fraction), dpo_fractions (the fractions above it,
+                     where a DPO trainer has cases to rate) and thresholds
+  splits_final.json  nnU-Net's layout: a list with one dict per fold, "train" and "val" (sorted
+                     cases; 5 folds from KFold, random_state=12345, patient groups kept together),
+                     then sampref's "permutation" (seeded, per fold), "labeled" (fraction -> the
+                     nested labeled cases) and "dpo_labeled". nnU-Net reads it as
+                     load_json(path)[fold]["train"]: copy it to nnUNet_preprocessed/DatasetXXX/
+                     to train nnU-Net on the same folds. A splits_final.json (train/val per fold)
+                     you place in the raw dataset folder is validated and used instead; a
+                     planned splits_final.json edited by hand is refused (--clean rewrites it)
+  splits_final_info.json
+                     the splits' inputs_hash, source and sampref version
+  samprefPlans_2d/   normalized, resized, padded slices (.npy, memory-mappable), per-case metadata
+                     and preprocessing.json; rebuilt only when a plan key that changes the arrays
+                     changes (not for other --fractions, --thresholds or training lengths)
 
 example:
   sampref_plan -d 003
@@ -42,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS),
                         help="DPO candidate thresholds, strictly increasing in (0, 1) (default %(default)s)")
     parser.add_argument("--dpo-labeled-fraction", type=float, default=DEFAULT_DPO_LABELED_FRACTION,
-                        help="share of the permutation a DPO trainer labels with pixels (default %(default)s)")
+                        help="share of the permutation a DPO trainer labels with pixels; always planned as one "
+                             "of the fractions (default %(default)s)")
     parser.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--clean", action="store_true", help="redo every step even when current")
     return parser

@@ -3,7 +3,20 @@
 Every output records ``inputs_hash``, a digest of what it was computed from; a step is skipped when its
 output exists with the current digest, and redone when its inputs changed or ``clean`` is set. Outputs
 land in ``$SAMPREF_preprocessed/DatasetXXX_Name/``: ``dataset.json``, ``fingerprint.json``, ``plans.json``,
-``splits_final.json`` and ``samprefPlans_2d/`` (the preprocessed arrays), all written atomically.
+``splits_final.json`` (nnU-Net's list of folds; its ``inputs_hash`` sits in the sidecar
+``splits_final_info.json``) and ``samprefPlans_2d/`` (the preprocessed arrays), all written atomically.
+
+What each step's digest covers:
+
+- fingerprint: dataset.json and the raw ``imagesTr``/``labelsTr`` listings (name, size, mtime);
+- plans: the fingerprint digest and the planning options;
+- splits: the case list, patient groups, planned fractions, ``dpo_labeled_fraction`` and a user's raw
+  ``splits_final.json``;
+- preprocessing: :func:`~sampref_bench.planners.plans.preprocessing_signature` (only the plan keys that
+  change the arrays), the case list and the raw listings, so other fractions, thresholds or training lengths
+  never rebuild ``samprefPlans_2d/``. ``preprocessing.json`` also records ``signature_hash``
+  (:func:`signature_hash` of the plan it was built with) so that a reader can tell whether a preprocessed
+  folder belongs to the plan at hand.
 """
 
 from __future__ import annotations
@@ -14,18 +27,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sampref_bench import paths
+from sampref_bench import __version__, paths
 from sampref_bench.dataset_conversion.dataset_json import load_dataset_json
-from sampref_bench.planners.fingerprint import compute_fingerprint, list_raw_cases
+from sampref_bench.planners.fingerprint import FINGERPRINT_FORMAT, compute_fingerprint, list_raw_cases
 from sampref_bench.planners.plans import (
     DEFAULT_DPO_LABELED_FRACTION,
     DEFAULT_FRACTIONS,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_THRESHOLDS,
+    PLANS_FORMAT,
     make_plans,
+    preprocessing_signature,
 )
 from sampref_bench.planners.preprocessing import preprocess_dataset
-from sampref_bench.planners.splits import add_budgets, kfold_splits, validate_user_splits
+from sampref_bench.planners.splits import (
+    SPLITS_FILE,
+    SPLITS_INFO_FILE,
+    add_budgets,
+    kfold_splits,
+    validate_user_splits,
+)
 from sampref_bench.utilities.atomic import load_json, staged_directory, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 
@@ -33,6 +54,14 @@ from sampref_bench.utilities.errors import SamprefError
 def digest(obj: Any) -> str:
     """Short SHA-256 of a JSON-serialisable object (key order ignored)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def signature_hash(plans: dict[str, Any]) -> str:
+    """Digest of :func:`preprocessing_signature` of ``plans``; ``preprocessing.json`` records it as ``signature_hash``.
+
+    Two plans with the same signature hash produce the same preprocessed arrays from the same raw data.
+    """
+    return digest(preprocessing_signature(plans))
 
 
 def _listing(folder: Path) -> list[list[Any]]:
@@ -49,6 +78,31 @@ def _current(path: Path, inputs_hash: str) -> bool:
         return load_json(path).get("inputs_hash") == inputs_hash
     except (SamprefError, AttributeError):
         return False
+
+
+def _splits_current(splits_path: Path, info_path: Path, inputs_hash: str, clean: bool) -> bool:
+    """Whether ``splits_final.json`` is current; refuses to overwrite a hand-edited one unless ``clean``.
+
+    Current means: the sidecar records ``inputs_hash`` and the splits file still has the content the
+    sidecar's ``splits_hash`` recorded.
+    """
+    if not info_path.is_file() or not splits_path.is_file():
+        return False
+    try:
+        info = load_json(info_path)
+        written = digest(load_json(splits_path))
+    except SamprefError:
+        return False
+    if not isinstance(info, dict):
+        return False
+    if info.get("splits_hash") != written:
+        if clean:
+            return False
+        raise SamprefError(
+            f"{splits_path} was changed after sampref_plan wrote it. To train on your own folds, put them in "
+            "the raw dataset folder as splits_final.json (nnU-Net layout: a list of {'train': [...], 'val': "
+            "[...]}) and rerun sampref_plan; to discard the edit, rerun with --clean.")
+    return not clean and info.get("inputs_hash") == inputs_hash
 
 
 @dataclass
@@ -100,7 +154,7 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
         outcome.ran.append(name)
         return True
 
-    fp_hash = digest([dataset_json, _listing(raw_dir / "imagesTr"), _listing(raw_dir / "labelsTr")])
+    fp_hash = digest([FINGERPRINT_FORMAT, dataset_json, _listing(raw_dir / "imagesTr"), _listing(raw_dir / "labelsTr")])
     fp_path = out / "fingerprint.json"
     if step("fingerprint", fp_path, fp_hash):
         try:
@@ -113,7 +167,7 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
 
     options = {"image_size": image_size, "fractions": list(fractions), "thresholds": list(thresholds),
                "dpo_labeled_fraction": dpo_labeled_fraction}
-    plans_hash = digest([fp_hash, options])
+    plans_hash = digest([PLANS_FORMAT, fp_hash, options])
     plans_path = out / "plans.json"
     if step("plans", plans_path, plans_hash):
         plans = make_plans(dataset_json, fingerprint, image_size=image_size, fractions=fractions,
@@ -125,8 +179,11 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
     user_content = load_json(user_splits) if user_splits.is_file() else None
     groups = dataset_json.get("case_groups")
     splits_hash = digest([cases, groups, plans["fractions"], plans["dpo_labeled_fraction"], user_content])
-    splits_path = out / "splits_final.json"
-    if step("splits", splits_path, splits_hash):
+    splits_path, info_path = out / SPLITS_FILE, out / SPLITS_INFO_FILE
+    if _splits_current(splits_path, info_path, splits_hash, clean):
+        outcome.skipped.append("splits")
+    else:
+        outcome.ran.append("splits")
         if user_content is not None:
             validate_user_splits(user_content, cases, groups, str(user_splits))
             folds = [{"train": f["train"], "val": f["val"]} for f in user_content]
@@ -134,24 +191,40 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
         else:
             folds, source = kfold_splits(cases, groups), "KFold(n_splits=5, shuffle=True, random_state=12345)"
         folds = add_budgets(folds, plans["fractions"], plans["dpo_labeled_fraction"])
-        write_json_atomic(splits_path, {"inputs_hash": splits_hash, "source": source, "folds": folds})
+        write_json_atomic(splits_path, folds)
+        write_json_atomic(info_path, {"inputs_hash": splits_hash, "splits_hash": digest(folds), "source": source,
+                                      "sampref_version": __version__, "n_folds": len(folds),
+                                      "fractions": plans["fractions"],
+                                      "dpo_labeled_fraction": plans["dpo_labeled_fraction"]})
 
     data_dir = data_folder(out, plans)
-    pre_hash = digest([plans_hash, cases])
+    pre_hash = digest([preprocessing_signature(plans), cases, _listing(raw_dir / "imagesTr"),
+                       _listing(raw_dir / "labelsTr")])
     marker = data_dir / "preprocessing.json"
     if step("preprocessing", marker, pre_hash):
         with staged_directory(data_dir, overwrite=True) as stage:
             metas = preprocess_dataset(raw_dir, dataset_json, plans, cases, stage, num_processes, progress)
             write_json_atomic(stage / "preprocessing.json",
-                              {"inputs_hash": pre_hash, "cases": cases,
-                               "n_slices": sum(m["n_slices"] for m in metas),
-                               "n_train_slices": sum(len(m["train_slices"]) for m in metas)})
+                              {"inputs_hash": pre_hash, "signature_hash": signature_hash(plans), "cases": cases,
+                               "n_slices": sum(m["n_slices"] for m in metas)})
     return outcome
 
 
 def load_splits(preprocessed_dir: Path) -> list[dict[str, Any]]:
-    """The folds of ``splits_final.json`` (a clear error when planning has not run)."""
-    path = Path(preprocessed_dir) / "splits_final.json"
+    """The folds of ``splits_final.json``: a list, one dict per fold (a clear error when planning has not run).
+
+    Each fold holds ``train``, ``val``, ``permutation``, ``labeled`` {fraction key -> cases} and ``dpo_labeled``.
+    """
+    path = Path(preprocessed_dir) / SPLITS_FILE
+    rerun = f"run `sampref_plan -d {Path(preprocessed_dir).name}`"
     if not path.is_file():
-        raise SamprefError(f"{path} is missing: run `sampref_plan -d {Path(preprocessed_dir).name}` first.")
-    return load_json(path)["folds"]
+        raise SamprefError(f"{path} is missing: {rerun} first.")
+    folds = load_json(path)
+    if isinstance(folds, dict) and "folds" in folds:
+        raise SamprefError(f"{path} has the layout of an older sampref (a dict with 'folds'): {rerun} to rewrite it "
+                           "as nnU-Net's list of folds.")
+    keys = {"train", "val", "permutation", "labeled", "dpo_labeled"}
+    if not isinstance(folds, list) or not folds or not all(isinstance(f, dict) and keys <= set(f) for f in folds):
+        raise SamprefError(f"{path} must be a list of folds, each with {sorted(keys)}; a file with only train/val "
+                           "belongs in the raw dataset folder, where sampref_plan adds the budgets: " + rerun)
+    return folds
