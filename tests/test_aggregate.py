@@ -117,6 +117,8 @@ def expected_pairs(trainer, configuration, fraction, folds):
     ("DPORanking__samprefPlans__2d-lr0.0003__f0.2", ("DPORanking", "samprefPlans", "2d-lr0.0003", "0.2")),
     ("DPORanking__samprefPlans__2d-tiny-myrun__f1.0", ("DPORanking", "samprefPlans", "2d-tiny-myrun", "1.0")),
     ("DPORanking__samprefPlans__2d-f0.5__f0.2", ("DPORanking", "samprefPlans", "2d-f0.5", "0.2")),
+    ("DPORanking__samprefPlans__2d-namex___f0.2", ("DPORanking", "samprefPlans", "2d-namex_", "0.2")),
+    ("DPORanking__samprefPlans__2d__f0.5__f0.2", ("DPORanking", "samprefPlans", "2d__f0.5", "0.2")),
     ("old_plots", None),
     ("A__B__f0.2", None),
     ("A__B__2d__fhalf", None),

@@ -166,14 +166,15 @@ class ResultTable:
 # ----------------------------------------------------------------------------------------------- scanning
 def parse_run_name(name: str) -> RunKey | None:
     """Split ``{trainer}__{plans}__{configuration}__f{fraction}``; the configuration may hold ``__`` and a run
-    tag (``2d-lr0.0003``), which stays part of it.
+    tag (``2d-lr0.0003``, or ``2d-namex_`` ending in ``_``), which stays part of it.
 
     Returns ``None`` for a name that is not a run folder's.
     """
-    parts = name.split("__")
-    if len(parts) < 4 or not all(parts) or not _FRACTION_RE.fullmatch(parts[-1]):
+    head, sep, tail = name.rpartition("__")
+    parts = head.split("__", 2)
+    if not sep or len(parts) < 3 or not all(parts) or not _FRACTION_RE.fullmatch(tail):
         return None
-    return RunKey(parts[0], parts[1], "__".join(parts[2:-1]), parts[-1][1:])
+    return RunKey(parts[0], parts[1], parts[2], tail[1:])
 
 
 def _missing_reason(fold_dir: Path) -> str | None:
