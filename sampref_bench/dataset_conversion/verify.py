@@ -1,11 +1,13 @@
 """Checking a raw dataset: every problem at once, each naming its file.
 
-``verify_raw_dataset(folder)`` reads every case of ``imagesTr``/``labelsTr`` (and ``imagesTrUnlabeled``)
-and reports: an image without a label or a label without an image, a missing channel, files with the
-wrong ending, duplicate case names (names that differ only in letter case), unreadable files, images whose
-shape, dimensionality or spacing differs from their label or other channels, label values not declared
-in dataset.json, NaN/Inf intensities, a ``numTraining`` that does not match, and ``case_groups`` naming
-unknown cases. It also collects per-label statistics for the report.
+``verify_raw_dataset(folder)`` reads every case of ``imagesTr``/``labelsTr`` and reports: an image without a
+label or a label without an image, a missing channel, files with the wrong ending, duplicate case names
+(names that differ only in letter case), unreadable files, images whose shape, dimensionality or spacing
+differs from their label or other channels, label values not declared in dataset.json, NaN/Inf
+intensities, a ``numTraining`` that does not match, and ``case_groups`` naming unknown cases. Images
+without labels (``imagesTrUnlabeled/``, ``imagesTs/``) are checked for their channel count,
+dimensionality, shape and spacing agreeing across a case's channels, and NaN/Inf. It also collects
+per-label statistics for the report.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tqdm import tqdm
 
 from sampref_bench.dataset_conversion.dataset_json import load_dataset_json
 from sampref_bench.utilities.errors import SamprefError
-from sampref_bench.utilities.imageio import has_nonfinite, read_image, split_ending
+from sampref_bench.utilities.imageio import Geometry, has_nonfinite, read_image, split_ending
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -46,6 +48,7 @@ class VerifyReport:
     folder: Path
     n_cases: int = 0
     n_unlabeled: int = 0
+    n_test: int = 0
     problems: list[Problem] = field(default_factory=list)
     label_cases: dict[str, int] = field(default_factory=dict)
     label_voxels: dict[str, int] = field(default_factory=dict)
@@ -62,7 +65,8 @@ class VerifyReport:
 
     def summary(self) -> str:
         """Human-readable report: counts, label statistics and problems."""
-        lines = [f"{self.folder}: {self.n_cases} labeled case(s), {self.n_unlabeled} unlabeled image(s)"]
+        lines = [f"{self.folder}: {self.n_cases} labeled case(s), {self.n_unlabeled} unlabeled image(s)"
+                 + (f", {self.n_test} test image(s)" if self.n_test else "")]
         for name, count in self.label_cases.items():
             lines.append(f"  label {name!r}: present in {count}/{self.n_cases} case(s), "
                          f"{self.label_voxels.get(name, 0)} voxels in all")
@@ -158,14 +162,12 @@ def verify_raw_dataset(folder: Path, progress: bool = False) -> VerifyReport:
 
     unlabeled = _scan_channels(folder / "imagesTrUnlabeled", ending, report)
     report.n_unlabeled = len(unlabeled)
-    for _case, channels in sorted(unlabeled.items()):
-        for path in channels.values():
-            try:
-                array, _ = read_image(path)
-            except SamprefError as err:
-                report.problems.append(Problem(str(path), str(err)))
-                continue
-            _check_array(path, array, report)
+    for case, channels in sorted(unlabeled.items()):
+        _verify_image_only(folder / "imagesTrUnlabeled", case, channels, n_channels, meta["dimensionality"], report)
+    test = _scan_channels(folder / "imagesTs", ending, report)
+    report.n_test = len(test)
+    for case, channels in sorted(test.items()):
+        _verify_image_only(folder / "imagesTs", case, channels, n_channels, meta["dimensionality"], report)
 
     groups = meta.get("case_groups") or {}
     unknown = sorted(set(groups) - set(paired) - set(unlabeled))
@@ -217,3 +219,37 @@ def _verify_case(case: str, channels: dict[int, Path], label_path: Path, n_chann
         elif not np.allclose(geo.spacing, label_geo.spacing, rtol=1e-5, atol=1e-6):
             report.problems.append(Problem(str(path), f"spacing {geo.spacing} differs from the label's "
                                                       f"{label_geo.spacing}"))
+
+
+def _verify_image_only(folder: Path, case: str, channels: dict[int, Path], n_channels: int, dimensionality: int,
+                       report: VerifyReport) -> None:
+    """Check a case without label (``imagesTrUnlabeled``/``imagesTs``): channel files ``0..n_channels-1``,
+    each with ``dimensionality`` axes, finite values, and the shape and spacing of channel 0."""
+    missing = [i for i in range(n_channels) if i not in channels]
+    extra = sorted(i for i in channels if i >= n_channels)
+    if missing:
+        report.problems.append(Problem(str(folder), f"case {case} lacks channel(s) {missing}; dataset.json "
+                                                    f"names {n_channels} channel(s)"))
+    if extra:
+        report.problems.append(Problem(str(channels[extra[0]]), f"case {case} has channel(s) {extra} but "
+                                                                f"dataset.json names only {n_channels}"))
+    first: tuple[Path, np.ndarray, Geometry] | None = None
+    for _index, path in sorted(channels.items()):
+        try:
+            image, geo = read_image(path)
+        except SamprefError as err:
+            report.problems.append(Problem(str(path), str(err)))
+            continue
+        _check_array(path, image, report)
+        if image.ndim != dimensionality:
+            report.problems.append(Problem(str(path), f"image has {image.ndim} dimensions but dataset.json says "
+                                                      f"dimensionality {dimensionality}"))
+            continue
+        if first is None:
+            first = (path, image, geo)
+        elif image.shape != first[1].shape:
+            report.problems.append(Problem(str(path), f"image shape {image.shape} differs from {first[0].name}'s "
+                                                      f"{first[1].shape}"))
+        elif not np.allclose(geo.spacing, first[2].spacing, rtol=1e-5, atol=1e-6):
+            report.problems.append(Problem(str(path), f"spacing {geo.spacing} differs from {first[0].name}'s "
+                                                      f"{first[2].spacing}"))

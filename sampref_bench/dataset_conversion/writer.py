@@ -32,7 +32,9 @@ class RawDatasetWriter:
         report = writer.report   # the VerifyReport of the published dataset
 
     ``image``/``label`` arrays are in SimpleITK numpy order, ``(H, W)`` or ``(Z, Y, X)``; labels are cast
-    to ``uint8``. ``overwrite`` replaces an existing dataset with the same ID (same or other name).
+    to ``uint8``. Images without labels go to ``imagesTrUnlabeled/`` (:meth:`add_unlabeled`, training
+    images that never had labels) or ``imagesTs/`` (:meth:`add_test`, a held-out test set). ``overwrite``
+    replaces an existing dataset with the same ID (same or other name).
     """
 
     def __init__(self, dataset_id: int, name: str, *, file_ending: str, dimensionality: int,
@@ -45,6 +47,7 @@ class RawDatasetWriter:
         self.overwrite = overwrite
         self.cases: list[str] = []
         self.unlabeled: list[str] = []
+        self.test: list[str] = []
         self.notes: list[str] = []
         self.metadata: dict[str, Any] | None = None
         self.provenance: dict[str, Any] = {}
@@ -99,6 +102,18 @@ class RawDatasetWriter:
         self._write_channels("imagesTrUnlabeled", case, channels, geometry)
         self.unlabeled.append(case)
 
+    def add_test(self, case: str, channels: list[np.ndarray], geometry: Geometry | None = None) -> None:
+        """Write a test image (no label) as ``imagesTs/{case}_{i:04d}{ending}``, one file per channel.
+
+        ``channels`` are arrays in SimpleITK numpy order (``(H, W)`` or ``(Z, Y, X)``) sharing ``geometry``.
+        Test cases have their own namespace: a test case may share its name with a training case, as in
+        nnU-Net's ``imagesTs/``.
+        """
+        if case in self.test:
+            raise SamprefError(f"two test images map to the same case name {case!r}; rename one of them.")
+        self._write_channels("imagesTs", case, channels, geometry)
+        self.test.append(case)
+
     def note(self, message: str) -> None:
         """Record a conversion decision (e.g. a colour image reduced to luma) in ``conversion.json``."""
         self.notes.append(message)
@@ -131,6 +146,8 @@ class RawDatasetWriter:
                                  dimensionality=self.dimensionality, **self.metadata)
         if self.unlabeled:
             data["numUnlabeled"] = len(self.unlabeled)
+        if self.test:
+            data["numTest"] = len(self.test)
         write_json_atomic(self.stage / "dataset.json", data)
         write_json_atomic(self.stage / "conversion.json", {**self.provenance, "notes": self.notes})
         report = verify_raw_dataset(self.stage)
