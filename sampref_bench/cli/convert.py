@@ -14,6 +14,7 @@ examples:
   sampref_convert folder2d --images imgs/ --masks masks/ -d 10 --name Polyps --modality XR \\
       --mask-suffix _mask --label-map 255:1 --labels polyp
   sampref_convert msd ~/data/Task09_Spleen -d 9
+  sampref_convert nnunet ~/nnUNet_raw/Dataset004_Hippocampus -d 4
   sampref_convert nifti --images vols/ --labels segs/ -d 20 --name Liver --modality CT
   sampref_convert nifti --dicom --images dicom_series/ --labels segs/ -d 21 --name Lung --modality CT
   sampref_convert verify -d 003
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sampref_convert", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="layout", required=True, metavar="{busi,folder2d,msd,nifti,verify}")
+    sub = parser.add_subparsers(dest="layout", required=True, metavar="{busi,folder2d,msd,nifti,nnunet,verify}")
 
     def common(p: argparse.ArgumentParser, name_required: bool) -> None:
         p.add_argument("-d", "--dataset-id", type=int, required=True, help="output dataset ID, 1..999")
@@ -86,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", default="unknown", help="license of the source data")
     p.add_argument("--reference", default="", help="citation of the source data")
 
+    p = sub.add_parser(
+        "nnunet", help="an nnU-Net v2 raw dataset (DatasetXXX_Name: imagesTr/, labelsTr/, imagesTs/, dataset.json)",
+        description="Import an nnU-Net v2 raw dataset: channel files CASE_XXXX stay channels in order, "
+                    "channel_names and labels (name -> value) are kept, imagesTs/ is kept, 2D or 3D follows the "
+                    "images and spacing/origin/direction are kept. Region-based labels are refused.",
+        epilog="example: sampref_convert nnunet ~/nnUNet_raw/Dataset004_Hippocampus -d 4")
+    p.add_argument("source", type=Path, help="the DatasetXXX_Name folder")
+    common(p, False)
+
     p = sub.add_parser("verify", help="check a converted dataset and report every problem")
     p.add_argument("-d", "--dataset", required=True, help="3, 003 or Dataset003_BUSI")
     return parser
@@ -115,6 +125,10 @@ def _run(args: argparse.Namespace) -> int:
         from sampref_bench.dataset_conversion.msd import convert_msd
 
         report = convert_msd(args.source, args.dataset_id, name=args.name, overwrite=args.overwrite)
+    elif args.layout == "nnunet":
+        from sampref_bench.dataset_conversion.nnunet import convert_nnunet
+
+        report = convert_nnunet(args.source, args.dataset_id, name=args.name, overwrite=args.overwrite)
     else:
         from sampref_bench.dataset_conversion.nifti import convert_nifti
 
