@@ -1,5 +1,8 @@
+import csv
 import json
+import multiprocessing
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -12,7 +15,7 @@ import torch
 
 from sampref_bench.cli.train import main as train_main
 from sampref_bench.trainers.data import case_roles
-from sampref_bench.trainers.registry import get_trainer
+from sampref_bench.trainers.registry import available_trainers, get_trainer
 from sampref_bench.trainers.validation import validate_cases
 from sampref_bench.utilities.errors import SamprefError
 from tests.trainer_helpers import FAST, planned_busi, planned_phantoms
@@ -31,14 +34,36 @@ def test_typo_suggests_trainer():
         get_trainer("SAMBoxOracel")
 
 
-def test_external_trainer_registers(tmp_path):
+def test_external_trainer_registers_and_pickles(tmp_path):
     module = tmp_path / "my_trainers.py"
     module.write_text(
-        "from sampref_bench.trainers.registry import register_trainer\n"
         "from sampref_bench.trainers.sam_trainers import SAMBoxOracle\n"
-        "@register_trainer\nclass MyBoxTrainer(SAMBoxOracle):\n    pass\n")
+        "class MyBoxTrainer(SAMBoxOracle):\n    pass\n")
     assert train_main(["--trainer-module", str(module), "--list"]) == 0
-    assert get_trainer("MyBoxTrainer").__mro__[1].__name__ == "SAMBoxOracle"
+    cls = get_trainer("MyBoxTrainer")
+    assert cls.__mro__[1].__name__ == "SAMBoxOracle"
+    assert sys.modules[cls.__module__].__file__ == str(module.resolve())
+    assert pickle.loads(pickle.dumps(cls)) is cls
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_class_name, (cls,)) == "MyBoxTrainer"
+
+
+def _class_name(cls):
+    return cls.__name__
+
+
+def test_direct_subclass_of_abstract_base_is_a_trainer():
+    from sampref_bench.trainers.sam_trainer import SAMTrainer
+
+    class DirectSubclass(SAMTrainer):
+        def inference_prompts(self, samples):
+            return {}
+
+    assert not DirectSubclass.is_abstract() and SAMTrainer.is_abstract()
+    assert get_trainer("DirectSubclass") is DirectSubclass
+    assert "DirectSubclass" in available_trainers() and "SAMTrainer" not in available_trainers()
+    with pytest.raises(SamprefError, match="'SAMTrainer' is abstract"):
+        get_trainer("SAMTrainer")
 
 
 # ------------------------------------------------------------------ budgets
@@ -50,6 +75,10 @@ def test_case_roles_budgets():
     assert sup.labeled == perm[:5] and sup.rated == [] and sup.unlabeled == perm[5:]
     dpo = case_roles(splits, 0, 0.2, budget="dpo")
     assert dpo.labeled == ["c0"] and dpo.rated == ["c1"] and dpo.unlabeled == perm[2:]
+    splits[0]["labeled"]["0.1"] = perm[:1]
+    with pytest.raises(SamprefError, match=r"fraction 0.1 buys no rated case.*possible at the planned fraction\(s\) "
+                                           r"0.2, 0.5"):
+        case_roles(splits, 0, 0.1, budget="dpo")
     with pytest.raises(SamprefError, match="was not planned"):
         case_roles(splits, 0, 0.3)
     with pytest.raises(SamprefError, match="fold 1 does not exist"):
@@ -113,7 +142,21 @@ def test_two_label_dataset_end_to_end():
         np.testing.assert_allclose(pred.GetSpacing(), ref.GetSpacing())
         for name_ in ("config.json", "training_log.csv", "progress.png", "checkpoint_final.pth"):
             assert (out / name_).is_file()
-    assert trainer.network.label_tokens if name == "SAMNoPrompt" else True
+        assert hasattr(trainer.network, "label_tokens") == (name == "SAMNoPrompt")
+        assert json.loads((out / "config.json").read_text())["oracle"] == (name == "SAMBoxOracle")
+
+
+def test_single_label_no_prompt_run():
+    dataset = planned_phantoms(n_labels=1)
+    trainer = _trainer("SAMNoPrompt", dataset, epochs=2)
+    out = trainer.run_training()
+    summary = json.loads((out / "validation" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"1"} and summary["settings"]["oracle"] is False
+    assert not hasattr(trainer.network, "label_tokens")
+    assert trainer.inference_prompts(trainer.val_samples[:2]) == {}
+    rows = list(csv.DictReader((out / "training_log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and all(0 <= float(r["val_dice"]) <= 1 for r in rows)
+    assert len(trainer.train_batches(0)) == FAST["iterations_per_epoch"]
 
 
 def _run_cli_process(env, extra=()):
@@ -131,8 +174,8 @@ def test_sigkill_and_continue_matches_uninterrupted(sampref_roots, tmp_path):
 
     env_k = {**env, "SAMPREF_results": str(tmp_path / "killed")}
     victim = _run_cli_process(env_k)
-    log = next(iter([tmp_path / "killed" / "Dataset007_Phantom" / "SAMBoxOracle__samprefPlans__2d-tiny__f0.5"
-                     / "fold_0" / "training_log.csv"]))
+    run = _trainer("SAMBoxOracle", "7", epochs=4).output_dir.relative_to(sampref_roots["results"])
+    log = tmp_path / "killed" / run / "training_log.csv"
     deadline = time.time() + 600
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
         assert victim.poll() is None, "the run ended before it could be killed"
@@ -143,12 +186,12 @@ def test_sigkill_and_continue_matches_uninterrupted(sampref_roots, tmp_path):
     resumed = _run_cli_process(env_k, ["--continue"])
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()
 
-    runs = [p / "Dataset007_Phantom" / "SAMBoxOracle__samprefPlans__2d-tiny__f0.5" / "fold_0"
-            for p in (tmp_path / "straight", tmp_path / "killed")]
+    runs = [p / run for p in (tmp_path / "straight", tmp_path / "killed")]
     a, b = (torch.load(r / "checkpoint_final.pth", map_location="cpu", weights_only=True) for r in runs)
     assert a["epoch"] == b["epoch"] == 4
-    for key in a["network"]:
-        assert torch.equal(a["network"][key], b["network"][key]), key
+    assert set(a["networks"]) == {"network"}
+    for key in a["networks"]["network"]:
+        assert torch.equal(a["networks"]["network"][key], b["networks"]["network"][key]), key
     sa, sb = (json.loads((r / "validation" / "summary.json").read_text()) for r in runs)
     assert [c["metrics"] for c in sa["metric_per_case"]] == [c["metrics"] for c in sb["metric_per_case"]]
     assert [r["train_loss"] for r in a["log"]] == [r["train_loss"] for r in b["log"]]
@@ -174,22 +217,31 @@ class _PerfectOracle:
     """Mixin: probabilities are the one-hot preprocessed labels, so predictions must equal the raw labels."""
 
     def predict_probabilities(self, case):
-        seg = self.data.seg(case)
+        seg = self.data.label_store([case], "the perfect test oracle").seg(case)
         return np.stack([(seg == v).astype(np.float32) for v in self.labels])
 
 
-def test_volumes_are_reassembled_and_scored_per_volume(tmp_path):
+@pytest.mark.parametrize("spacing_xyz, axis", [((0.8, 0.8, 3.0), 0), ((0.8, 3.0, 0.8), 1), ((3.0, 0.8, 0.8), 2)])
+def test_volumes_are_sliced_along_the_planned_axis_and_reassembled(tmp_path, spacing_xyz, axis):
     from sampref_bench.trainers.sam_trainers import SAMNoPrompt
 
-    dataset = planned_phantoms(n_labels=2)
+    dataset = planned_phantoms(n_labels=2, spacing_xyz=spacing_xyz, shape_zyx=(16, 24, 20))
     perfect = type("PerfectNoPrompt", (_PerfectOracle, SAMNoPrompt), {})(dataset, 0, 0.5, overrides=FAST,
                                                                           progress=False)
+    assert perfect.plans["slicing_axis"] == axis
     perfect.initialize()
+    case = perfect.roles.val[0]
+    meta = perfect.data.meta(case)
+    assert meta["n_slices"] == meta["original_shape"][axis]
     summary = validate_cases(perfect, tmp_path / "val")
     assert summary["n_cases"] == len(perfect.roles.val)
     for case in summary["metric_per_case"]:
         assert case["metrics"]["1"]["Dice"] == 1.0 and case["metrics"]["2"]["Dice"] == 1.0
         assert len(case["spacing"]) == 3
+    # a real (tiny) model through the same path: the prediction has the raw volume's shape
+    trainer = _trainer("SAMNoPrompt", dataset, epochs=1)
+    trainer.initialize()
+    assert trainer.predict_case(perfect.roles.val[0]).shape == tuple(meta["original_shape"])
 
 
 def test_checkpoint_of_another_trainer_is_refused():
@@ -206,11 +258,11 @@ def test_checkpoint_of_another_trainer_is_refused():
 def test_unfrozen_encoder_trains_and_is_checkpointed():
     dataset = planned_phantoms()
     trainer = _trainer("SAMBoxOracle", dataset, epochs=1, freeze_image_encoder=False)
-    assert trainer.run_configuration_name() == "2d-tiny-unfrozen"
+    assert trainer.base_configuration_name() == "2d-tiny-unfrozen"
     trainer.initialize()
     before = {k: v.clone() for k, v in trainer.network.image_encoder.state_dict().items()}
     out = _trainer("SAMBoxOracle", dataset, epochs=1, freeze_image_encoder=False).run_training()
-    state = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=True)["network"]
+    state = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=True)["networks"]["network"]
     encoder_keys = [k for k in state if k.startswith("image_encoder.")]
     assert encoder_keys
     assert any(not torch.equal(state[k], before[k.removeprefix("image_encoder.")]) for k in encoder_keys)

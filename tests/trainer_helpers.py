@@ -10,9 +10,15 @@ from tests.conftest import BUSI_SUBSET
 FAST = {"model": "tiny", "model_arch": {"stride": 16}, "batch_size": 2, "iterations_per_epoch": 2}
 
 
-def planned_phantoms(dataset_id: int = 7, n_labels: int = 1, n_cases: int = 5) -> str:
-    """A planned synthetic 3D dataset (fractions 0.5 and 1.0); returns its ID as text."""
-    write_synthetic_raw_dataset(dataset_id, "Phantom", n_cases, n_labels=n_labels, shape_zyx=(12, 40, 32))
+def planned_phantoms(dataset_id: int = 7, n_labels: int = 1, n_cases: int = 5,
+                     spacing_xyz: tuple[float, float, float] = (0.8, 0.8, 3.0),
+                     shape_zyx: tuple[int, int, int] = (12, 40, 32)) -> str:
+    """A planned synthetic 3D dataset (fractions 0.5 and 1.0); returns its ID as text.
+
+    The planner slices along the coarsest spacing: numpy axis 0 with the default ``spacing_xyz``.
+    """
+    write_synthetic_raw_dataset(dataset_id, "Phantom", n_cases, n_labels=n_labels, shape_zyx=shape_zyx,
+                                spacing_xyz=spacing_xyz)
     plan_dataset(dataset_id, fractions=[0.5, 1.0], num_processes=1, progress=False)
     return str(dataset_id)
 

@@ -16,10 +16,19 @@ examples:
   sampref_train 003 SAMBoxOracle 0 --fraction 0.2 --continue          # resume after a crash
   sampref_train 003 MyTrainer 0 --trainer-module my_trainers.py       # your own subclass
   sampref_train 003 SAMBoxOracle 0 --set lr=3e-4 --set model=tiny     # any hyperparameter
+  sampref_train 003 SAMNoPrompt 0 --set lr=3e-4 --run-name fastlr      # name the run yourself
 
 The run goes to $SAMPREF_results/DatasetXXX_Name/{Trainer}__{plans}__{configuration}__f{fraction}/fold_{k}/
 with checkpoint_latest.pth (every epoch), checkpoint_final.pth, config.json, training_log.csv,
 progress.png and validation/summary.json. `sampref_train --list` shows every trainer.
+
+Training length is planned (plans.json: epochs, iterations_per_epoch, batch_size in slices) and the same
+at every fraction. A run whose hyperparameters differ from the trainer's defaults (--set, --epochs,
+--seed) gets its own folder: the configuration part carries a tag of the differing values (e.g.
+2d-lr0.0003) or the --run-name you give, so differently configured runs never share a folder or a table
+row. --continue refuses a checkpoint trained with other hyperparameters and names the differing keys.
+Validation and prediction read images only; an oracle trainer (SAMBoxOracle: ground-truth boxes) says
+so in config.json and is marked in every table.
 """
 
 
@@ -50,12 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fraction", type=float, default=1.0, help="annotation fraction (planned; default 1.0)")
     parser.add_argument("-c", "--configuration", default="2d", help="plan configuration (default 2d)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
-    parser.add_argument("--epochs", type=int, default=None, help="override the number of epochs (default 15)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the planned number of epochs")
     parser.add_argument("--seed", type=int, default=None, help="override the seed (default 12345)")
     parser.add_argument("--continue", dest="continue_training", action="store_true",
                         help="resume from checkpoint_latest.pth (or redo validation of a finished run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any hyperparameter, value parsed as JSON (e.g. lr=3e-4, model=\"vit_b\")")
+    parser.add_argument("--run-name", default=None, metavar="NAME",
+                        help="name of this run's folder tag instead of one made from the non-default settings")
     parser.add_argument("--trainer-module", action="append", default=[],
                         help="import this module or .py file first so its trainers register")
     parser.add_argument("--list", action="store_true", help="list the available trainers and exit")
@@ -85,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides["seed"] = args.seed
         cls = get_trainer(args.trainer)
         trainer = cls(args.dataset, args.fold, args.fraction, configuration=args.configuration, device=args.device,
-                      overrides=overrides, progress=not args.no_progress)
+                      overrides=overrides, progress=not args.no_progress, run_name=args.run_name)
         out = trainer.run_training(continue_training=args.continue_training)
         summary = json.loads((out / "validation" / "summary.json").read_text())
         print(f"{out}\n  validation foreground mean Dice: {summary['foreground_mean'].get('Dice', float('nan')):.4f}")

@@ -1,16 +1,24 @@
-"""Image-embedding cache for frozen image encoders.
+"""Image-embedding cache for frozen image encoders, shared by every plan, trainer, fraction and fold.
 
-An encoder pass costs about 3 s per image for LiteMedSAM on two CPU cores, so every trainer, fraction
-and fold of a dataset shares one cache, computed once per (encoder weights, preprocessing, case):
-``{preprocessed plan folder}/cache/embeddings/{weights_id}-{preprocessing hash}/{case}.npy`` (the weights ID
-starts with the flavour name, e.g. ``litemedsam-256-79d8c9dca6db4d69``)
-holds the ``(S, 256, E, E)`` float16 embeddings of the case's ``S`` slices. A change of weights or of the
-plan changes the folder name, so stale embeddings are never read; ``prune_stale`` deletes old folders.
+An encoder pass costs about 2-3 s per image for LiteMedSAM on two CPU cores, so each (weights, slice image)
+is embedded once. An embedding is determined by the encoder weights and the image it is fed, nothing else,
+so that is all the cache is keyed on:
+``$SAMPREF_preprocessed/DatasetXXX_Name/embeddings/{weights_id}/{case}_{slice:04d}_{key}.npy`` holds the
+``(256, E, E)`` float16 embedding of one slice; ``weights_id`` names the flavour, input size and weights
+digest (e.g. ``litemedsam-256-79d8c9dca6db4d69``) and ``key`` digests the case's preprocessed image
+(``image_digest`` in its metadata) and the plan's channel-to-RGB mapping. Replanning with other fractions,
+thresholds or batch size changes neither, so the cache survives it; a change of image size or
+normalization changes the key, so a stale embedding is never read (:meth:`EmbeddingCache.prune_stale`
+deletes such files).
+
+Only what a trainer reads is embedded: the slices it trains on, and every slice of its validation cases.
 """
 
 from __future__ import annotations
 
-import shutil
+import hashlib
+import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,62 +27,99 @@ import torch
 from tqdm import tqdm
 
 from sampref_bench.utilities.arrays import load_npy, save_npy_atomic
-from sampref_bench.utilities.atomic import load_json
+
+SlicePair = tuple[str, int]
 
 
 class EmbeddingCache:
-    """Compute-once, memory-mapped embeddings of every slice of a case.
+    """Compute-once, memory-mapped per-slice embeddings.
 
-    ``data`` is a :class:`~sampref_bench.trainers.data.PreprocessedData`; ``model`` a SAM model exposing
-    ``flavour``, ``weights_id``, ``normalize_input`` and ``image_encoder``.
+    ``data`` is a :class:`~sampref_bench.trainers.data.PreprocessedData` (label-free); ``model`` a SAM model
+    exposing ``weights_id`` and ``embed``. ``root`` defaults to the dataset's ``embeddings/`` folder beside
+    the plan's data folder. :attr:`computed` counts the embeddings this object has computed.
     """
 
-    def __init__(self, data: Any, model: Any, device: torch.device | str = "cpu", batch_size: int = 4) -> None:
+    def __init__(self, data: Any, model: Any, device: torch.device | str = "cpu", batch_size: int = 4,
+                 root: Path | None = None) -> None:
         self.data = data
         self.model = model
         self.device = torch.device(device)
-        self.batch_size = batch_size
-        pre_hash = load_json(data.data_dir / "preprocessing.json")["inputs_hash"]
-        self.root = data.data_dir / "cache" / "embeddings"
-        self.folder = self.root / f"{model.weights_id}-{pre_hash}"
-        self._loaded: dict[str, np.ndarray] = {}
+        self.batch_size = int(batch_size)
+        self.root = Path(root) if root is not None else Path(data.data_dir).parent / "embeddings"
+        self.folder = self.root / model.weights_id
+        self.computed = 0
+        self._keys: dict[str, str] = {}
 
-    def path(self, case: str) -> Path:
-        """File of one case's embeddings."""
-        return self.folder / f"{case}.npy"
+    def key(self, case: str) -> str:
+        """12 hex digits naming what the encoder sees of ``case``: its stored image and the RGB mapping."""
+        if case not in self._keys:
+            what = json.dumps([self.data.meta(case)["image_digest"], list(self.data.rgb_channels)])
+            self._keys[case] = hashlib.sha256(what.encode()).hexdigest()[:12]
+        return self._keys[case]
+
+    def path(self, case: str, slice_index: int) -> Path:
+        """File of one slice's embedding."""
+        return self.folder / f"{case}_{int(slice_index):04d}_{self.key(case)}.npy"
+
+    def missing(self, pairs: Iterable[SlicePair]) -> list[SlicePair]:
+        """The (case, slice) pairs of ``pairs`` not cached yet, without repeats, in first-seen order."""
+        seen: dict[SlicePair, None] = {}
+        for case, k in pairs:
+            if (case, int(k)) not in seen and not self.path(case, k).is_file():
+                seen[(case, int(k))] = None
+        return list(seen)
 
     @torch.no_grad()
-    def _compute(self, case: str) -> None:
-        n_slices = self.data.meta(case)["n_slices"]
-        chunks = []
+    def _compute(self, pairs: list[SlicePair]) -> None:
         encoder = self.model.image_encoder
         was_training = encoder.training
         encoder.eval()
-        for start in range(0, n_slices, self.batch_size):
-            images = torch.from_numpy(self.data.rgb(case, slice(start, start + self.batch_size))).to(self.device)
-            chunks.append(self.model.embed(images).float().cpu().numpy().astype(np.float16))
-        encoder.train(was_training)
-        save_npy_atomic(self.path(case), np.concatenate(chunks))
+        try:
+            images = np.concatenate([self.data.rgb(case, [k]) for case, k in pairs])
+            embedded = self.model.embed(torch.from_numpy(images).to(self.device)).float().cpu().numpy()
+        finally:
+            encoder.train(was_training)
+        for (case, k), array in zip(pairs, embedded):
+            save_npy_atomic(self.path(case, k), array.astype(np.float16))
+        self.computed += len(pairs)
 
-    def ensure(self, cases: list[str], progress: bool = True) -> None:
-        """Compute the embeddings of every case in ``cases`` that is not cached yet."""
-        missing = [c for c in cases if not self.path(c).is_file()]
-        for case in tqdm(missing, desc=f"embed ({self.model.flavour})", unit="case", disable=not progress):
-            self._compute(case)
+    def ensure(self, pairs: Iterable[SlicePair], progress: bool = True) -> int:
+        """Embed every pair not cached yet (in batches); return how many were computed.
 
-    def get(self, case: str) -> np.ndarray:
-        """``(S, 256, E, E)`` float16 memory-mapped embeddings of ``case`` (computed if missing)."""
-        if case not in self._loaded:
-            if not self.path(case).is_file():
-                self._compute(case)
-            self._loaded[case] = load_npy(self.path(case))
-        return self._loaded[case]
+        When something was computed and ``progress`` is on, the cache's size on disk is printed.
+        """
+        todo = self.missing(pairs)
+        with tqdm(total=len(todo), desc=f"embed ({self.model.weights_id})", unit="slice",
+                  disable=not progress or not todo) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start:start + self.batch_size]
+                self._compute(chunk)
+                bar.update(len(chunk))
+        if todo and progress:
+            n_files, n_bytes = self.size_on_disk()
+            print(f"embedding cache {self.folder}: {len(todo)} new, {n_files} slices, {n_bytes / 2**20:.1f} MiB on "
+                  "disk", flush=True)
+        return len(todo)
 
-    def prune_stale(self) -> list[Path]:
-        """Delete cache folders of this flavour made for other weights or plans; return them."""
+    def get(self, case: str, slice_index: int) -> np.ndarray:
+        """``(256, E, E)`` float16 memory-mapped embedding of one slice (computed if missing)."""
+        path = self.path(case, slice_index)
+        if not path.is_file():
+            self._compute([(case, int(slice_index))])
+        return load_npy(path)
+
+    def size_on_disk(self) -> tuple[int, int]:
+        """``(files, bytes)`` of this weights' cache folder."""
+        files = [p for p in self.folder.glob("*.npy")] if self.folder.is_dir() else []
+        return len(files), sum(p.stat().st_size for p in files)
+
+    def prune_stale(self, cases: Iterable[str]) -> list[Path]:
+        """Delete this weights' cached slices of ``cases`` whose key no longer matches the preprocessed image."""
         removed = []
-        for folder in self.root.glob(f"{self.model.flavour}-*"):
-            if folder != self.folder and folder.is_dir():
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder)
+        for case in cases:
+            current = self.key(case)
+            for path in self.folder.glob(f"{case}_[0-9][0-9][0-9][0-9]_*.npy"):
+                if path.stem.rsplit("_", 2)[0] == case and path.stem.rsplit("_", 1)[1] != current:
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
         return removed

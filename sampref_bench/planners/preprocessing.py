@@ -1,25 +1,41 @@
-"""Preprocessing: normalized, SAM-sized 2D slices and labels stored as memory-mappable arrays.
+"""Preprocessing: normalized, SAM-sized 2D slices (and labels, where a case has them) as memory-mappable arrays.
 
-For each case ``{case}.npy`` holds the images, shape ``(S, C, size, size)`` (``S`` slices, ``C`` source
-channels, values in [0, 1] stored as float16, or as uint8 scaled by 255 when the plan says so);
-``{case}_seg.npy`` holds the labels ``(S, size, size)`` uint8; ``{case}.json`` holds what is needed to
-undo the transform (original shape and geometry, slicing axis, :class:`SliceTransform`) plus the slices
-that enter training and the labels present in each slice.
+Per case, in the plan's data folder (``samprefPlans_2d/``):
+
+- ``{case}.npy``: the images, shape ``(S, C, size, size)`` (``S`` slices, ``C`` source channels), values in
+  [0, 1] stored as float16, or as uint8 scaled by 255 when the plan says so.
+- ``{case}.json``: what the image path needs and nothing about labels: original shape and geometry, the
+  slicing axis, the :class:`SliceTransform` to undo, the intensity bounds used, ``image_digest`` (SHA-256 of
+  the stored image array, what image-embedding caches are keyed on) and ``slice_content`` (per slice, the
+  share of pixels with a normalized intensity above :data:`CONTENT_LEVEL`; a label-free measure used to pick
+  the slices of cases whose labels are hidden).
+- ``{case}_seg.npy`` ``(S, size, size)`` uint8 and ``{case}_labels.json`` (``labels_per_slice``: the label
+  values present in each slice), only for cases with a label file.
+
+Image and label files are separate so that whatever runs on images (prediction, embedding) cannot read
+labels by accident: :class:`~sampref_bench.trainers.data.LabelStore` is the only reader of the label files.
+Which slices a run trains on is not decided here: trainers choose them from the per-case files and each
+case's role, so a case can change role between runs without preprocessing again.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sampref_bench.planners.fingerprint import case_seed, read_raw_case
+from sampref_bench.planners.fingerprint import raw_case_files
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.utilities.arrays import save_npy_atomic
 from sampref_bench.utilities.atomic import write_json_atomic
+from sampref_bench.utilities.imageio import read_image
 from sampref_bench.utilities.parallel import map_with_progress
+
+#: A normalized intensity (in [0, 1], channel mean) above which a pixel counts as image content.
+CONTENT_LEVEL = 0.05
 
 
 def normalize(image: np.ndarray, plans: dict[str, Any]) -> tuple[np.ndarray, list[list[float]]]:
@@ -40,65 +56,97 @@ def normalize(image: np.ndarray, plans: dict[str, Any]) -> tuple[np.ndarray, lis
     return out, bounds
 
 
-def to_slices(image: np.ndarray, label: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(C, *spatial)``, ``(*spatial)`` -> ``(C, S, H, W)``, ``(S, H, W)`` (2D data: ``S == 1``)."""
-    if axis is None:
-        return image[:, None], label[None]
-    return np.moveaxis(image, axis + 1, 1), np.moveaxis(label, axis, 0)
+def image_to_slices(image: np.ndarray, axis: int | None) -> np.ndarray:
+    """``(C, *spatial)`` -> ``(C, S, H, W)`` slices along ``axis`` (2D data, ``axis=None``: ``S == 1``)."""
+    return image[:, None] if axis is None else np.moveaxis(image, axis + 1, 1)
+
+
+def label_to_slices(label: np.ndarray, axis: int | None) -> np.ndarray:
+    """``(*spatial)`` -> ``(S, H, W)`` slices along ``axis`` (2D data: ``S == 1``)."""
+    return label[None] if axis is None else np.moveaxis(label, axis, 0)
 
 
 def from_slices(slices: np.ndarray, axis: int | None) -> np.ndarray:
-    """Inverse of :func:`to_slices` for a label stack: ``(S, H, W)`` -> the case's spatial array."""
+    """Inverse of :func:`label_to_slices` for a label stack: ``(S, H, W)`` -> the case's spatial array."""
     return slices[0] if axis is None else np.moveaxis(slices, 0, axis)
 
 
-def training_slices(label_slices: np.ndarray, share: float, case: str) -> list[int]:
-    """Every slice with foreground plus a seeded ``share`` of the background slices (at least one if any)."""
-    has_fg = label_slices.reshape(label_slices.shape[0], -1).any(axis=1)
-    fg = np.flatnonzero(has_fg).tolist()
-    bg = np.flatnonzero(~has_fg)
-    if len(has_fg) == 1:
-        return [0]
-    n_bg = int(round(share * len(bg)))
-    if share > 0 and len(bg) and n_bg == 0:
-        n_bg = 1
-    chosen = np.random.default_rng(case_seed(case, salt=1)).choice(bg, size=n_bg, replace=False) if n_bg else []
-    return sorted(fg + [int(i) for i in chosen])
+def slice_content(normalized_slices: np.ndarray) -> list[float]:
+    """Per slice of ``(C, S, H, W)`` images in [0, 1]: share of pixels whose channel mean exceeds CONTENT_LEVEL."""
+    mean = normalized_slices.mean(axis=0)
+    return [round(float(v), 4) for v in (mean > CONTENT_LEVEL).mean(axis=(1, 2))]
 
 
-def preprocess_case(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], case: str,
-                    out_dir: Path) -> dict[str, Any]:
-    """Preprocess one case into ``out_dir`` and return its metadata (also written as ``{case}.json``)."""
-    image, label, info = read_raw_case(raw_dir, dataset_json, case)
+def image_digest(stored: np.ndarray) -> str:
+    """First 16 hex digits of the SHA-256 of a stored image array (dtype, shape and bytes)."""
+    hasher = hashlib.sha256(f"{stored.dtype.str}{stored.shape}".encode())
+    hasher.update(np.ascontiguousarray(stored).tobytes())
+    return hasher.hexdigest()[:16]
+
+
+def read_raw_image(channel_files: list[Path]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read the channel files of one case: image ``(C, *spatial)`` (numpy order) and its geometry dict.
+
+    The geometry holds ``spacing`` (numpy order, mm), ``spacing_xyz``, ``origin`` and ``direction`` in
+    SimpleITK order, and the source ``dtype``.
+    """
+    channels, geometry = [], None
+    for path in channel_files:
+        array, geometry = read_image(path)
+        channels.append(array)
+    assert geometry is not None
+    info = {"spacing": [float(s) for s in reversed(geometry.spacing)], "spacing_xyz": list(geometry.spacing),
+            "origin": list(geometry.origin), "direction": list(geometry.direction), "dtype": str(channels[0].dtype)}
+    return np.stack(channels), info
+
+
+def preprocess_image(channel_files: list[Path], label_file: Path | None, plans: dict[str, Any], case: str,
+                     out_dir: Path) -> dict[str, Any]:
+    """Preprocess one case (its label only if ``label_file`` is given) into ``out_dir``; return its image meta.
+
+    See the module docstring for the files written. The image side never reads ``label_file``.
+    """
+    image, info = read_raw_image(channel_files)
     normalized, bounds = normalize(image, plans)
     axis = plans["slicing_axis"]
-    image_slices, label_slices = to_slices(normalized, label, axis)
+    image_slices = image_to_slices(normalized, axis)
     n_channels, n_slices, height, width = image_slices.shape
     transform = SliceTransform.for_shape((height, width), plans["image_size"])
     size = plans["image_size"]
     flat = image_slices.reshape(n_channels * n_slices, height, width)
     images = transform.image(flat).reshape(n_channels, n_slices, size, size).transpose(1, 0, 2, 3)
-    labels = transform.label(label_slices)
     if plans["storage_dtype"] == "uint8":
         stored = np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
     else:
         stored = np.clip(images, 0.0, 1.0).astype(np.float16)
     save_npy_atomic(out_dir / f"{case}.npy", stored)
-    save_npy_atomic(out_dir / f"{case}_seg.npy", labels)
-    present = [sorted(int(v) for v in np.unique(s) if v != 0) for s in label_slices]
     meta = {
         "case": case,
-        "original_shape": [int(s) for s in label.shape],
+        "original_shape": [int(s) for s in image.shape[1:]],
         **info,
         "slicing_axis": axis,
         "n_slices": int(n_slices),
         "transform": transform.to_dict(),
         "intensity_bounds": bounds,
-        "train_slices": training_slices(label_slices, plans["background_slice_share"], case),
-        "labels_per_slice": present,
+        "image_digest": image_digest(stored),
+        "slice_content": slice_content(image_slices),
+        "has_label": label_file is not None,
     }
+    if label_file is not None:
+        label, _ = read_image(label_file)
+        label_slices = label_to_slices(label.astype(np.uint8), axis)
+        save_npy_atomic(out_dir / f"{case}_seg.npy", transform.label(label_slices))
+        present = [sorted(int(v) for v in np.unique(s) if v != 0) for s in label_slices]
+        write_json_atomic(out_dir / f"{case}_labels.json", {"case": case, "labels_per_slice": present})
     write_json_atomic(out_dir / f"{case}.json", meta)
     return meta
+
+
+def preprocess_case(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], case: str,
+                    out_dir: Path) -> dict[str, Any]:
+    """Preprocess one case of ``raw_dir/imagesTr`` (with its label when ``labelsTr`` has one) into ``out_dir``."""
+    channel_files, label_file = raw_case_files(raw_dir, dataset_json, case)
+    return preprocess_image(channel_files, label_file if label_file.is_file() else None, plans, case, out_dir)
 
 
 def _preprocess_job(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], case: str,
@@ -109,7 +157,7 @@ def _preprocess_job(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str
 
 def preprocess_dataset(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], cases: list[str],
                        out_dir: Path, num_processes: int = 2, progress: bool = True) -> list[dict[str, Any]]:
-    """Preprocess ``cases`` into ``out_dir`` with ``num_processes`` workers; returns metadata in case order."""
+    """Preprocess ``cases`` into ``out_dir`` with ``num_processes`` workers; returns image metadata in case order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(raw_dir, dataset_json, plans, case, out_dir) for case in cases]
     threads = torch.get_num_threads()

@@ -1,16 +1,24 @@
 """The base trainer: folders, configuration, the epoch loop, checkpoints and resuming.
 
-Subclasses override hooks, as in nnU-Net: :meth:`build_network`, :meth:`configure_optimizers`,
-:meth:`build_data`, :meth:`train_batches` (the batches of one epoch), :meth:`train_step`,
-:meth:`validation_step` (per-epoch pseudo Dice), :meth:`on_epoch_end` and :meth:`predict_case`
-(final validation). The loop is resumable: everything random in an epoch is drawn from generators seeded
-by ``(seed, epoch)``, and model, optimizer, scheduler and torch RNG state are saved after every epoch, so
-a run killed at any point and continued ends with the same weights and metrics as one never interrupted.
+Subclasses override hooks, as in nnU-Net: :meth:`build_networks` (or :meth:`build_network` for one),
+:meth:`configure_optimizers`, :meth:`build_data`, :meth:`train_batches` (the batches of one epoch),
+:meth:`train_step`, :meth:`validation_step` (per-epoch pseudo Dice), :meth:`on_epoch_end` and
+:meth:`predict_case` (final validation and prediction, from images alone).
+
+Training length is planned: ``epochs``, ``iterations_per_epoch`` and ``batch_size`` (slices) come from
+``plans.json`` (a second stage such as DPO reads the keys with its :attr:`BaseTrainer.schedule` prefix),
+the same at every annotation fraction. A trainer may hold several networks, optimizers and schedulers
+(a policy and a frozen reference, an EMA teacher, two CPS networks): all are checkpointed by name, except
+networks listed by :meth:`BaseTrainer.rebuilt_networks`, which are rebuilt rather than stored.
+
+The loop is resumable: everything random in an epoch is drawn from generators seeded by ``(seed, epoch)``,
+and networks, optimizers, schedulers and the torch CPU and CUDA RNG states are saved after every epoch, so a
+run killed at any point and continued ends with the same weights and metrics as one never interrupted.
+``--continue`` refuses a run whose hyperparameters differ from the checkpoint's and names the keys.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import random
 import time
@@ -23,12 +31,19 @@ import torch
 from tqdm import tqdm
 
 from sampref_bench import __version__, paths
-from sampref_bench.planners.pipeline import data_folder, load_splits
+from sampref_bench.planners.pipeline import data_folder, load_splits, signature_hash
 from sampref_bench.planners.plans import fraction_key
-from sampref_bench.trainers.data import CaseRoles, PreprocessedData, case_roles
+from sampref_bench.trainers.data import CaseRoles, LabelStore, PreprocessedData, case_roles
 from sampref_bench.trainers.run_folder import load_checkpoint, plot_progress, run_folder, save_checkpoint, write_log
+from sampref_bench.trainers.run_identity import config_differences, run_tag, validate_run_name
 from sampref_bench.utilities.atomic import load_json, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
+
+#: Every trainer class defined, by name (abstract ones included); :mod:`.registry` serves them.
+TRAINER_CLASSES: dict[str, type] = {}
+
+#: Hyperparameters whose default ``None`` means "the plan's value", and the plan key (after the schedule prefix).
+PLANNED = {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch", "batch_size": "batch_size"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,16 +66,38 @@ class BaseTrainer:
     abstract: ClassVar[bool] = True
     #: "supervised" (labeled cases only) or "dpo" (labeled + rated cases), see ``case_roles``.
     budget: ClassVar[str] = "supervised"
-    #: Defaults of every hyperparameter; ``config.json`` records the merged values.
+    #: True for a trainer whose prompts come from the ground truth at inference too (an upper bound, not a
+    #: method): only such a trainer may call :meth:`oracle_labels`, and tables mark its rows.
+    oracle: ClassVar[bool] = False
+    #: Prefix of the planned schedule keys this trainer trains by ("" stage 1, "dpo_" a DPO stage).
+    schedule: ClassVar[str] = ""
+    #: Hyperparameters already spelled out in the configuration name, hence not repeated in the run tag.
+    named_in_configuration: ClassVar[tuple[str, ...]] = ()
+    #: Defaults of every hyperparameter; ``config.json`` records the merged values. ``None`` in a key of
+    #: :data:`PLANNED` means the plan's value.
     defaults: ClassVar[dict[str, Any]] = {
-        "epochs": 15,
+        "epochs": None,
+        "iterations_per_epoch": None,
+        "batch_size": None,
         "seed": 12345,
-        "batch_size": None,          # None: the plan's batch size
-        "iterations_per_epoch": None,  # None: one pass over the training samples
     }
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        existing = TRAINER_CLASSES.get(cls.__name__)
+        if existing is not None and existing.__module__ != cls.__module__:
+            raise SamprefError(f"two trainers are named {cls.__name__} ({existing.__module__} and {cls.__module__}); "
+                               "rename one")
+        TRAINER_CLASSES[cls.__name__] = cls
+
+    @classmethod
+    def is_abstract(cls) -> bool:
+        """Abstract only when the class itself says so (``abstract = True`` in its own body), never inherited."""
+        return bool(cls.__dict__.get("abstract", False))
+
     def __init__(self, dataset: str | int, fold: int, fraction: float = 1.0, configuration: str = "2d",
-                 device: str = "cpu", overrides: dict[str, Any] | None = None, progress: bool = True) -> None:
+                 device: str = "cpu", overrides: dict[str, Any] | None = None, progress: bool = True,
+                 run_name: str | None = None) -> None:
         self.device = resolve_device(device)
         self.progress = progress
         self.dataset_name = paths.resolve_dataset(dataset, paths.preprocessed_root(), paths.raw_root())
@@ -80,40 +117,83 @@ class BaseTrainer:
         unknown = sorted(set(overrides or {}) - set(self.defaults))
         if unknown:
             raise SamprefError(f"unknown option(s) {unknown} for {type(self).__name__}; known: {sorted(self.defaults)}")
-        self.config: dict[str, Any] = {**self.defaults, **(overrides or {})}
-        if self.config["batch_size"] is None:
-            self.config["batch_size"] = int(self.plans["batch_size"])
+        self.config: dict[str, Any] = self.resolve_config(overrides or {})
+        reference = self.resolve_config({})
+        changes = {k: v for k, v in self.config.items()
+                   if v != reference[k] and k not in self.named_in_configuration}
+        self.run_tag = validate_run_name(run_name) if run_name else run_tag(changes)
         self.output_dir = run_folder(self.dataset_name, type(self).__name__, self.plans["plans_name"],
                                      self.run_configuration_name(), fraction_key(self.fraction), self.fold)
         self.data = PreprocessedData(data_folder(self.preprocessed_dir, self.plans), self.plans)
         self.labels = [v for v in sorted(self.plans["labels"].values()) if v != 0]
         self.epoch = 0
         self.log: list[dict[str, Any]] = []
-        self.network: torch.nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: Any = None
+        self.networks: dict[str, torch.nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        self._oracle_store: LabelStore | None = None
 
-    # ----------------------------------------------------------------- hooks
-    def run_configuration_name(self) -> str:
-        """The ``{configuration}`` part of the run folder name (subclasses add model choices)."""
+    # ----------------------------------------------------------- configuration
+    def resolve_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Defaults, then ``overrides``, then planned values for the ``None`` keys of :data:`PLANNED`."""
+        config = {**self.defaults, **overrides}
+        for key, plan_key in PLANNED.items():
+            if key in config and config[key] is None:
+                name = plan_key if key == "batch_size" else f"{self.schedule}{plan_key}"
+                if name not in self.plans:
+                    raise SamprefError(f"plans.json of {self.dataset_name} has no {name!r} (it predates planned "
+                                       f"training length): rerun `sampref_plan -d {self.dataset_name}`")
+                config[key] = int(self.plans[name])
+        return self.canonicalize(config)
+
+    def canonicalize(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Bring equivalent spellings to one form (subclasses: model aliases); default: unchanged."""
+        return config
+
+    def base_configuration_name(self) -> str:
+        """The configuration part of the run folder before the run tag (subclasses add model choices)."""
         return self.configuration
 
+    def run_configuration_name(self) -> str:
+        """``{base configuration}[-{run tag}]``: the ``{configuration}`` part of the run folder name."""
+        base = self.base_configuration_name()
+        return f"{base}-{self.run_tag}" if self.run_tag else base
+
+    # ----------------------------------------------------------------- hooks
     def initialize(self) -> None:
-        """Seed everything, build the network, optimizers and data."""
+        """Check the preprocessed data against the plan, seed everything, build networks, optimizers and data."""
+        self.check_preprocessing()
         seed = int(self.config["seed"])
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
-        self.network = self.build_network().to(self.device)
-        self.optimizer, self.scheduler = self.configure_optimizers()
+        self.networks = {name: net.to(self.device) for name, net in self.build_networks().items()}
+        if "network" not in self.networks:
+            raise RuntimeError(f"{type(self).__name__}.build_networks() must return a 'network' (it predicts)")
+        self.optimizers, self.schedulers = self.configure_optimizers()
         self.build_data()
 
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network that predicts (``networks["network"]``)."""
+        if "network" not in self.networks:
+            raise RuntimeError(f"{self} is not initialized: call initialize() first")
+        return self.networks["network"]
+
+    def build_networks(self) -> dict[str, torch.nn.Module]:
+        """Every network of the trainer by name; ``"network"`` predicts. Default: :meth:`build_network` only."""
+        return {"network": self.build_network()}
+
     def build_network(self) -> torch.nn.Module:
-        """The model to train."""
+        """The model to train (single-network trainers)."""
         raise NotImplementedError
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
-        """Optimizer and learning-rate scheduler (stepped once per epoch)."""
+    def rebuilt_networks(self) -> set[str]:
+        """Names of networks left out of checkpoints because they are rebuilt identically (a frozen reference)."""
+        return set()
+
+    def configure_optimizers(self) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any]]:
+        """Optimizers and learning-rate schedulers by name (schedulers are stepped once per epoch)."""
         raise NotImplementedError
 
     def build_data(self) -> None:
@@ -124,7 +204,7 @@ class BaseTrainer:
         raise NotImplementedError
 
     def train_step(self, batch: Any) -> dict[str, float]:
-        """One optimisation step; returns at least ``{"loss": value}``."""
+        """One optimisation step; returns at least ``{"loss": value}``; other keys are averaged into the log."""
         raise NotImplementedError
 
     def validation_step(self) -> dict[str, float]:
@@ -132,28 +212,46 @@ class BaseTrainer:
         raise NotImplementedError
 
     def set_train_mode(self) -> None:
-        """Put the network in training mode before an epoch (subclasses keep frozen parts in eval mode)."""
-        assert self.network is not None
-        self.network.train()
+        """Training mode for every network before an epoch (subclasses keep frozen parts in eval mode)."""
+        for network in self.networks.values():
+            network.train()
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         """Called with the epoch's log row after it is written (default: nothing)."""
 
-    def trainable_state(self) -> dict[str, Any]:
-        """What a checkpoint stores of the network (default: the whole state dict)."""
-        assert self.network is not None
-        return self.network.state_dict()
+    def network_state(self, name: str, network: torch.nn.Module) -> dict[str, Any]:
+        """What a checkpoint stores of one network (default: its whole state dict)."""
+        return network.state_dict()
 
-    def load_trainable_state(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`trainable_state`."""
-        assert self.network is not None
-        self.network.load_state_dict(state)
+    def load_network_state(self, name: str, network: torch.nn.Module, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`network_state`."""
+        network.load_state_dict(state)
 
     def predict_case(self, case: str) -> np.ndarray:
-        """Final validation: the case's label map in its original geometry (numpy order)."""
+        """A case's label map in its original geometry (numpy order), from its preprocessed images alone."""
         raise NotImplementedError
 
+    def oracle_labels(self) -> LabelStore:
+        """The labels an oracle trainer's prompts read at inference; any other trainer gets an error."""
+        if not type(self).oracle:
+            raise SamprefError(f"{type(self).__name__} is not an oracle trainer (oracle = False): its inference "
+                               "reads images only")
+        if self._oracle_store is None:
+            self._oracle_store = self.data.label_store(self.roles.train + self.roles.val,
+                                                       f"the ground-truth prompts of oracle {type(self).__name__}")
+        return self._oracle_store
+
     # ----------------------------------------------------------- machinery
+    def check_preprocessing(self) -> None:
+        """Stop when the preprocessed folder was built by another plan than the loaded ``plans.json``."""
+        marker = self.data.data_dir / "preprocessing.json"
+        built = load_json(marker).get("signature_hash") if marker.is_file() else None
+        expected = signature_hash(self.plans)
+        if built != expected:
+            raise SamprefError(f"{self.data.data_dir} was built by another plan than the {self.preprocessed_dir}/"
+                               "plans.json this run loaded (preprocessing signature differs); nothing is mixed. "
+                               f"Rerun `sampref_plan -d {self.dataset_name}`, then start the run again.")
+
     def config_record(self) -> dict[str, Any]:
         """Everything that defines the run, for ``config.json``."""
         import monai
@@ -161,6 +259,8 @@ class BaseTrainer:
         return {
             "trainer": type(self).__name__, "dataset": self.dataset_name, "fold": self.fold,
             "fraction": self.fraction, "configuration": self.run_configuration_name(),
+            "configuration_base": self.base_configuration_name(), "run_tag": self.run_tag,
+            "oracle": bool(type(self).oracle),
             "plans": self.plans["plans_name"], "plans_hash": self.plans.get("inputs_hash"),
             "budget": self.budget, "device": str(self.device), "hyperparameters": self.config,
             "cases": {"labeled": len(self.roles.labeled), "rated": len(self.roles.rated),
@@ -171,30 +271,61 @@ class BaseTrainer:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The full resumable state after ``self.epoch`` finished epochs."""
-        assert self.optimizer is not None
+        skip = self.rebuilt_networks()
         return {
-            "trainer": type(self).__name__, "epoch": self.epoch, "network": self.trainable_state(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "torch_rng": torch.get_rng_state(), "log": self.log, "config": self.config,
+            "trainer": type(self).__name__, "epoch": self.epoch, "run_tag": self.run_tag,
+            "networks": {name: self.network_state(name, net) for name, net in self.networks.items()
+                         if name not in skip},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "schedulers": {name: s.state_dict() for name, s in self.schedulers.items() if s is not None},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "log": self.log, "config": self.config,
         }
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
-        """Load a checkpoint's state into the initialized trainer."""
+        """Load a checkpoint's state into the initialized trainer (same trainer and hyperparameters only)."""
         if state.get("trainer") != type(self).__name__:
             raise SamprefError(f"{path} was written by trainer {state.get('trainer')!r}, not {type(self).__name__}")
+        differences = config_differences(state.get("config", {}), self.config)
+        if differences:
+            raise SamprefError(f"--continue: {path} was trained with other hyperparameters ({'; '.join(differences)}"
+                               "). Continue with the saved settings, or start a new run (another --run-name).")
         try:
-            self.load_trainable_state(state["network"])
-            assert self.optimizer is not None
-            self.optimizer.load_state_dict(state["optimizer"])
+            expected = set(self.networks) - self.rebuilt_networks()
+            if set(state["networks"]) != expected:
+                raise KeyError(f"networks {sorted(state['networks'])} != {sorted(expected)}")
+            for name in sorted(expected):
+                self.load_network_state(name, self.networks[name], state["networks"][name])
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][name])
+            for name, scheduler in self.schedulers.items():
+                if scheduler is not None:
+                    scheduler.load_state_dict(state["schedulers"][name])
         except (RuntimeError, ValueError, KeyError) as err:
             raise SamprefError(f"{path} does not match this run's model ({str(err).splitlines()[0][:200]}); "
                                "delete the run folder or start without --continue") from err
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.epoch = int(state["epoch"])
         self.log = list(state["log"])
+
+    def _sibling_runs(self) -> list[str]:
+        """Other run folders of this trainer, base configuration, fraction and fold that hold a checkpoint."""
+        pattern = (f"{type(self).__name__}__{self.plans['plans_name']}__{self.base_configuration_name()}*"
+                   f"__f{fraction_key(self.fraction)}")
+        found = []
+        for folder in sorted(self.output_dir.parents[1].glob(pattern)):
+            fold_dir = folder / f"fold_{self.fold}"
+            if fold_dir == self.output_dir or not any(fold_dir.glob("checkpoint_*.pth")):
+                continue
+            try:
+                saved = load_json(fold_dir / "config.json").get("hyperparameters", {})
+            except SamprefError:
+                saved = {}
+            found.append(f"{folder.name} (differs in {'; '.join(config_differences(saved, self.config)) or '?'})")
+        return found
 
     def run_training(self, continue_training: bool = False) -> Path:
         """Train (or continue), then run the final validation; returns the run folder."""
@@ -204,8 +335,11 @@ class BaseTrainer:
             raise SamprefError(f"{self.output_dir} already holds a run. Pass --continue to resume it, or delete the "
                                "folder to start over.")
         if continue_training and not (latest.exists() or final.exists()):
-            raise SamprefError(f"--continue: {self.output_dir} holds no checkpoint to continue from. Start the run "
-                               "without --continue.")
+            siblings = self._sibling_runs()
+            hint = (" Runs of this trainer with other hyperparameters exist: " + ", ".join(siblings) + "."
+                    if siblings else "")
+            raise SamprefError(f"--continue: {self.output_dir} holds no checkpoint to continue from.{hint} Start "
+                               "the run without --continue, or continue with the settings of an existing run.")
         self.initialize()
         if continue_training:
             path = final if final.exists() else latest
@@ -221,23 +355,31 @@ class BaseTrainer:
         return self.output_dir
 
     def _run_epoch(self) -> None:
-        assert self.network is not None
         start = time.perf_counter()
         self.set_train_mode()
-        losses = []
-        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer else float("nan")
+        steps: list[dict[str, float]] = []
+        lrs = {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
         desc = f"epoch {self.epoch + 1}/{self.config['epochs']}"
         for batch in tqdm(list(self.train_batches(self.epoch)), desc=desc, unit="batch", leave=False,
                           disable=not self.progress):
-            losses.append(self.train_step(batch)["loss"])
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.network.eval()
+            steps.append(self.train_step(batch))
+        for scheduler in self.schedulers.values():
+            if scheduler is not None:
+                scheduler.step()
+        for network in self.networks.values():
+            network.eval()
         with torch.no_grad():
             val = self.validation_step()
         self.epoch += 1
-        row = {"epoch": self.epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"), **val,
-               "lr": lr, "seconds": round(time.perf_counter() - start, 2)}
+        means = {key: float(np.mean([s[key] for s in steps if key in s])) for key in dict.fromkeys(
+            k for s in steps for k in s)}
+        row: dict[str, Any] = {"epoch": self.epoch, "train_loss": means.pop("loss", float("nan")),
+                               **{f"train_{k}": v for k, v in means.items()}, **val}
+        if len(lrs) == 1:
+            row["lr"] = next(iter(lrs.values()))
+        else:
+            row.update({f"lr_{name}": value for name, value in lrs.items()})
+        row["seconds"] = round(time.perf_counter() - start, 2)
         self.log.append(row)
         write_log(self.output_dir / "training_log.csv", self.log)
         plot_progress(self.output_dir / "progress.png", self.log,
@@ -251,8 +393,9 @@ class BaseTrainer:
         """Predict every validation case in original geometry, write it and ``validation/summary.json``."""
         from sampref_bench.trainers.validation import validate_cases
 
-        assert self.network is not None
-        self.network.eval()
+        self.check_preprocessing()
+        for network in self.networks.values():
+            network.eval()
         with torch.no_grad():
             return validate_cases(self, self.output_dir / "validation")
 
@@ -262,8 +405,3 @@ class BaseTrainer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dataset_name}, fold={self.fold}, fraction={self.fraction})"
-
-
-def dump_config(trainer: BaseTrainer) -> str:
-    """The run's configuration as pretty JSON (for ``--dry-run`` style printing)."""
-    return json.dumps(trainer.config_record(), indent=2)

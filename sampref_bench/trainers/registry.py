@@ -1,10 +1,14 @@
 """Trainers by name: the registry behind ``sampref_train DATASET TRAINER FOLD``.
 
-A trainer is a subclass of :class:`~sampref_bench.trainers.base.BaseTrainer` decorated with
-:func:`register_trainer`; subclassing is the whole extension story, as in nnU-Net. Trainers defined
-outside sampref are found by importing their module first: pass ``--trainer-module my_pkg.my_trainers``
-(or a path to a ``.py`` file) to ``sampref_train``, or list modules in ``SAMPREF_TRAINER_MODULES``
-(separated by ``:``).
+Every subclass of :class:`~sampref_bench.trainers.base.BaseTrainer` is a trainer under its class name as
+soon as its class statement runs; subclassing is the whole extension story, as in nnU-Net. A class is
+abstract (not offered) only when its own body says ``abstract = True``. Trainers defined outside sampref
+are found by importing their module first: pass ``--trainer-module my_pkg.my_trainers`` (or a path to a
+``.py`` file) to ``sampref_train``, or list modules in ``SAMPREF_TRAINER_MODULES`` (separated by ``:``).
+A ``.py`` file is imported as module ``sampref_external_{stem}`` and registered in ``sys.modules``, so its
+classes pickle to worker processes.
+
+Imports run one way: this module imports the built-in trainer modules, which never import it.
 """
 
 from __future__ import annotations
@@ -13,22 +17,23 @@ import difflib
 import importlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import TypeVar
 
+from sampref_bench.trainers.base import TRAINER_CLASSES, BaseTrainer
 from sampref_bench.utilities.errors import SamprefError
 
-_REGISTRY: dict[str, type] = {}
 T = TypeVar("T", bound=type)
+
+#: Modules whose trainers are built in.
+BUILTIN_MODULES = ("sampref_bench.trainers.sam_trainers",)
 
 
 def register_trainer(cls: T) -> T:
-    """Class decorator adding a trainer to the registry under its class name."""
-    existing = _REGISTRY.get(cls.__name__)
-    if existing is not None and existing is not cls and existing.__module__ != cls.__module__:
-        raise SamprefError(f"two trainers are named {cls.__name__} ({existing.__module__} and {cls.__module__}); "
-                           "rename one")
-    _REGISTRY[cls.__name__] = cls
+    """Kept for trainer modules written against older sampref: subclassing registers already; returns ``cls``."""
+    if not (isinstance(cls, type) and issubclass(cls, BaseTrainer)):
+        raise SamprefError(f"{cls!r} is not a subclass of BaseTrainer and cannot be a trainer")
     return cls
 
 
@@ -39,10 +44,16 @@ def import_trainer_module(spec: str) -> None:
         if path.suffix == ".py":
             if not path.is_file():
                 raise SamprefError(f"trainer module {path} does not exist")
-            module_spec = importlib.util.spec_from_file_location(f"sampref_external_{path.stem}", path)
+            name = f"sampref_external_{path.stem}"
+            module_spec = importlib.util.spec_from_file_location(name, path.resolve())
             assert module_spec is not None and module_spec.loader is not None
             module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
+            sys.modules[name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
         else:
             importlib.import_module(spec)
     except ImportError as err:
@@ -50,24 +61,27 @@ def import_trainer_module(spec: str) -> None:
 
 
 def _load_builtin_and_external() -> None:
-    importlib.import_module("sampref_bench.trainers.sam_trainers")
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
     for spec in filter(None, os.environ.get("SAMPREF_TRAINER_MODULES", "").split(":")):
         import_trainer_module(spec)
 
 
 def available_trainers() -> list[str]:
-    """Names of every registered trainer (built-in and imported)."""
+    """Names of every concrete trainer (built-in and imported)."""
     _load_builtin_and_external()
-    return sorted(name for name, cls in _REGISTRY.items() if not getattr(cls, "abstract", False))
+    return sorted(name for name, cls in TRAINER_CLASSES.items() if not cls.is_abstract())
 
 
 def get_trainer(name: str) -> type:
     """The trainer class registered as ``name``; an unknown name suggests the closest ones."""
     names = available_trainers()
-    cls = _REGISTRY.get(name)
-    if cls is None or getattr(cls, "abstract", False):
+    cls = TRAINER_CLASSES.get(name)
+    if cls is None or cls.is_abstract():
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
-        raise SamprefError(f"unknown trainer {name!r}.{hint} Available: {', '.join(names)}. A trainer of your own "
-                           "is found with --trainer-module MODULE.")
+        what = f"trainer {name!r} is abstract (a base class to subclass)" if cls is not None else \
+            f"unknown trainer {name!r}"
+        raise SamprefError(f"{what}.{hint} Available: {', '.join(names)}. A trainer of your own is found with "
+                           "--trainer-module MODULE.")
     return cls

@@ -42,9 +42,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt or foreign file
         raise SamprefError(f"{path} is not a readable sampref checkpoint ({type(err).__name__}: "
                            f"{str(err).splitlines()[0][:200]}). Delete it and restart the run.") from err
-    if not isinstance(state, dict) or "network" not in state or "epoch" not in state:
+    if not isinstance(state, dict) or "networks" not in state or "epoch" not in state:
         found = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
-        raise SamprefError(f"{path} is not a sampref checkpoint (found {found}). Delete it and restart the run.")
+        raise SamprefError(f"{path} is not a checkpoint of this sampref version (found {found}). Delete it and "
+                           "restart the run.")
     return state
 
 

@@ -1,15 +1,20 @@
 """Supervised SAM fine-tuning: the stage-1 trainer every SAM trainer (prompt variants, DPO) builds on.
 
 Defaults follow the paper (Konwer et al., CVPR 2025): focal + Dice loss weighted 20:1 (MONAI's
-``DiceFocalLoss``), Adam with lr 1e-4 halved every 10 epochs, 15 epochs; the image encoder is frozen by
-default, so image embeddings come from the shared :class:`EmbeddingCache`. What prompt a sample gets
-is the one thing subclasses decide (:meth:`SAMTrainer.prompts`), plus which samples train
-(:attr:`SAMTrainer.train_on_absent_labels`).
+``DiceFocalLoss``), Adam with lr 1e-4 halved every 10 epochs; the number of epochs, iterations per epoch
+and batch size are the plan's. The image encoder is frozen by default, so image embeddings come from the
+shared :class:`EmbeddingCache`.
+
+Prompts are the one thing subclasses decide, through two hooks with different inputs:
+:meth:`SAMTrainer.train_prompts` sees the training targets (and may jitter them), while
+:meth:`SAMTrainer.inference_prompts`, used by per-epoch validation, final validation and prediction, gets
+samples alone: the prediction path reads images through the label-free
+:class:`~sampref_bench.trainers.data.PreprocessedData` and never a label. Only an oracle trainer
+(``oracle = True``) may read ground truth at inference, through :meth:`BaseTrainer.oracle_labels`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -17,24 +22,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceFocalLoss
+from torchvision.ops import masks_to_boxes
 
+from sampref_bench.evaluation.metrics import confusion_per_label, overlap_scores
 from sampref_bench.planners.embedding_cache import EmbeddingCache
 from sampref_bench.planners.preprocessing import from_slices
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer, epoch_generator
-from sampref_bench.trainers.data import Sample
+from sampref_bench.trainers.data import Sample, inference_samples, labeled_samples
 
 #: At most this many validation samples are scored after each epoch (a fixed, seeded subset).
 MAX_EPOCH_VAL_SAMPLES = 64
 
 
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
-    """``(B, H, W)`` binary masks -> ``(B, 4)`` float boxes ``x0, y0, x1, y1`` in pixels (NaN rows when empty)."""
+    """``(B, H, W)`` binary masks -> ``(B, 4)`` float boxes ``x0, y0, x1, y1`` in pixels (NaN rows when empty).
+
+    Coordinates are the first and last foreground pixel indices (torchvision's ``masks_to_boxes``).
+    """
     boxes = torch.full((masks.shape[0], 4), float("nan"))
-    for i, mask in enumerate(masks):
-        ys, xs = torch.nonzero(mask > 0, as_tuple=True)
-        if ys.numel():
-            boxes[i] = torch.stack([xs.min(), ys.min(), xs.max(), ys.max()]).float()
+    present = (masks > 0).flatten(1).any(dim=1)
+    if present.any():
+        boxes[present] = masks_to_boxes(masks[present] > 0).float()
     return boxes
 
 
@@ -56,6 +65,7 @@ class SAMTrainer(BaseTrainer):
     abstract: ClassVar[bool] = True
     #: Whether (slice, label) pairs where the label is absent are trained (targets are then empty).
     train_on_absent_labels: ClassVar[bool] = False
+    named_in_configuration: ClassVar[tuple[str, ...]] = ("model", "freeze_image_encoder")
     defaults: ClassVar[dict[str, Any]] = {
         **BaseTrainer.defaults,
         "lr": 1e-4, "lr_step_epochs": 10, "lr_gamma": 0.5,
@@ -64,7 +74,13 @@ class SAMTrainer(BaseTrainer):
         "train_prompt_encoder": True, "box_jitter": 0.1, "threshold": 0.5,
     }
 
-    def run_configuration_name(self) -> str:
+    def canonicalize(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Model aliases become the flavour's name (``lite_medsam`` and ``litemedsam`` are one run)."""
+        from sampref_bench.models import resolve_flavour
+
+        return {**config, "model": resolve_flavour(config["model"]).name}
+
+    def base_configuration_name(self) -> str:
         """``2d`` for LiteMedSAM with a frozen encoder; other models and an unfrozen encoder are named."""
         name = self.configuration
         if self.config["model"] != "litemedsam":
@@ -95,122 +111,135 @@ class SAMTrainer(BaseTrainer):
 
     def set_train_mode(self) -> None:
         """Training mode, except a frozen image encoder (its BatchNorm statistics must not drift)."""
-        assert self.network is not None
-        self.network.train()
+        super().set_train_mode()
         if self.config["freeze_image_encoder"]:
             self.network.image_encoder.eval()
 
-    def trainable_state(self) -> dict[str, Any]:
+    def network_state(self, name: str, network: torch.nn.Module) -> dict[str, Any]:
         """Everything but a frozen image encoder (rebuilt from its weights on load)."""
-        assert self.network is not None
-        state = self.network.state_dict()
+        state = network.state_dict()
         if self.config["freeze_image_encoder"]:
             state = {k: v for k, v in state.items() if not k.startswith("image_encoder.")}
         return state
 
-    def load_trainable_state(self, state: dict[str, Any]) -> None:
-        """Load :meth:`trainable_state`; every non-encoder key must match."""
-        assert self.network is not None
-        missing, unexpected = self.network.load_state_dict(state, strict=False)
+    def load_network_state(self, name: str, network: torch.nn.Module, state: dict[str, Any]) -> None:
+        """Load :meth:`network_state`; every non-encoder key must match."""
+        missing, unexpected = network.load_state_dict(state, strict=False)
         missing = [k for k in missing if not (self.config["freeze_image_encoder"] and k.startswith("image_encoder."))]
         if missing or unexpected:
             raise RuntimeError(f"missing keys {missing[:4]}, unexpected keys {unexpected[:4]}")
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
+    def configure_optimizers(self) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any]]:
         """Adam over trainable parameters, StepLR halving every ``lr_step_epochs``."""
-        assert self.network is not None
         params = [p for p in self.network.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=float(self.config["lr"]))
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(self.config["lr_step_epochs"]),
                                                     gamma=float(self.config["lr_gamma"]))
-        return optimizer, scheduler
+        return {"network": optimizer}, {"network": scheduler}
 
     # --------------------------------------------------------------- data
     def build_data(self) -> None:
         """Training and validation samples, the loss and (frozen encoder) the embedding cache."""
         self.loss_fn = DiceFocalLoss(sigmoid=True, lambda_dice=float(self.config["dice_weight"]),
                                      lambda_focal=float(self.config["focal_weight"]))
+        self.train_labels = self.data.label_store(self.roles.labeled, "the labeled cases of this run")
         self.train_samples = self.training_samples()
         if not self.train_samples:
             raise RuntimeError(f"{self}: no training sample (labeled cases {self.roles.labeled})")
-        val = self.data.samples(self.roles.val, self.labels, require_present=not self.train_on_absent_labels)
+        self.val_labels = self.data.label_store(self.roles.val, "scoring of the per-epoch validation")
+        val = labeled_samples(self.val_labels, self.roles.val, self.labels,
+                              float(self.plans["background_slice_share"]),
+                              require_present=not self.train_on_absent_labels)
         keep = np.random.default_rng(int(self.config["seed"])).permutation(len(val))[:MAX_EPOCH_VAL_SAMPLES]
         self.val_samples = [val[i] for i in sorted(keep)]
         self.cache = None
         if self.config["freeze_image_encoder"]:
             self.cache = EmbeddingCache(self.data, self.network, self.device)
-            self.cache.ensure(sorted(set(self.roles.labeled) | set(self.roles.val)), progress=self.progress)
+            self.cache.ensure(self.slices_read(), progress=self.progress)
+
+    def slices_read(self) -> list[tuple[str, int]]:
+        """The (case, slice) pairs this run reads: its training slices and every slice of its validation cases."""
+        pairs = [(s.case, s.slice) for s in self.train_samples]
+        pairs += [(case, k) for case in self.roles.val for k in self.data.all_slices(case)]
+        return pairs
 
     def training_samples(self) -> list[Sample]:
         """(case, slice, label) samples of the labeled cases."""
-        return self.data.samples(self.roles.labeled, self.labels, require_present=not self.train_on_absent_labels)
+        return labeled_samples(self.train_labels, self.roles.labeled, self.labels,
+                               float(self.plans["background_slice_share"]),
+                               require_present=not self.train_on_absent_labels)
 
     def train_batches(self, epoch: int) -> Iterable[tuple[int, list[Sample]]]:
-        """``(batch index, samples)`` of one epoch, in a seeded order."""
+        """``iterations_per_epoch`` batches of ``(batch index, samples)``: seeded passes over the samples."""
         rng = epoch_generator(int(self.config["seed"]), epoch)
         size = int(self.config["batch_size"])
-        n_batches = self.config["iterations_per_epoch"] or math.ceil(len(self.train_samples) / size)
+        n_batches = int(self.config["iterations_per_epoch"])
         order: list[int] = []
         while len(order) < n_batches * size:
             order.extend(rng.permutation(len(self.train_samples)).tolist())
-        if not self.config["iterations_per_epoch"]:
-            order = order[: len(self.train_samples)]
         return [(b, [self.train_samples[i] for i in order[b * size:(b + 1) * size]]) for b in range(n_batches)]
 
     def embeddings(self, samples: list[Sample]) -> torch.Tensor:
         """``(B, 256, E, E)`` image embeddings (cached, or computed with gradients when the encoder trains)."""
         if self.cache is not None:
-            arrays = [self.cache.get(s.case)[s.slice] for s in samples]
+            arrays = [self.cache.get(s.case, s.slice) for s in samples]
             return torch.from_numpy(np.stack(arrays).astype(np.float32)).to(self.device)
         images = np.concatenate([self.data.rgb(s.case, [s.slice]) for s in samples])
         return self.network.embed(torch.from_numpy(images).to(self.device))
 
     def targets(self, samples: list[Sample]) -> torch.Tensor:
-        """``(B, 1, S, S)`` float binary masks of each sample's label."""
-        masks = np.stack([self.data.seg(s.case)[s.slice] == s.label for s in samples]).astype(np.float32)
+        """``(B, 1, S, S)`` float binary masks of each training sample's label (labeled cases only)."""
+        masks = np.stack([self.train_labels.mask(s) for s in samples]).astype(np.float32)
         return torch.from_numpy(masks)[:, None].to(self.device)
 
     # ------------------------------------------------------------ prompts
-    def prompts(self, samples: list[Sample], targets: torch.Tensor, training: bool,
-                rng: np.random.Generator | None) -> dict[str, Any]:
-        """Keyword arguments of ``SamModel.decode`` besides the embeddings (boxes, points, extra_sparse)."""
+    def train_prompts(self, samples: list[Sample], targets: torch.Tensor,
+                      rng: np.random.Generator) -> dict[str, Any]:
+        """Prompts of a training batch; may use ``targets`` ``(B, 1, S, S)``. Default: :meth:`inference_prompts`."""
+        return self.inference_prompts(samples)
+
+    def inference_prompts(self, samples: list[Sample]) -> dict[str, Any]:
+        """Keyword arguments of ``SamModel.decode`` besides the embeddings (boxes, points, extra_sparse), from
+        the samples alone: no label is passed, and none may be read."""
         raise NotImplementedError
 
-    def logits(self, samples: list[Sample], targets: torch.Tensor, training: bool,
-               rng: np.random.Generator | None) -> torch.Tensor:
+    def decode_logits(self, samples: list[Sample], prompts: dict[str, Any]) -> torch.Tensor:
         """``(B, 1, S, S)`` mask logits at the preprocessed size."""
-        assert self.network is not None
-        low_res, _ = self.network.decode(self.embeddings(samples), **self.prompts(samples, targets, training, rng))
+        low_res, _ = self.network.decode(self.embeddings(samples), **prompts)
         size = int(self.plans["image_size"])
         return F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
+
+    def predict_logits(self, samples: list[Sample]) -> torch.Tensor:
+        """``(B, 1, S, S)`` mask logits from images and :meth:`inference_prompts` only."""
+        return self.decode_logits(samples, self.inference_prompts(samples))
 
     # ---------------------------------------------------------------- loop
     def train_step(self, batch: tuple[int, list[Sample]]) -> dict[str, float]:
         """One Adam step on the focal + Dice loss."""
         index, samples = batch
-        assert self.optimizer is not None
+        optimizer = self.optimizers["network"]
         rng = epoch_generator(int(self.config["seed"]), self.epoch, stream=1 + index)
         targets = self.targets(samples)
-        loss = self.loss_fn(self.logits(samples, targets, True, rng), targets)
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.decode_logits(samples, self.train_prompts(samples, targets, rng)), targets)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        optimizer.step()
         return {"loss": float(loss.detach())}
 
     def validation_step(self) -> dict[str, float]:
-        """Pseudo Dice (TP/FP/FN pooled over a fixed subset of validation samples, preprocessed size)."""
-        tp = fp = fn = 0.0
+        """Pseudo Dice: predictions of a fixed subset of validation samples (inference path), TP/FP/FN pooled
+        over them at the preprocessed size (:func:`~sampref_bench.evaluation.metrics.confusion_per_label`)."""
         size = int(self.config["batch_size"])
+        predicted, reference = [], []
         for start in range(0, len(self.val_samples), size):
             samples = self.val_samples[start:start + size]
-            targets = self.targets(samples)
-            pred = torch.sigmoid(self.logits(samples, targets, False, None)) >= self.config["threshold"]
-            ref = targets > 0
-            tp += float((pred & ref).sum())
-            fp += float((pred & ~ref).sum())
-            fn += float((~pred & ref).sum())
-        dice = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
-        return {"val_dice": dice}
+            probs = torch.sigmoid(self.predict_logits(samples))[:, 0].cpu().numpy()
+            predicted.append(probs >= self.config["threshold"])
+            reference.append(np.stack([self.val_labels.mask(s) for s in samples]))
+        if not predicted:
+            return {"val_dice": float("nan")}
+        counts = confusion_per_label(np.concatenate(reference), np.concatenate(predicted), [1])[1]
+        return {"val_dice": overlap_scores(counts["TP"], counts["FP"], counts["FN"])[0]}
 
     # ----------------------------------------------------- final validation
     @torch.no_grad()
@@ -219,12 +248,11 @@ class SAMTrainer(BaseTrainer):
         n_slices = self.data.meta(case)["n_slices"]
         size = int(self.plans["image_size"])
         out = np.zeros((len(self.labels), n_slices, size, size), np.float32)
-        samples = [Sample(case, k, label) for k in range(n_slices) for label in self.labels]
-        samples = [s for s in samples if self.predicts(s)]
+        samples = [s for s in inference_samples(self.data, case, self.labels) if self.predicts(s)]
         step = int(self.config["batch_size"])
         for start in range(0, len(samples), step):
             chunk = samples[start:start + step]
-            probs = torch.sigmoid(self.logits(chunk, self.targets(chunk), False, None)).cpu().numpy()
+            probs = torch.sigmoid(self.predict_logits(chunk)).cpu().numpy()
             for sample, prob in zip(chunk, probs):
                 out[self.labels.index(sample.label), sample.slice] = prob[0]
         return out
@@ -234,12 +262,24 @@ class SAMTrainer(BaseTrainer):
         return True
 
     def predict_case(self, case: str) -> np.ndarray:
-        """Label map of a case in its original geometry: per-label probabilities mapped back, highest wins."""
+        """Label map of a case in its original geometry: per-label probabilities mapped back, highest wins
+        where labels overlap, background where the winner is below ``threshold``."""
         meta = self.data.meta(case)
-        transform = SliceTransform.from_dict(meta["transform"])
         probs = self.predict_probabilities(case)
-        back = np.stack([transform.inverse_probabilities(probs[:, k]) for k in range(probs.shape[1])], axis=1)
-        best = back.argmax(axis=0)
-        values = np.asarray(self.labels, dtype=np.uint8)[best]
-        label_slices = np.where(back.max(axis=0) >= self.config["threshold"], values, 0).astype(np.uint8)
-        return from_slices(label_slices, meta["slicing_axis"])
+        return merge_label_probabilities(probs, SliceTransform.from_dict(meta["transform"]), self.labels,
+                                         float(self.config["threshold"]), meta["slicing_axis"])
+
+
+def merge_label_probabilities(probs: np.ndarray, transform: SliceTransform, labels: list[int], threshold: float,
+                              axis: int | None) -> np.ndarray:
+    """``(K, S, size, size)`` per-label probabilities -> one uint8 label map in the original geometry.
+
+    Each label's probabilities are mapped back to the original slice size; at every pixel the label with the
+    highest probability wins, and the pixel is background when that probability is below ``threshold``.
+    Slices are restacked along ``axis`` (``None`` for 2D).
+    """
+    back = np.stack([transform.inverse_probabilities(probs[:, k]) for k in range(probs.shape[1])], axis=1)
+    best = back.argmax(axis=0)
+    values = np.asarray(labels, dtype=np.uint8)[best]
+    label_slices = np.where(back.max(axis=0) >= threshold, values, 0).astype(np.uint8)
+    return from_slices(label_slices, axis)

@@ -8,32 +8,39 @@ import numpy as np
 import torch
 
 from sampref_bench.trainers.data import Sample
-from sampref_bench.trainers.registry import register_trainer
 from sampref_bench.trainers.sam_trainer import SAMTrainer, boxes_from_masks, jitter_boxes
 
 
-@register_trainer
 class SAMBoxOracle(SAMTrainer):
     """Box prompt from the ground-truth bounding box: jittered in training, exact at evaluation.
 
-    SAM's usual interactive upper bound. A label absent from a slice gets no prompt and is predicted
-    empty (the oracle knows it is absent).
+    SAM's usual interactive upper bound, and an oracle (``oracle = True``): at inference its boxes come from
+    the ground truth, so tables mark its rows and it cannot predict an image without a label. A label
+    absent from a slice gets no prompt and is predicted empty (the oracle knows it is absent).
     """
 
-    abstract: ClassVar[bool] = False
+    oracle: ClassVar[bool] = True
 
-    def prompts(self, samples: list[Sample], targets: torch.Tensor, training: bool,
-                rng: np.random.Generator | None) -> dict[str, Any]:
-        """``boxes`` (B, 4) from each target's bounding box."""
-        boxes = boxes_from_masks(targets[:, 0].cpu())
-        boxes = torch.nan_to_num(boxes, nan=0.0)
-        if training and rng is not None and self.config["box_jitter"] > 0:
+    def _boxes(self, masks: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(boxes_from_masks(masks.cpu()), nan=0.0)
+
+    def train_prompts(self, samples: list[Sample], targets: torch.Tensor,
+                      rng: np.random.Generator) -> dict[str, Any]:
+        """``boxes`` (B, 4) from each target's bounding box, each side jittered by up to ``box_jitter``."""
+        boxes = self._boxes(targets[:, 0])
+        if self.config["box_jitter"] > 0:
             boxes = jitter_boxes(boxes, rng, float(self.config["box_jitter"]), int(self.plans["image_size"]))
         return {"boxes": boxes.to(self.device)}
 
+    def inference_prompts(self, samples: list[Sample]) -> dict[str, Any]:
+        """``boxes`` (B, 4): the exact ground-truth boxes, read through :meth:`oracle_labels`."""
+        store = self.oracle_labels()
+        masks = torch.from_numpy(np.stack([store.mask(s) for s in samples]))
+        return {"boxes": self._boxes(masks).to(self.device)}
+
     def predicts(self, sample: Sample) -> bool:
         """Only (slice, label) pairs where the label is present get a box."""
-        return sample.label in self.data.meta(sample.case)["labels_per_slice"][sample.slice]
+        return sample.label in self.oracle_labels().labels_per_slice(sample.case)[sample.slice]
 
 
 class LabelTokens(torch.nn.Module):
@@ -49,7 +56,6 @@ class LabelTokens(torch.nn.Module):
         return self.tokens(index)[:, None]
 
 
-@register_trainer
 class SAMNoPrompt(SAMTrainer):
     """No prompt at all: the lower bound. Trains on every planned slice, including slices without the label.
 
@@ -57,15 +63,13 @@ class SAMNoPrompt(SAMTrainer):
     tells the decoder which label is asked for.
     """
 
-    abstract: ClassVar[bool] = False
     train_on_absent_labels: ClassVar[bool] = True
 
     def extra_modules(self) -> dict[str, torch.nn.Module]:
         """Label tokens when the dataset has more than one foreground label."""
         return {"label_tokens": LabelTokens(len(self.labels))} if len(self.labels) > 1 else {}
 
-    def prompts(self, samples: list[Sample], targets: torch.Tensor, training: bool,
-                rng: np.random.Generator | None) -> dict[str, Any]:
+    def inference_prompts(self, samples: list[Sample]) -> dict[str, Any]:
         """No box, no points; label tokens only for multi-label datasets."""
         if len(self.labels) == 1:
             return {}

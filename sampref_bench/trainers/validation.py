@@ -1,9 +1,10 @@
-"""Final validation of a run: predictions in original geometry, written as label files, scored once.
+"""Final validation of a run: predictions in original geometry, written as label files, then scored.
 
-For every validation case the trainer's :meth:`predict_case` returns a label map in the raw image's
-geometry (3D: slices restacked into the volume); it is written to ``validation/{case}{file_ending}``
-with the raw image's spacing, origin and direction, scored against the raw label per volume, and all
-cases go into ``validation/summary.json`` in nnU-Net's layout.
+Two phases that never mix: first every validation case is predicted from its images alone (the trainer's
+:meth:`predict_case` returns a label map in the raw image's geometry; 3D slices are restacked into the
+volume) and written to ``validation/{case}{file_ending}`` with the raw image's spacing, origin and
+direction; only then are the written predictions scored against the raw labels per volume, and all cases
+go into ``validation/summary.json`` in nnU-Net's layout (with the trainer's ``oracle`` flag beside it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from sampref_bench import paths
@@ -19,21 +21,30 @@ from sampref_bench.evaluation.summary import CaseResult, build_summary, write_su
 from sampref_bench.utilities.imageio import Geometry, read_image, write_image
 
 
+def write_prediction(trainer: Any, case: str, out_dir: Path, ending: str) -> tuple[Path, np.ndarray]:
+    """Predict ``case`` from its images and write it atomically as ``out_dir/{case}{ending}``."""
+    prediction = trainer.predict_case(case)
+    meta = trainer.data.meta(case)
+    geometry = Geometry(tuple(meta["spacing_xyz"]), tuple(meta["origin"]), tuple(meta["direction"]))
+    pred_path = out_dir / f"{case}{ending}"
+    tmp = out_dir / f".{case}.tmp{ending}"
+    write_image(tmp, prediction, geometry)
+    tmp.replace(pred_path)
+    return pred_path, prediction
+
+
 def validate_cases(trainer: Any, out_dir: Path, cases: list[str] | None = None) -> dict[str, Any]:
     """Predict, write and score ``cases`` (default: the fold's validation cases); returns the summary."""
     raw_dir = paths.raw_root() / trainer.dataset_name
     ending = trainer.plans.get("file_ending") or _file_ending(raw_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.network.eval()
+    cases = list(cases or trainer.roles.val)
+    predictions = [write_prediction(trainer, case, out_dir, ending)
+                   for case in tqdm(cases, desc="validation", unit="case", disable=not trainer.progress)]
     results = []
-    for case in tqdm(cases or trainer.roles.val, desc="validation", unit="case", disable=not trainer.progress):
-        prediction = trainer.predict_case(case)
+    for case, (pred_path, prediction) in zip(cases, predictions):
         meta = trainer.data.meta(case)
-        geometry = Geometry(tuple(meta["spacing_xyz"]), tuple(meta["origin"]), tuple(meta["direction"]))
-        pred_path = out_dir / f"{case}{ending}"
-        tmp = out_dir / f".{case}.tmp{ending}"
-        write_image(tmp, prediction, geometry)
-        tmp.replace(pred_path)
         ref_path = raw_dir / "labelsTr" / f"{case}{ending}"
         reference, _ = read_image(ref_path)
         spacing = meta["spacing"] if trainer.plans["dimensionality"] == 3 else None
@@ -42,7 +53,7 @@ def validate_cases(trainer: Any, out_dir: Path, cases: list[str] | None = None) 
                                   tuple(meta["spacing_xyz"]) if spacing else None))
     names = {k: v for k, v in trainer.plans["labels"].items() if v != 0}
     summary = build_summary(results, names, {"trainer": type(trainer).__name__, "fold": trainer.fold,
-                                             "fraction": trainer.fraction})
+                                             "fraction": trainer.fraction, "oracle": bool(type(trainer).oracle)})
     write_summary(out_dir / "summary.json", summary)
     return summary
 

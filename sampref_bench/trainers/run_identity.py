@@ -1,0 +1,61 @@
+"""What makes two runs the same run: the run tag of non-default hyperparameters and configuration differences.
+
+A run's folder is ``{Trainer}__{plans}__{configuration}__f{fraction}``; the configuration part is the plan
+configuration plus model choices (``2d-tiny``) plus, for a run whose hyperparameters differ from the
+trainer's defaults, a tag: ``--run-name`` when given, otherwise one made from the differing values, e.g.
+``lr0.0003`` or ``epochs5-seed1``. A tag that would be long or lose characters carries a short digest of
+the exact values instead, so two different settings never share a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from sampref_bench.utilities.errors import SamprefError
+
+#: Longest auto-made tag kept readable; longer ones are shortened and given a digest.
+MAX_TAG_LENGTH = 40
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+=-]*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9.+=_-]")
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def run_tag(changes: dict[str, Any]) -> str | None:
+    """A short, filesystem-safe tag for the non-default hyperparameters ``changes`` (``None`` when empty)."""
+    if not changes:
+        return None
+    parts = []
+    for key in sorted(changes):
+        value = changes[key]
+        text = value if isinstance(value, str) else _canonical_json(value)
+        parts.append(f"{key}{text}")
+    readable = "-".join(parts)
+    safe = _UNSAFE.sub("", readable).replace("__", "_")
+    if safe == readable and len(safe) <= MAX_TAG_LENGTH:
+        return safe
+    digest = hashlib.sha256(_canonical_json(changes).encode()).hexdigest()[:8]
+    return f"{safe[: MAX_TAG_LENGTH - 9].rstrip('-_')}-{digest}"
+
+
+def validate_run_name(name: str) -> str:
+    """``--run-name``: letters, digits and ``. + = -``, starting with a letter or digit, no ``__``."""
+    if not _RUN_NAME.fullmatch(name) or "__" in name or len(name) > 64:
+        raise SamprefError(f"--run-name {name!r} is not usable in a folder name: use letters, digits and . + = - "
+                           "(at most 64 characters, starting with a letter or digit), e.g. --run-name lr3e-4")
+    return name
+
+
+def config_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """``key: saved -> requested`` for every hyperparameter that differs (missing keys included), sorted."""
+    out = []
+    for key in sorted(set(saved) | set(requested)):
+        a, b = saved.get(key, "<absent>"), requested.get(key, "<absent>")
+        if _canonical_json(a) != _canonical_json(b):
+            out.append(f"{key}: {_canonical_json(a)} -> {_canonical_json(b)}")
+    return out
