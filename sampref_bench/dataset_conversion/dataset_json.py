@@ -1,7 +1,7 @@
 """Building, validating and reading ``dataset.json``, the description of a raw dataset.
 
 The layout follows nnU-Net v2's ``dataset.json`` (``channel_names``, ``labels``, ``numTraining``,
-``file_ending``) with sampref's additions from DESIGN.md: ``modality``, ``dimensionality``, ``license``,
+``file_ending``) with sampref's additions: ``modality``, ``dimensionality``, ``license``,
 ``reference``, ``target_text`` (label name -> short phrase for text prompts) and optional ``case_groups``
 (case -> patient, so that one patient's images never straddle a split).
 """

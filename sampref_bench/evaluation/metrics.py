@@ -1,6 +1,6 @@
 """Per-case, per-label segmentation metrics on integer label maps.
 
-Conventions (DESIGN.md, "Evaluation"; the overlap metrics match nnU-Net v2's ``compute_metrics``):
+Conventions (the overlap metrics match nnU-Net v2's ``compute_metrics``):
 
 - A label map is an integer array of any number of dimensions (``(H, W)``, ``(Z, Y, X)``, ...). For a
   label value ``l`` the reference mask is ``reference == l`` and the predicted mask ``prediction == l``.

@@ -1,1 +1,1 @@
-"""Fingerprint, plans, splits, preprocessing and caches (see DESIGN.md, "Plans and splits")."""
+"""Fingerprint, plans, splits, preprocessing and the image-embedding cache."""

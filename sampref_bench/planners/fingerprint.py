@@ -50,29 +50,30 @@ def list_raw_cases(raw_dir: Path, dataset_json: dict[str, Any]) -> list[str]:
                   if p.name.endswith(ending) and not p.name.startswith("."))
 
 
-def read_raw_case(raw_dir: Path, dataset_json: dict[str, Any], case: str
-                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read one case: image ``(C, *spatial)``, label ``(*spatial)`` uint8, geometry dict.
+def read_raw_image(channel_files: list[Path]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read the channel files of one case: image ``(C, *spatial)`` (numpy order) and its geometry dict.
 
-    Spatial axes are numpy order; geometry holds ``spacing`` (numpy order, mm), ``spacing_xyz``, ``origin``
-    and ``direction`` in SimpleITK order, and the source ``dtype``.
+    The geometry holds ``spacing`` (numpy order, mm), ``spacing_xyz``, ``origin`` and ``direction`` in
+    SimpleITK order, and the source ``dtype``.
     """
-    channel_files, label_file = raw_case_files(raw_dir, dataset_json, case)
-    channels = []
-    geometry = None
+    channels, geometry = [], None
     for path in channel_files:
         array, geometry = read_image(path)
         channels.append(array)
-    label, _ = read_image(label_file)
     assert geometry is not None
-    info = {
-        "spacing": [float(s) for s in reversed(geometry.spacing)],
-        "spacing_xyz": list(geometry.spacing),
-        "origin": list(geometry.origin),
-        "direction": list(geometry.direction),
-        "dtype": str(channels[0].dtype),
-    }
-    return np.stack(channels), label.astype(np.uint8), info
+    info = {"spacing": [float(s) for s in reversed(geometry.spacing)], "spacing_xyz": list(geometry.spacing),
+            "origin": list(geometry.origin), "direction": list(geometry.direction), "dtype": str(channels[0].dtype)}
+    return np.stack(channels), info
+
+
+def read_raw_case(raw_dir: Path, dataset_json: dict[str, Any], case: str
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read one labeled case: image ``(C, *spatial)``, label ``(*spatial)`` uint8, geometry dict
+    (see :func:`read_raw_image`)."""
+    channel_files, label_file = raw_case_files(raw_dir, dataset_json, case)
+    image, info = read_raw_image(channel_files)
+    label, _ = read_image(label_file)
+    return image, label.astype(np.uint8), info
 
 
 def fingerprint_case(raw_dir: Path, dataset_json: dict[str, Any], case: str

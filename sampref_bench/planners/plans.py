@@ -27,7 +27,7 @@ PLANS_NAME = "samprefPlans"
 #: Version of the plan's content; part of its inputs hash, so a change re-plans old datasets.
 #: 2: planned training length (epochs, iterations_per_epoch, dpo_*), batch size independent of the fractions,
 #: dpo_labeled_fraction always planned, dpo_fractions.
-PLANS_FORMAT = 2
+PLANS_FORMAT = 3
 CONFIGURATION = "2d"
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
@@ -38,6 +38,10 @@ BACKGROUND_SLICE_TARGET = 0.1
 #: A spacing this many times the next largest makes an axis "the through-plane axis".
 ANISOTROPY_RATIO = 1.1
 #: Slices per training step, the same at every fraction.
+#: A pixel is image content (not air or padding) when its normalized intensity (channel mean) exceeds this.
+CONTENT_LEVEL = 0.05
+#: A slice of a volume whose labels are hidden is used when at least this share of its pixels is content.
+HIDDEN_LABEL_MIN_CONTENT = 0.05
 BATCH_SIZE = 8
 #: Stage-1 epochs (the paper's stage-1 length).
 EPOCHS = 15
@@ -195,6 +199,13 @@ def make_plans(dataset_json: dict[str, Any], fingerprint: dict[str, Any], *, ima
         plans["slicing_axis"] = None
         plans["background_slice_share"] = 1.0
         reasons["background_slice_share"] = "2D dataset: every image is one training slice"
+    plans["hidden_label_min_content"] = HIDDEN_LABEL_MIN_CONTENT
+    reasons["hidden_label_min_content"] = (
+        "which slices of a case whose labels are hidden (rated, unlabeled, or without a label file) are used "
+        "cannot depend on its labels: a slice is used when at least "
+        f"{HIDDEN_LABEL_MIN_CONTENT:.0%} of its pixels have a normalized intensity above {CONTENT_LEVEL} (image "
+        "content rather than air or padding); labeled cases use their foreground slices plus "
+        "background_slice_share of the rest" + ("" if plans["dimensionality"] == 3 else "; a 2D image is one slice"))
     plans["normalization"], reasons["normalization"] = _normalization(modality, fingerprint)
     n_channels = len(dataset_json["channel_names"])
     plans["channels_to_rgb"], reasons["channels_to_rgb"] = _channels_to_rgb(n_channels)

@@ -27,15 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from sampref_bench.planners.fingerprint import raw_case_files
+from sampref_bench.planners.fingerprint import raw_case_files, read_raw_image
+from sampref_bench.planners.plans import CONTENT_LEVEL
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.utilities.arrays import save_npy_atomic
 from sampref_bench.utilities.atomic import write_json_atomic
 from sampref_bench.utilities.imageio import read_image
 from sampref_bench.utilities.parallel import map_with_progress
-
-#: A normalized intensity (in [0, 1], channel mean) above which a pixel counts as image content.
-CONTENT_LEVEL = 0.05
 
 
 def normalize(image: np.ndarray, plans: dict[str, Any]) -> tuple[np.ndarray, list[list[float]]]:
@@ -82,22 +80,6 @@ def image_digest(stored: np.ndarray) -> str:
     hasher = hashlib.sha256(f"{stored.dtype.str}{stored.shape}".encode())
     hasher.update(np.ascontiguousarray(stored).tobytes())
     return hasher.hexdigest()[:16]
-
-
-def read_raw_image(channel_files: list[Path]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read the channel files of one case: image ``(C, *spatial)`` (numpy order) and its geometry dict.
-
-    The geometry holds ``spacing`` (numpy order, mm), ``spacing_xyz``, ``origin`` and ``direction`` in
-    SimpleITK order, and the source ``dtype``.
-    """
-    channels, geometry = [], None
-    for path in channel_files:
-        array, geometry = read_image(path)
-        channels.append(array)
-    assert geometry is not None
-    info = {"spacing": [float(s) for s in reversed(geometry.spacing)], "spacing_xyz": list(geometry.spacing),
-            "origin": list(geometry.origin), "direction": list(geometry.direction), "dtype": str(channels[0].dtype)}
-    return np.stack(channels), info
 
 
 def preprocess_image(channel_files: list[Path], label_file: Path | None, plans: dict[str, Any], case: str,

@@ -399,9 +399,5 @@ class BaseTrainer:
         with torch.no_grad():
             return validate_cases(self, self.output_dir / "validation")
 
-    def write_json(self, name: str, obj: Any) -> None:
-        """Write ``obj`` as ``name`` in the run folder, atomically."""
-        write_json_atomic(self.output_dir / name, obj)
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dataset_name}, fold={self.fold}, fraction={self.fraction})"

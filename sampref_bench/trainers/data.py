@@ -1,7 +1,7 @@
 """The data layer of every trainer: case roles, label-free image access, gated label access, samples.
 
-A *sample* is one (case, slice, label) triple, as DESIGN.md's "Several target labels" says: SAM segments
-one target at a time, so an image with two labels present gives two samples with their own prompts.
+A *sample* is one (case, slice, label) triple: SAM segments one target at a time, so an image with two
+labels present gives two samples, each with its own prompts.
 
 Case roles for a fold and annotation fraction: ``labeled`` (pixel labels visible to the trainer),
 ``rated`` (labels visible only to the simulated annotator of DPO trainers), ``unlabeled`` (the rest of the
@@ -29,10 +29,6 @@ from sampref_bench.planners.fingerprint import case_seed
 from sampref_bench.planners.plans import fraction_key
 from sampref_bench.utilities.arrays import load_npy
 from sampref_bench.utilities.errors import SamprefError
-
-#: Default of ``plans["hidden_label_min_content"]``: a hidden-label slice trains when at least this share of
-#: its pixels is image content (see :data:`sampref_bench.planners.preprocessing.CONTENT_LEVEL`).
-DEFAULT_HIDDEN_MIN_CONTENT = 0.05
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,7 @@ def case_roles(splits: list[dict[str, Any]], fold: int, fraction: float, budget:
 
     ``budget="supervised"``: the fraction-f cases are labeled. ``budget="dpo"``: the first
     ``dpo_labeled_fraction`` of the permutation is labeled and the rest of the fraction-f cases are rated
-    (DESIGN.md, "Budget accounting"); a fraction that leaves no case to rate is a :class:`SamprefError`
+    (the paper's "10% labeled + 10% rated = 20%"); a fraction that leaves no case to rate is a :class:`SamprefError`
     naming the planned fractions at which DPO is possible.
     """
     if not 0 <= fold < len(splits):
@@ -237,7 +233,7 @@ def labeled_samples(labels: LabelStore, cases: list[str], label_values: list[int
 
 def hidden_label_samples(data: PreprocessedData, cases: list[str], label_values: list[int]) -> list[Sample]:
     """Samples of cases whose labels are hidden (rated, unlabeled): label-free slices times ``label_values``."""
-    min_content = float(data.plans.get("hidden_label_min_content", DEFAULT_HIDDEN_MIN_CONTENT))
+    min_content = float(data.plans["hidden_label_min_content"])
     out = []
     for case in cases:
         for k in hidden_label_slices(data.meta(case)["slice_content"], min_content):

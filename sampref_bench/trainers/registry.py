@@ -19,22 +19,12 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import TypeVar
 
-from sampref_bench.trainers.base import TRAINER_CLASSES, BaseTrainer
+from sampref_bench.trainers.base import TRAINER_CLASSES
 from sampref_bench.utilities.errors import SamprefError
-
-T = TypeVar("T", bound=type)
 
 #: Modules whose trainers are built in.
 BUILTIN_MODULES = ("sampref_bench.trainers.sam_trainers",)
-
-
-def register_trainer(cls: T) -> T:
-    """Kept for trainer modules written against older sampref: subclassing registers already; returns ``cls``."""
-    if not (isinstance(cls, type) and issubclass(cls, BaseTrainer)):
-        raise SamprefError(f"{cls!r} is not a subclass of BaseTrainer and cannot be a trainer")
-    return cls
 
 
 def import_trainer_module(spec: str) -> None:

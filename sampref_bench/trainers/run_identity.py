@@ -53,9 +53,8 @@ def validate_run_name(name: str) -> str:
 
 def config_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
     """``key: saved -> requested`` for every hyperparameter that differs (missing keys included), sorted."""
-    out = []
-    for key in sorted(set(saved) | set(requested)):
-        a, b = saved.get(key, "<absent>"), requested.get(key, "<absent>")
-        if _canonical_json(a) != _canonical_json(b):
-            out.append(f"{key}: {_canonical_json(a)} -> {_canonical_json(b)}")
-    return out
+    def shown(config: dict[str, Any], key: str) -> str:
+        return _canonical_json(config[key]) if key in config else "<absent>"
+
+    return [f"{key}: {shown(saved, key)} -> {shown(requested, key)}" for key in sorted(set(saved) | set(requested))
+            if shown(saved, key) != shown(requested, key)]
