@@ -11,10 +11,14 @@ Two prediction folders are generated from known references:
 Both folders are scored by sampref (in this interpreter) and by nnU-Net (in a subprocess whose PYTHONPATH
 is ``benchmarks/.nnunet_site``; nnunetv2 is never installed into the project venv). Every case, label
 and shared metric must agree: Dice and IoU to 1e-6 (NaN where both say NaN), the voxel counts exactly;
-also the per-label means and ``foreground_mean``. Wall times of both (best of ``--repeats``) and of
-sampref with HD95 are written to ``benchmarks/results/bench_evaluate.json``.
+also the per-label means and ``foreground_mean``; the benchmark fails otherwise. Wall times of both
+(best of ``--repeats``) and of sampref with HD95 are written to ``benchmarks/results/bench_evaluate.json``,
+and a table to ``benchmarks/results/bench_evaluate.md``.
 
-    .venv/bin/python benchmarks/bench_evaluate.py [--num-processes 2] [--n3d 16] [--repeats 3]
+    bash benchmarks/setup_nnunet.sh     # once
+    .venv/bin/python -m benchmarks.bench_evaluate [--num-processes 2] [--n3d 16] [--repeats 3]
+
+(from the repository root).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+
+from benchmarks.report import markdown_table, write_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 BUSI_SUBSET = REPO / "demo_data" / "BUSI_subset"
@@ -297,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "benchmark": "bench_evaluate",
-        "command": " ".join(["python benchmarks/bench_evaluate.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join([".venv/bin/python -m benchmarks.bench_evaluate",
+                             *(argv if argv is not None else sys.argv[1:])]),
         "num_processes": args.num_processes, "repeats": args.repeats, "seed": args.seed,
         "dice_tolerance": TOLERANCE, "generate_seconds": generate_seconds,
         "environment": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -308,7 +315,41 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
+    print(write_markdown("bench_evaluate", "Folder evaluation against nnU-Net's compute_metrics_on_folder",
+                         markdown_body(report), report["command"]))
     return 0
+
+
+def markdown_body(report: dict) -> str:
+    """The committed tables: agreement with nnU-Net, then the times of both tools and their ratios."""
+    sets = report["datasets"]
+    agreement = [[name, r["n_cases"], ", ".join(map(str, r["labels"])), r["agreement"]["case_label_pairs_compared"],
+                  r["agreement"]["pairs_with_nan_dice"], f"{r['agreement']['max_abs_diff']['Dice']:.1e}",
+                  f"{r['agreement']['max_abs_diff']['IoU']:.1e}", f"{r['agreement']['foreground_mean_dice']:.4f}"]
+                 for name, r in sets.items()]
+    times = [[name, f"{r['sampref_seconds_best']:.2f}", f"{r['nnunet_seconds_best']:.2f}",
+              f"{r['sampref_seconds_best'] / r['nnunet_seconds_best']:.2f}",
+              f"{r['sampref_cli_wall_seconds_best']:.2f}", f"{r['nnunet_subprocess_wall_seconds_best']:.2f}",
+              f"{r['sampref_cli_wall_seconds_best'] / r['nnunet_subprocess_wall_seconds_best']:.2f}",
+              f"{r['sampref_cli_hd95_wall_seconds']:.2f}", f"{r['sampref_cli_hd95_one_process_wall_seconds']:.2f}"]
+             for name, r in sets.items()]
+    shape = {name: "x".join(map(str, r["first_case_shape"])) for name, r in sets.items()}
+    return (f"Predictions made by perturbing known references: the bundled BUSI subset (2D PNG, first case "
+            f"{shape.get('busi_2d_png', '?')}) and synthetic two-label phantoms (3D `.nii.gz`, "
+            f"{shape.get('synthetic_3d_nifti', '?')}); nnU-Net {report['environment']['nnunetv2']}, "
+            f"`-np {report['num_processes']}` for both tools, best of {report['repeats']} repeats.\n\n"
+            "Agreement (the benchmark fails unless every case, label and shared metric agrees: Dice and IoU "
+            f"to {report['dice_tolerance']:g}, voxel counts exactly, NaN where both give NaN):\n\n"
+            + markdown_table(["set", "cases", "labels", "case-label pairs", "NaN Dice (both)", "max abs diff Dice",
+                              "max abs diff IoU", "foreground mean Dice"], agreement)
+            + "\n\nSeconds (in-call: the evaluation function alone; fresh process: `sampref_evaluate_folder` "
+            "and nnU-Net's runner as new interpreters, imports and worker start-up included; ratio = sampref / "
+            "nnU-Net, <= 1 means sampref is no slower):\n\n"
+            + markdown_table(["set", "sampref in-call", "nnU-Net in-call", "ratio", "sampref process",
+                              "nnU-Net process", "ratio", "sampref --hd95 process",
+                              "sampref --hd95 process, -np 1"], times)
+            + "\n\nThe target is exact agreement with nnU-Net on the shared metrics; HD95 (sampref only, through "
+            "MONAI) is the extra price of `--hd95`.\n")
 
 
 if __name__ == "__main__":

@@ -15,14 +15,17 @@ On each it times, every run in a fresh Python process with a fresh output folder
 
 Step times are measured inside the process (after the top-level imports; worker start-up included);
 ``wall`` is the whole process, interpreter start and imports included, i.e. what a user of the CLI
-waits. Results go to ``benchmarks/results/bench_plan.json``; a table is printed. The target is
-sampref's fingerprint + preprocessing no slower than nnU-Net's fingerprinting (time ratio <= 1).
+waits. Results go to ``benchmarks/results/bench_plan.json``; the tables are printed and written to
+``benchmarks/results/bench_plan.md``. The target is sampref's fingerprint + preprocessing no slower than
+nnU-Net's fingerprinting (time ratio <= 1).
 
-    bash benchmarks/setup_nnunet.sh            # once; bench_plan.py also runs it when needed
-    .venv/bin/python benchmarks/bench_plan.py  # 3-4 minutes on 2 cores
+    bash benchmarks/setup_nnunet.sh                # once; bench_plan also runs it when needed
+    .venv/bin/python -m benchmarks.bench_plan      # from the repository root; 3-4 minutes on 2 cores
 
-Only the standard library is imported at module level: worker processes started with ``spawn``
-re-import this file as ``__mp_main__``.
+Only the standard library is imported at module level: the timed children run this file by its path
+(``python benchmarks/bench_plan.py --child ...``, however the parent was started, so that ``PYTHONPATH``
+decides which ``sampref_bench`` they import), and worker processes started with ``spawn`` re-import it as
+``__mp_main__``. ``benchmarks.report`` (which imports torch) is imported by the parent only.
 """
 
 from __future__ import annotations
@@ -122,7 +125,12 @@ def nnunet_in_venv(python: str) -> bool:
 
 
 def run_child(args: list[str], env: dict[str, str], label: str) -> dict:
-    """Run this script in child mode; return its result dict plus ``wall_s`` (whole process)."""
+    """Run this file in child mode; return its result dict plus ``wall_s`` (whole process).
+
+    The child is started by path even when the parent runs as ``-m benchmarks.bench_plan``: with ``-m`` the
+    working directory (the repository) would come first on ``sys.path`` and shadow the ``sampref_bench``
+    that ``PYTHONPATH`` selects (``--ab-sampref-path``). By path, ``sys.path[0]`` is ``benchmarks/``.
+    """
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], env=env, capture_output=True,
@@ -357,31 +365,71 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     }
 
 
-def print_table(report: dict) -> None:
+RUN_HEAD = ["dataset", "tool", "np", "fp s", "pre s", "fp+pre s", "wall s", "cpu s", "import s", "cases/s"]
+RUN_NOTE = "cases/s: sampref over fingerprint + preprocessing, nnU-Net over fingerprinting"
+COMPARISON_HEAD = ["dataset", "sampref", "np", "fp/fp", "fp+pre/fp", "wall/wall", "cpu/cpu", "target met",
+                   "wall target met"]
+COMPARISON_NOTE = "ratios: sampref seconds / nnU-Net seconds at the same -np; <= 1 meets the target"
+
+
+def table_rows(report: dict) -> tuple[list[list[str]], list[list[str]]]:
+    """The rows of the run table and of the comparison table, formatted."""
     def fmt(value: float | None, spec: str = ".2f") -> str:
         return "-" if value is None else format(value, spec)
 
-    header = (f"{'dataset':12s} {'tool':14s} {'np':>2s} {'fp s':>7s} {'pre s':>7s} {'fp+pre s':>8s} "
-              f"{'wall s':>7s} {'cpu s':>7s} {'import s':>8s} {'cases/s':>8s}")
-    print(header)
-    print("-" * len(header))
+    runs = []
     for r in report["runs"]:
         work = r.get("fingerprint_plus_preprocessing_s") or r["fingerprint_s"]
         n = report["datasets"][r["dataset"]]["n_cases"]
-        print(f"{r['dataset']:12s} {r['tool']:14s} {r['np']:2d} {fmt(r['fingerprint_s']):>7s} "
-              f"{fmt(r.get('preprocessing_s')):>7s} {fmt(r.get('fingerprint_plus_preprocessing_s')):>8s} "
-              f"{fmt(r['wall_s']):>7s} {fmt(r['cpu_s']):>7s} {fmt(r['import_s']):>8s} {fmt(n / work, '.1f'):>8s}")
-    print("(cases/s: sampref over fingerprint + preprocessing, nnU-Net over fingerprinting)")
+        runs.append([r["dataset"], r["tool"], str(r["np"]), fmt(r["fingerprint_s"]), fmt(r.get("preprocessing_s")),
+                     fmt(r.get("fingerprint_plus_preprocessing_s")), fmt(r["wall_s"]), fmt(r["cpu_s"]),
+                     fmt(r["import_s"]), fmt(n / work, ".1f")])
+    comparisons = [[c["dataset"], c["sampref"], str(c["np"]), fmt(c["fingerprint_ratio"]),
+                    fmt(c["fingerprint_plus_preprocessing_ratio"]), fmt(c["wall_ratio"]), fmt(c["cpu_ratio"]),
+                    "yes" if c["target_met"] else "NO", "yes" if c["target_met_wall"] else "NO"]
+                   for c in report["comparisons"]]
+    return runs, comparisons
+
+
+def print_table(report: dict) -> None:
+    def aligned(head: list[str], rows: list[list[str]], left: int) -> None:
+        widths = [max(len(x) for x in column) for column in zip(head, *rows)]
+        for i, row in enumerate([head, *rows]):
+            print(" ".join(c.ljust(w) if k < left else c.rjust(w) for k, (c, w) in enumerate(zip(row, widths))))
+            if i == 0:
+                print("-" * (sum(widths) + len(widths) - 1))
+
+    runs, comparisons = table_rows(report)
+    aligned(RUN_HEAD, runs, 2)
+    print(f"({RUN_NOTE})")
     print()
-    header = (f"{'dataset':12s} {'sampref':10s} {'np':>2s} {'fp/fp':>7s} {'fp+pre/fp':>10s} {'wall/wall':>10s} "
-              f"{'cpu/cpu':>8s}  target met")
-    print(header)
-    print("-" * len(header))
-    for c in report["comparisons"]:
-        print(f"{c['dataset']:12s} {c['sampref']:10s} {c['np']:2d} {c['fingerprint_ratio']:7.2f} "
-              f"{c['fingerprint_plus_preprocessing_ratio']:10.2f} {c['wall_ratio']:10.2f} {c['cpu_ratio']:8.2f}  "
-              f"{'yes' if c['target_met'] else 'NO'} (wall: {'yes' if c['target_met_wall'] else 'NO'})")
-    print("(ratios: sampref seconds / nnU-Net seconds at the same -np; <= 1 meets the target)")
+    aligned(COMPARISON_HEAD, comparisons, 2)
+    print(f"({COMPARISON_NOTE})")
+
+
+def markdown_body(report: dict) -> str:
+    """The committed Markdown: datasets and settings, the two tables, what the ratios mean."""
+    from benchmarks.report import markdown_table  # parent only: it imports torch
+
+    runs, comparisons = table_rows(report)
+    datasets = "\n".join(
+        f"- `{d['folder']}`: {d['n_cases']} cases ({d['dimensionality']}D, `{d['file_ending']}`), shapes "
+        f"{d['shape_min']}..{d['shape_max']}, {d['raw_bytes'] / 2**20:.1f} MiB; {d['source']}"
+        for d in report["datasets"].values())
+    settings = report["settings"]
+    machine = report["machine"]
+    load = ", ".join(f"{v:.2f}" for v in (machine["loadavg_before"][0], machine["loadavg_after"][0]))
+    return (f"{datasets}\n\nEvery run is a fresh process with an empty output folder; median of "
+            f"{settings['repeats']} run(s) per configuration. 1-minute load average before and after: {load} "
+            f"(timings are only meaningful on an otherwise idle machine; `cpu s` suffers less from other load than "
+            f"`wall s`). sampref commit {machine['git_commit'] or '?'}"
+            f"{' with local changes' if machine['sampref_bench_modified'] else ''}; nnU-Net "
+            f"{machine['versions'].get('nnunetv2 (nnunet site)', '?')}.\n\n"
+            + markdown_table(RUN_HEAD, runs) + f"\n\n{RUN_NOTE}; fp: fingerprint, pre: preprocessing; the "
+            "steps are timed inside the process, `wall s` is the whole process (what a CLI user waits).\n\n"
+            + markdown_table(COMPARISON_HEAD, comparisons)
+            + f"\n\n{COMPARISON_NOTE}. The target is `fp+pre/fp <= 1`: sampref's whole fingerprint plus "
+            "preprocessing no slower than nnU-Net's fingerprint extraction alone.\n")
 
 
 def main() -> None:
@@ -413,6 +461,9 @@ def main() -> None:
         else:
             child_nnunet(dataset_id, num_processes, args.verify)
         return
+    # The parent only (children never import it): torch, via benchmarks.report; needs `-m` from the repo root.
+    from benchmarks.report import write_markdown
+
     start = time.perf_counter()
     load_before = os.getloadavg()
     if load_before[0] > 0.5:
@@ -426,7 +477,9 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print()
     print_table(report)
-    print(f"\nwrote {args.out} ({report['benchmark_s']:.0f} s)")
+    markdown = write_markdown("bench_plan", "Planning speed: sampref against nnU-Net's fingerprint extraction",
+                              markdown_body(report))
+    print(f"\nwrote {args.out} and {markdown} ({report['benchmark_s']:.0f} s)")
 
 
 if __name__ == "__main__":
