@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -35,21 +34,9 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceFocalLoss
 
-from benchmarks.report import machine, markdown_table, write_markdown
+from benchmarks.report import machine, markdown_table, prepare_busi_subset, write_markdown
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def prepare(workdir: Path) -> None:
-    """Convert and plan the bundled BUSI subset under ``workdir`` (skipped when already there)."""
-    for key in ("raw", "preprocessed", "results"):
-        os.environ[f"SAMPREF_{key}"] = str(workdir / key)
-    from sampref_bench.dataset_conversion.busi import convert_busi
-    from sampref_bench.planners.pipeline import plan_dataset
-
-    if not (workdir / "raw" / "Dataset003_BUSI").is_dir():
-        convert_busi(REPO / "demo_data" / "BUSI_subset", 3)
-    plan_dataset(3, num_processes=1, progress=False)
 
 
 def bare_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: DiceFocalLoss,
@@ -76,7 +63,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bench_train_step.json")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sampref_bench_step_"))
-    prepare(workdir)
+    prepare_busi_subset(workdir)
     from sampref_bench.trainers.base import epoch_generator
     from sampref_bench.trainers.registry import get_trainer
 

@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: the machine description and the committed Markdown table of a result.
+"""Shared by the benchmarks: the bundled BUSI subset prepared once, the machine description and the committed
+Markdown table of a result.
 
 Every benchmark writes its raw JSON (ignored by git) and a table ``benchmarks/results/NAME.md`` (committed)
 that states the machine, the date and the command that reproduces it.
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
 ROOT = RESULTS.parents[1]
 
 
@@ -67,3 +69,16 @@ def write_markdown(name: str, title: str, body: str, command: str | None = None)
     path = RESULTS / f"{name}.md"
     path.write_text(text)
     return path
+
+
+def prepare_busi_subset(workdir: Path) -> None:
+    """Point the SAMPREF roots at ``workdir`` and convert and plan the bundled BUSI subset there as dataset 3
+    (the conversion is skipped when already there; planning skips its current steps)."""
+    for key in ("raw", "preprocessed", "results"):
+        os.environ[f"SAMPREF_{key}"] = str(workdir / key)
+    from sampref_bench.dataset_conversion.busi import convert_busi
+    from sampref_bench.planners.pipeline import plan_dataset
+
+    if not (workdir / "raw" / "Dataset003_BUSI").is_dir():
+        convert_busi(REPO / "demo_data" / "BUSI_subset", 3)
+    plan_dataset(3, num_processes=1, progress=False)

@@ -371,8 +371,8 @@ class BaseTrainer:
         with torch.no_grad():
             val = self.validation_step()
         self.epoch += 1
-        means = {key: float(np.mean([s[key] for s in steps if key in s])) for key in dict.fromkeys(
-            k for s in steps for k in s)}
+        keys = dict.fromkeys(key for step in steps for key in step)  # first-seen order
+        means = {key: float(np.mean([step[key] for step in steps if key in step])) for key in keys}
         row: dict[str, Any] = {"epoch": self.epoch, "train_loss": means.pop("loss", float("nan")),
                                **{f"train_{k}": v for k, v in means.items()}, **val}
         if len(lrs) == 1:
