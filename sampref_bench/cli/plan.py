@@ -73,12 +73,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from sampref_bench.planners.pipeline import plan_dataset
+        from sampref_bench.planners.plans import training_time_text
+        from sampref_bench.utilities.atomic import load_json
 
         outcome = plan_dataset(args.dataset, image_size=args.image_size, fractions=args.fractions,
                                thresholds=args.thresholds, dpo_labeled_fraction=args.dpo_labeled_fraction,
                                num_processes=args.num_processes, clean=args.clean, verify=args.verify)
         print(f"planned {outcome.folder}")
         print(f"  ran: {', '.join(outcome.ran) or 'nothing'}; current: {', '.join(outcome.skipped) or 'nothing'}")
+        plans = load_json(outcome.plans_file)
+        schedule = training_time_text(plans["epochs"], plans["iterations_per_epoch"], plans["batch_size"])
+        print(f"  every training run, at every fraction: {schedule}")
+        print(f"  fractions {', '.join(map(str, plans['fractions']))}; DPO possible at "
+              f"{', '.join(map(str, plans['dpo_fractions'])) or 'none'}")
         return 0
 
     return run_cli(body, "sampref_plan")

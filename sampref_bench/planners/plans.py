@@ -26,7 +26,7 @@ from sampref_bench.utilities.errors import SamprefError
 PLANS_NAME = "samprefPlans"
 #: Version of the plan's content; part of its inputs hash, so a change re-plans old datasets.
 #: 2: planned training length (epochs, iterations_per_epoch, dpo_*), batch size independent of the fractions,
-#: dpo_labeled_fraction always planned, dpo_fractions.
+#: dpo_labeled_fraction always planned, dpo_fractions. 3: hidden_label_min_content; 10 iterations per epoch.
 PLANS_FORMAT = 3
 CONFIGURATION = "2d"
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
@@ -37,18 +37,22 @@ DEFAULT_DPO_LABELED_FRACTION = 0.1
 BACKGROUND_SLICE_TARGET = 0.1
 #: A spacing this many times the next largest makes an axis "the through-plane axis".
 ANISOTROPY_RATIO = 1.1
-#: Slices per training step, the same at every fraction.
 #: A pixel is image content (not air or padding) when its normalized intensity (channel mean) exceeds this.
 CONTENT_LEVEL = 0.05
 #: A slice of a volume whose labels are hidden is used when at least this share of its pixels is content.
 HIDDEN_LABEL_MIN_CONTENT = 0.05
+#: Slices per training step, the same at every fraction.
 BATCH_SIZE = 8
 #: Stage-1 epochs (the paper's stage-1 length).
 EPOCHS = 15
 #: Stage-2 (DPO) epochs.
 DPO_EPOCHS = 30
-#: Batches per epoch, in both stages and at every fraction (nnU-Net fixes 250 per epoch).
-ITERATIONS_PER_EPOCH = 20
+#: Batches per epoch, in both stages and at every fraction (nnU-Net fixes 250 per epoch). Chosen with
+#: ``benchmarks/bench_schedule.py`` (results in ``benchmarks/results/bench_schedule.md``): on the bundled BUSI
+#: subset at fraction 0.1, LiteMedSAM's decoder without prompts reaches its inner-validation plateau within 15
+#: epochs of 10 iterations (150 steps), while 20 iterations overfit the 8 labeled images after ~140 steps
+#: and 5 stop short of it.
+ITERATIONS_PER_EPOCH = 10
 #: Measured CPU seconds per image per training step of LiteMedSAM's mask decoder on 2 CPU cores
 #: (image embeddings cached), used to state the CPU time a planned training length implies.
 CPU_SECONDS_PER_IMAGE_STEP = 0.34
@@ -230,7 +234,10 @@ def make_plans(dataset_json: dict[str, Any], fingerprint: dict[str, Any], *, ima
     plans["iterations_per_epoch"] = ITERATIONS_PER_EPOCH
     reasons["iterations_per_epoch"] = (f"{ITERATIONS_PER_EPOCH} batches per epoch at every fraction (nnU-Net fixes "
                                        "250): a budget changes which slices a trainer sees, never how long it "
-                                       f"trains; one stage-1 run is {stage1}")
+                                       "trains. Measured on the bundled BUSI subset at fraction 0.1 "
+                                       "(benchmarks/results/bench_schedule.md): a prompt-free LiteMedSAM decoder "
+                                       "reaches its inner-validation plateau within 15 x 10 steps, 15 x 20 overfits "
+                                       f"8 labeled images, 15 x 5 stops short. One stage-1 run is {stage1}")
     plans["dpo_epochs"] = DPO_EPOCHS
     stage2 = training_time_text(DPO_EPOCHS, ITERATIONS_PER_EPOCH, BATCH_SIZE)
     reasons["dpo_epochs"] = (f"{DPO_EPOCHS} stage-2 (DPO) epochs by default, at every fraction: {stage2}; the frozen "
