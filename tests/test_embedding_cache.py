@@ -49,9 +49,9 @@ def test_size_is_reported_when_built(sampref_roots, capsys):
     cache.ensure([(CASE, 0), (CASE, 1)], progress=True)
     n_files, n_bytes = cache.size_on_disk()
     assert n_files == 2 and n_bytes > 2 * 256 * 16 * 16 * 2
-    assert f"2 new, 2 slices, {n_bytes / 2**20:.1f} MiB on disk" in capsys.readouterr().out
-    cache.ensure([(CASE, 0)], progress=True)
-    assert "MiB on disk" not in capsys.readouterr().out
+    assert f"2 new of 2 slices read; 2 slices, {n_bytes / 2**20:.1f} MiB on disk" in capsys.readouterr().out
+    cache.ensure([(CASE, 0), (CASE, 2)], progress=True)
+    assert "1 new of 2 slices read; 3 slices" in capsys.readouterr().out
 
 
 def test_cache_survives_replanning_fractions_and_thresholds(sampref_roots):

@@ -86,8 +86,9 @@ class EmbeddingCache:
     def ensure(self, pairs: Iterable[SlicePair], progress: bool = True) -> int:
         """Embed every pair not cached yet (in batches); return how many were computed.
 
-        When something was computed and ``progress`` is on, the cache's size on disk is printed.
+        With ``progress`` on, one line reports how many were new and the cache's size on disk.
         """
+        pairs = list(pairs)
         todo = self.missing(pairs)
         with tqdm(total=len(todo), desc=f"embed ({self.model.weights_id})", unit="slice",
                   disable=not progress or not todo) as bar:
@@ -95,10 +96,10 @@ class EmbeddingCache:
                 chunk = todo[start:start + self.batch_size]
                 self._compute(chunk)
                 bar.update(len(chunk))
-        if todo and progress:
+        if progress:
             n_files, n_bytes = self.size_on_disk()
-            print(f"embedding cache {self.folder}: {len(todo)} new, {n_files} slices, {n_bytes / 2**20:.1f} MiB on "
-                  "disk", flush=True)
+            print(f"embedding cache {self.folder}: {len(todo)} new of {len(set(pairs))} slices read; {n_files} "
+                  f"slices, {n_bytes / 2**20:.1f} MiB on disk", flush=True)
         return len(todo)
 
     def get(self, case: str, slice_index: int) -> np.ndarray:
