@@ -266,3 +266,34 @@ def test_unfrozen_encoder_trains_and_is_checkpointed():
     encoder_keys = [k for k in state if k.startswith("image_encoder.")]
     assert encoder_keys
     assert any(not torch.equal(state[k], before[k.removeprefix("image_encoder.")]) for k in encoder_keys)
+
+
+@pytest.mark.slow
+def test_litemedsam_end_to_end_on_real_busi(tmp_path, sampref_roots):
+    # The real LiteMedSAM weights on 10 real BUSI images: plan, train the box oracle for a few steps, validate
+    # from images alone (ground-truth boxes read only through the oracle's label store), evaluate.
+    import shutil
+
+    from sampref_bench.dataset_conversion.busi import convert_busi
+    from sampref_bench.evaluation.report import evaluate_dataset
+    from sampref_bench.planners.pipeline import plan_dataset
+    from tests.conftest import BUSI_SUBSET
+
+    source = tmp_path / "busi10"
+    for klass in ("benign", "malignant"):
+        (source / klass).mkdir(parents=True)
+        for image in sorted(p for p in (BUSI_SUBSET / klass).glob("*.png") if "_mask" not in p.name)[:5]:
+            for path in (BUSI_SUBSET / klass).glob(f"{image.stem}*.png"):
+                shutil.copy(path, source / klass / path.name)
+    convert_busi(source, 3)
+    plan_dataset(3, fractions=[0.5, 1.0], num_processes=1, progress=False)
+    trainer = get_trainer("SAMBoxOracle")(3, 0, 0.5, overrides={"epochs": 1, "iterations_per_epoch": 2},
+                                          progress=False)
+    assert trainer.plans["batch_size"] == 8 and trainer.config["model"] == "litemedsam"
+    out = trainer.run_training()
+    assert trainer.cache.computed == len(trainer.roles.labeled) + len(trainer.roles.val)
+    summary = json.loads((out / "validation" / "summary.json").read_text())
+    assert summary["settings"]["oracle"] is True
+    assert summary["foreground_mean"]["Dice"] > 0.8  # LiteMedSAM with the exact box segments these lesions
+    table, _ = evaluate_dataset(3)
+    assert [row.oracle for row in table.rows] == [True]
