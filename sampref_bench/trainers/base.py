@@ -35,7 +35,7 @@ from sampref_bench.planners.pipeline import data_folder, load_splits, signature_
 from sampref_bench.planners.plans import fraction_key
 from sampref_bench.trainers.data import CaseRoles, LabelStore, PreprocessedData, case_roles
 from sampref_bench.trainers.run_folder import load_checkpoint, plot_progress, run_folder, save_checkpoint, write_log
-from sampref_bench.trainers.run_identity import config_differences, run_tag, validate_run_name
+from sampref_bench.trainers.run_identity import config_differences, run_tag, sibling_runs, validate_run_name
 from sampref_bench.utilities.atomic import load_json, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 
@@ -311,22 +311,6 @@ class BaseTrainer:
         self.epoch = int(state["epoch"])
         self.log = list(state["log"])
 
-    def _sibling_runs(self) -> list[str]:
-        """Other run folders of this trainer, base configuration, fraction and fold that hold a checkpoint."""
-        pattern = (f"{type(self).__name__}__{self.plans['plans_name']}__{self.base_configuration_name()}*"
-                   f"__f{fraction_key(self.fraction)}")
-        found = []
-        for folder in sorted(self.output_dir.parents[1].glob(pattern)):
-            fold_dir = folder / f"fold_{self.fold}"
-            if fold_dir == self.output_dir or not any(fold_dir.glob("checkpoint_*.pth")):
-                continue
-            try:
-                saved = load_json(fold_dir / "config.json").get("hyperparameters", {})
-            except SamprefError:
-                saved = {}
-            found.append(f"{folder.name} (differs in {'; '.join(config_differences(saved, self.config)) or '?'})")
-        return found
-
     def run_training(self, continue_training: bool = False) -> Path:
         """Train (or continue), then run the final validation; returns the run folder."""
         latest = self.output_dir / "checkpoint_latest.pth"
@@ -335,7 +319,9 @@ class BaseTrainer:
             raise SamprefError(f"{self.output_dir} already holds a run. Pass --continue to resume it, or delete the "
                                "folder to start over.")
         if continue_training and not (latest.exists() or final.exists()):
-            siblings = self._sibling_runs()
+            pattern = (f"{type(self).__name__}__{self.plans['plans_name']}__{self.base_configuration_name()}*"
+                       f"__f{fraction_key(self.fraction)}")
+            siblings = sibling_runs(self.output_dir, pattern, self.config)
             hint = (" Runs of this trainer with other hyperparameters exist: " + ", ".join(siblings) + "."
                     if siblings else "")
             raise SamprefError(f"--continue: {self.output_dir} holds no checkpoint to continue from.{hint} Start "

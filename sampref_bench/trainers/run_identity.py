@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
+from sampref_bench.utilities.atomic import load_json
 from sampref_bench.utilities.errors import SamprefError
 
 #: Longest auto-made tag kept readable; longer ones are shortened and given a digest.
@@ -58,3 +60,22 @@ def config_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list
 
     return [f"{key}: {shown(saved, key)} -> {shown(requested, key)}" for key in sorted(set(saved) | set(requested))
             if shown(saved, key) != shown(requested, key)]
+
+
+def sibling_runs(fold_dir: Path, pattern: str, config: dict[str, Any]) -> list[str]:
+    """Other runs of the same fold whose folder matches ``pattern`` and holds a checkpoint, each named with how
+    its hyperparameters (from its ``config.json``) differ from ``config``.
+
+    ``fold_dir`` is ``{results}/{dataset}/{run folder}/fold_{k}``; ``pattern`` a glob over run folder names.
+    """
+    found = []
+    for folder in sorted(fold_dir.parents[1].glob(pattern)):
+        other = folder / fold_dir.name
+        if other == fold_dir or not any(other.glob("checkpoint_*.pth")):
+            continue
+        try:
+            saved = load_json(other / "config.json").get("hyperparameters", {})
+        except SamprefError:
+            saved = {}
+        found.append(f"{folder.name} (differs in {'; '.join(config_differences(saved, config)) or '?'})")
+    return found
