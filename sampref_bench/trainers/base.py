@@ -42,8 +42,9 @@ from sampref_bench.utilities.errors import SamprefError
 #: Every trainer class defined, by name (abstract ones included); :mod:`.registry` serves them.
 TRAINER_CLASSES: dict[str, type] = {}
 
-#: Hyperparameters whose default ``None`` means "the plan's value", and the plan key (after the schedule prefix).
-PLANNED = {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch", "batch_size": "batch_size"}
+#: Hyperparameters whose default ``None`` means "the plan's value" (the plan key of the trainer's schedule prefix;
+#: the batch size is shared by every stage).
+PLANNED = ("epochs", "iterations_per_epoch", "batch_size")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,9 +138,9 @@ class BaseTrainer:
     def resolve_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Defaults, then ``overrides``, then planned values for the ``None`` keys of :data:`PLANNED`."""
         config = {**self.defaults, **overrides}
-        for key, plan_key in PLANNED.items():
+        for key in PLANNED:
             if key in config and config[key] is None:
-                name = plan_key if key == "batch_size" else f"{self.schedule}{plan_key}"
+                name = key if key == "batch_size" else f"{self.schedule}{key}"
                 if name not in self.plans:
                     raise SamprefError(f"plans.json of {self.dataset_name} has no {name!r} (it predates planned "
                                        f"training length): rerun `sampref_plan -d {self.dataset_name}`")
