@@ -31,14 +31,14 @@ region-based labels (a label whose value is a list, or a ``regions_class_order``
 a label without images or images without a label, a ``numTraining`` that differs from the cases found,
 images mixing 2D and 3D, shapes or spacings that disagree within a case, unreadable files and label files
 holding undeclared values. The source folder is only ever read.
+
+The source is read and checked by :mod:`~sampref_bench.dataset_conversion.nnunet_source` (dataset.json,
+case listing) and :mod:`~sampref_bench.dataset_conversion.nnunet_headers` (file headers); this module
+decides the output format and converts.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,122 +47,24 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from sampref_bench.dataset_conversion.nifti import check_finite, check_label_values
-from sampref_bench.dataset_conversion.sources import raise_problems, require_folder, safe_case_name
+from sampref_bench.dataset_conversion.nnunet_headers import inspect_case
+from sampref_bench.dataset_conversion.nnunet_source import (
+    FileHeader,
+    SourceCase,
+    check_names,
+    default_name,
+    image_only_cases,
+    listed_cases,
+    read_nnunet_json,
+    scanned_cases,
+)
+from sampref_bench.dataset_conversion.sources import raise_problems, require_folder
 from sampref_bench.dataset_conversion.verify import VerifyReport
 from sampref_bench.dataset_conversion.writer import RawDatasetWriter
-from sampref_bench.utilities.atomic import load_json
 from sampref_bench.utilities.errors import SamprefError
-from sampref_bench.utilities.imageio import IMAGE_2D_ENDINGS, VOLUME_ENDINGS, Geometry, read_sitk, split_ending
+from sampref_bench.utilities.imageio import read_sitk
 
-#: nnU-Net ``file_ending`` values this converter reads (the endings sampref's imageio handles).
-SUPPORTED_ENDINGS = VOLUME_ENDINGS + IMAGE_2D_ENDINGS
-_DATASET_RE = re.compile(r"^Dataset\d{3}_(?P<name>.+)$")
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _PNG_PIXELS = {sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkVectorUInt8, sitk.sitkVectorUInt16}
-_REGION_FIX = ("sampref needs one integer value per label (SAM segments one label map value at a time). "
-               "Convert the regions to plain labels first: give every label in dataset.json 'labels' a single "
-               "integer (e.g. {\"background\": 0, \"edema\": 1, \"non_enhancing\": 2, \"enhancing\": 3}), remove "
-               "'regions_class_order', and make the label files hold those values")
-
-
-@dataclass
-class _File:
-    """Header of one image file: dimension, size ``(x, y[, z])``, components per pixel, pixel type, geometry."""
-
-    path: Path
-    dimension: int
-    size: tuple[int, ...]
-    components: int
-    pixel_id: int
-    geometry: Geometry
-
-
-@dataclass
-class _Case:
-    """One source case: output name, channel files in order, optional label file, and their headers."""
-
-    name: str
-    source_id: str
-    images: list[Path]
-    label: Path | None = None
-    headers: list[_File] = field(default_factory=list)
-    label_header: _File | None = None
-
-
-def default_name(source: Path) -> str:
-    """The dataset name of an nnU-Net folder: the part after ``DatasetXXX_`` (``Dataset004_Hippocampus`` ->
-    ``Hippocampus``), else the folder name."""
-    match = _DATASET_RE.match(Path(source).name)
-    return match["name"] if match else Path(source).name
-
-
-# ----------------------------------------------------------------------------------------------------------
-# dataset.json
-# ----------------------------------------------------------------------------------------------------------
-
-
-def read_nnunet_json(source: Path) -> dict[str, Any]:
-    """Load ``source/dataset.json`` and check what the import needs; raise :class:`SamprefError` otherwise.
-
-    Checks ``channel_names`` (keys ``"0" .. "C-1"``), ``labels`` (plain integers 0..255 with
-    ``background: 0``; region-based and ``ignore`` labels refused), ``numTraining`` and ``file_ending``.
-    """
-    path = Path(source) / "dataset.json"
-    if not path.is_file():
-        raise SamprefError(f"{path} does not exist; an nnU-Net v2 raw dataset folder (DatasetXXX_Name) holds "
-                           "dataset.json, imagesTr/ and labelsTr/. Pass that folder itself.")
-    meta = load_json(path)
-    if not isinstance(meta, dict):
-        raise SamprefError(f"{path} must hold a JSON object, not {type(meta).__name__}.")
-    if "channel_names" not in meta and "modality" in meta:
-        raise SamprefError(f"{path} has 'modality' but no 'channel_names': this is an nnU-Net v1 or MSD "
-                           "dataset.json. Convert an MSD task with `sampref_convert msd`, or an nnU-Net v1 task "
-                           "with `nnUNetv2_convert_old_nnUNet_dataset` first.")
-    _check_regions(meta, path)
-    problems = []
-    channels = meta.get("channel_names")
-    if not isinstance(channels, dict) or not channels or sorted(channels, key=str) != sorted(
-            str(i) for i in range(len(channels))):
-        problems.append("'channel_names' must map \"0\", \"1\", ... (no gaps) to channel names such as \"CT\"")
-    labels = meta.get("labels")
-    if not isinstance(labels, dict) or labels.get("background") != 0:
-        problems.append("'labels' must map label names to integer values and hold \"background\": 0")
-    else:
-        bad = {k: v for k, v in labels.items()
-               if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255}
-        if bad:
-            problems.append(f"label values {bad} are not integers in 0..255 (sampref stores labels as 8-bit); "
-                            "renumber the labels and their files")
-        if len(set(labels.values())) != len(labels):
-            problems.append(f"two label names share one value in {labels}")
-        if len(labels) < 2:
-            problems.append("'labels' needs at least one foreground label besides background")
-    count = meta.get("numTraining")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        problems.append(f"'numTraining' must be the number of training cases, got {count!r}")
-    ending = meta.get("file_ending")
-    if not isinstance(ending, str) or ending.lower() not in SUPPORTED_ENDINGS:
-        hint = " (.gipl: re-save the images as .nii.gz first)" if ending == ".gipl" else ""
-        problems.append(f"'file_ending' {ending!r} is not one sampref reads; use one of "
-                        f"{', '.join(SUPPORTED_ENDINGS)}{hint}")
-    if problems:
-        raise SamprefError(f"{path}: " + "; ".join(problems) + ".")
-    return meta
-
-
-def _check_regions(meta: dict[str, Any], path: Path) -> None:
-    """Refuse region-based label definitions and nnU-Net's ``ignore`` label."""
-    labels = meta.get("labels")
-    regions = {k: v for k, v in labels.items() if isinstance(v, list | tuple)} if isinstance(labels, dict) else {}
-    if regions or "regions_class_order" in meta:
-        what = (f"labels {regions} are regions (lists of values)" if regions
-                else "it holds 'regions_class_order'")
-        raise SamprefError(f"{path}: {what}: this is an nnU-Net region-based dataset. {_REGION_FIX}.")
-    if isinstance(labels, dict) and "ignore" in labels:
-        raise SamprefError(f"{path}: label 'ignore' (value {labels['ignore']}) marks unannotated pixels "
-                           "(nnU-Net's sparse annotation); sampref needs dense labels. Set those pixels to "
-                           "background or to a real label in the label files and remove 'ignore' from "
-                           "dataset.json 'labels'.")
 
 
 def _target_text(meta: dict[str, Any], labels: dict[str, int]) -> dict[str, str]:
@@ -173,237 +75,7 @@ def _target_text(meta: dict[str, Any], labels: dict[str, int]) -> dict[str, str]
     return {k: " ".join(k.replace("_", " ").split()) for k, v in labels.items() if v != 0}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# listing cases
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _scan_channels(folder: Path, ending: str, problems: list[str], strays: list[Path]
-                   ) -> dict[str, dict[int, Path]]:
-    """``{case: {channel index: file}}`` of the ``{case}_{XXXX}{ending}`` files in ``folder``.
-
-    Hidden files and non-image files (such as TIFF spacing sidecars) are skipped; image files with
-    another ending are collected in ``strays``.
-    """
-    found: dict[str, dict[int, Path]] = defaultdict(dict)
-    if not folder.is_dir():
-        return found
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        if not path.name.endswith(ending):
-            if split_ending(path)[1]:
-                strays.append(path)
-            continue
-        stem = path.name[: -len(ending)]
-        match = _CHANNEL_RE.match(stem)
-        if match is None:
-            problems.append(f"{path}: image files must be named CASE_XXXX{ending} with a 4-digit channel index "
-                            f"(e.g. {stem}_0000{ending}); rename it")
-            continue
-        found[match["case"]][int(match["channel"])] = path
-    return found
-
-
-def _ordered_channels(folder: Path, case: str, files: dict[int, Path], ending: str, problems: list[str]
-                      ) -> list[Path]:
-    """The channel files of ``case`` in index order; a gap in the numbering is a problem naming the file."""
-    missing = [i for i in range(max(files) + 1) if i not in files]
-    for index in missing:
-        problems.append(f"{folder / f'{case}_{index:04d}{ending}'}: channel file missing (case {case} has "
-                        f"{', '.join(files[i].name for i in sorted(files))}); add it or renumber the channels "
-                        "0000, 0001, ... without gaps")
-    return [files[i] for i in sorted(files)]
-
-
-def _resolve(source: Path, text: str) -> Path:
-    """A path from dataset.json's ``dataset`` entry: ``$VARS`` expanded, relative to ``source``."""
-    path = Path(os.path.expandvars(text))
-    return path if path.is_absolute() else source / path
-
-
-def _listed_cases(source: Path, meta: dict[str, Any], problems: list[str]) -> list[_Case]:
-    """Training cases from dataset.json's explicit ``dataset`` entry."""
-    json_path = source / "dataset.json"
-    entries = meta["dataset"]
-    if not isinstance(entries, dict):
-        problems.append(f"{json_path}: 'dataset' must map case names to {{\"images\": [...], \"label\": ...}}")
-        return []
-    cases = []
-    for case, entry in entries.items():
-        images = entry.get("images") if isinstance(entry, dict) else None
-        label = entry.get("label") if isinstance(entry, dict) else None
-        if (not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images)
-                or not isinstance(label, str)):
-            problems.append(f"{json_path}: 'dataset' entry {case!r} needs 'images' (a list of files, one per "
-                            "channel file) and 'label' (one file)")
-            continue
-        item = _Case(safe_case_name(str(case)), str(case), [_resolve(source, p) for p in images],
-                     _resolve(source, label))
-        for path in [*item.images, item.label]:
-            if not path.is_file():
-                problems.append(f"{path}: listed for case {case!r} in {json_path} 'dataset' but does not "
-                                "exist; add the file or fix the path")
-        cases.append(item)
-    return cases
-
-
-def _scanned_cases(source: Path, ending: str, problems: list[str], strays: list[Path]) -> list[_Case]:
-    """Training cases from ``imagesTr/`` and ``labelsTr/``, paired by case name."""
-    images_dir, labels_dir = source / "imagesTr", source / "labelsTr"
-    for folder in (images_dir, labels_dir):
-        if not folder.is_dir():
-            problems.append(f"{folder}: folder is missing; an nnU-Net raw dataset holds imagesTr/ and labelsTr/")
-    if problems:
-        return []
-    images = _scan_channels(images_dir, ending, problems, strays)
-    labels: dict[str, Path] = {}
-    for path in sorted(labels_dir.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        if path.name.endswith(ending):
-            labels[path.name[: -len(ending)]] = path
-        elif split_ending(path)[1]:
-            strays.append(path)
-    for case in sorted(set(images) - set(labels)):
-        first = images[case][min(images[case])]
-        problems.append(f"{first}: images without label: {labels_dir / (case + ending)} is missing; add the "
-                        "label, or move the images to imagesTs/ if the case is unlabeled")
-    for case in sorted(set(labels) - set(images)):
-        problems.append(f"{labels[case]}: label without images: {images_dir / f'{case}_0000{ending}'} is "
-                        "missing; add the case's images or remove the label")
-    return [_Case(safe_case_name(case), case, _ordered_channels(images_dir, case, images[case], ending, problems),
-                  labels[case])
-            for case in sorted(set(images) & set(labels))]
-
-
-def _image_only_cases(folder: Path, ending: str, problems: list[str], strays: list[Path]) -> list[_Case]:
-    """Cases of a folder holding images only (``imagesTs/``, ``imagesTrUnlabeled/``)."""
-    found = _scan_channels(folder, ending, problems, strays)
-    return [_Case(safe_case_name(case), case, _ordered_channels(folder, case, found[case], ending, problems))
-            for case in sorted(found)]
-
-
-def _check_names(cases: list[_Case], where: Path, problems: list[str]) -> None:
-    """Output case names must stay distinct, also ignoring letter case."""
-    by_name: dict[str, list[str]] = defaultdict(list)
-    for item in cases:
-        by_name[item.name.lower()].append(item.source_id)
-    for ids in by_name.values():
-        if len(ids) > 1:
-            problems.append(f"{where}: cases {sorted(ids)} map to names that differ only in letter case or in "
-                            "characters outside A-Z a-z 0-9 _ -; rename one")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# headers: dimensionality, channel counts and geometry, before anything is written
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _tiff_geometry(path: Path, ending: str, notes: list[str]) -> Geometry:
-    """Geometry of a 3D TIFF from nnU-Net's sidecar ``{stem}.json`` (``spacing`` in ``[z, y, x]`` mm)."""
-    sidecar = path.with_name(path.name[: -len(ending)] + ".json")
-    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-    if not sidecar.is_file():
-        notes.append(f"{path}: no spacing file {sidecar.name}; spacing 1, 1, 1 mm assumed as nnU-Net does")
-        return Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), identity)
-    data = load_json(sidecar)
-    spacing = data.get("spacing") if isinstance(data, dict) else None
-    if (not isinstance(spacing, list) or len(spacing) != 3
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in spacing)):
-        raise SamprefError(f"{sidecar}: 'spacing' must be three positive numbers [z, y, x] in mm (nnU-Net's "
-                           f"TIFF spacing file), got {spacing!r}; fix the file.")
-    return Geometry(tuple(float(v) for v in reversed(spacing)), (0.0, 0.0, 0.0), identity)
-
-
-def _read_header(path: Path, ending: str, notes: list[str]) -> _File:
-    """Read the header of ``path`` (no pixel data); unreadable files raise :class:`SamprefError`."""
-    if not path.is_file():
-        raise SamprefError(f"{path} does not exist or is not a file.")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reader error"
-        raise SamprefError(f"cannot read {path}: {reason}. Check that the file is complete and really a "
-                           f"{ending} image; re-export or remove it.") from err
-    geometry = Geometry(tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
-    if ending.lower() in (".tif", ".tiff") and reader.GetDimension() == 3:
-        geometry = _tiff_geometry(path, ending, notes)
-    return _File(path, reader.GetDimension(), tuple(reader.GetSize()), reader.GetNumberOfComponents(),
-                 reader.GetPixelID(), geometry)
-
-
-def _shape(header: _File) -> tuple[int, ...]:
-    """Numpy-order shape of a header's spatial grid."""
-    return tuple(reversed(header.size))
-
-
-def _same_spacing(a: Geometry, b: Geometry) -> bool:
-    return len(a.spacing) == len(b.spacing) and bool(np.allclose(a.spacing, b.spacing, rtol=1e-4, atol=1e-6))
-
-
-def _inspect_case(item: _Case, n_channels: int, ending: str, problems: list[str], notes: list[str]) -> None:
-    """Read the headers of one case and check channel count, dimension, shape and spacing agreement."""
-    for path in item.images:
-        try:
-            item.headers.append(_read_header(path, ending, notes))
-        except SamprefError as err:
-            problems.append(str(err))
-    if item.label is not None:
-        try:
-            item.label_header = _read_header(item.label, ending, notes)
-        except SamprefError as err:
-            problems.append(str(err))
-    if len(item.headers) != len(item.images):
-        return
-    first = item.headers[0]
-    for header in item.headers:
-        if header.dimension not in (2, 3):
-            problems.append(f"{header.path} is a {header.dimension}D image; nnU-Net datasets hold 2D or 3D "
-                            "images with one file per channel. Split it into one file per channel (4D tasks in "
-                            "MSD layout convert with `sampref_convert msd`)")
-        elif header.dimension != first.dimension or header.size != first.size:
-            problems.append(f"{header.path}: shape {_shape(header)} differs from {first.path.name}'s "
-                            f"{_shape(first)}; all channels of a case must lie on one grid (resample them)")
-        elif not _same_spacing(header.geometry, first.geometry):
-            problems.append(f"{header.path}: spacing {header.geometry.spacing} differs from {first.path.name}'s "
-                            f"{first.geometry.spacing}; all channels of a case must lie on one grid (resample "
-                            "them)")
-    total = sum(h.components for h in item.headers)
-    if total != n_channels:
-        folder = item.images[0].parent
-        counts = ", ".join(f"{h.path.name} ({h.components})" for h in item.headers)
-        last = f"{item.source_id}_{len(item.images) - 1:04d}{ending}"
-        if total < n_channels and all(h.components == 1 for h in item.headers) and item.images[-1].name == last:
-            missing = folder / f"{item.source_id}_{len(item.images):04d}{ending}"
-            problems.append(f"{missing}: channel file missing: dataset.json 'channel_names' names {n_channels} "
-                            f"channel(s) but case {item.source_id} has {counts}; add the file or fix "
-                            "'channel_names'")
-        else:
-            problems.append(f"{folder}: case {item.source_id} has {total} channel(s) ({counts}, components per "
-                            f"file in brackets) but dataset.json 'channel_names' names {n_channels}; add or "
-                            "remove channel files, or fix 'channel_names'")
-    label = item.label_header
-    if label is None:
-        return
-    if label.components != 1:
-        problems.append(f"{label.path} has {label.components} components per pixel; a label map holds one "
-                        "integer per pixel. Save it as a single-channel (grayscale) image")
-    elif label.dimension != first.dimension or label.size != first.size:
-        problems.append(f"shape mismatch: {first.path} is {_shape(first)} but its label {label.path} is "
-                        f"{_shape(label)}; the label must lie on its images' grid (resample it or pair the "
-                        "right files)")
-    elif not _same_spacing(label.geometry, first.geometry):
-        problems.append(f"spacing mismatch: {first.path} has spacing {first.geometry.spacing} but its label "
-                        f"{label.path} has {label.geometry.spacing}; resample the label onto the image grid")
-    elif not (np.allclose(label.geometry.origin, first.geometry.origin, atol=1e-3)
-              and np.allclose(label.geometry.direction, first.geometry.direction, atol=1e-4)):
-        notes.append(f"{label.path}: origin/direction differ from {first.path.name}; the image's geometry was kept")
-
-
-def _png_lossless(headers: list[_File]) -> bool:
+def _png_lossless(headers: list[FileHeader]) -> bool:
     """True when every 2D file is 8/16-bit unsigned with unit spacing, zero origin and identity direction."""
     for header in headers:
         geometry = header.geometry
@@ -414,7 +86,7 @@ def _png_lossless(headers: list[_File]) -> bool:
     return True
 
 
-def _decide_format(training: list[_Case], others: list[_Case], problems: list[str]) -> tuple[int, str]:
+def _decide_format(training: list[SourceCase], others: list[SourceCase], problems: list[str]) -> tuple[int, str]:
     """``(dimensionality, output file ending)`` from the images' headers; mixed 2D/3D is a problem."""
     headers = [h for item in training + others for h in item.headers]
     by_dim: dict[int, Path] = {}
@@ -435,7 +107,7 @@ def _decide_format(training: list[_Case], others: list[_Case], problems: list[st
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _read_channels(item: _Case) -> list[np.ndarray]:
+def _read_channels(item: SourceCase) -> list[np.ndarray]:
     """The case's channels in order, each in numpy order ``(H, W)`` or ``(Z, Y, X)`` and its file's dtype."""
     channels: list[np.ndarray] = []
     for header in item.headers:
@@ -454,7 +126,7 @@ def _relative(path: Path | None, source: Path) -> str:
     return "" if path is None else str(path.relative_to(source) if path.is_relative_to(source) else path)
 
 
-def _convert_labeled(writer: RawDatasetWriter, item: _Case, allowed: list[int], fix: str) -> None:
+def _convert_labeled(writer: RawDatasetWriter, item: SourceCase, allowed: list[int], fix: str) -> None:
     assert item.label is not None
     channels = _read_channels(item)
     label = sitk.GetArrayFromImage(read_sitk(item.label))
@@ -487,13 +159,13 @@ def convert_nnunet(source: Path, dataset_id: int, name: str | None = None, overw
     notes: list[str] = []
     strays: list[Path] = []
     if "dataset" in meta:
-        training = _listed_cases(source, meta, problems)
+        training = listed_cases(source, meta, problems)
         found_in = f"{json_path} 'dataset'"
     else:
-        training = _scanned_cases(source, ending, problems, strays)
+        training = scanned_cases(source, ending, problems, strays)
         found_in = f"{source / 'imagesTr'}"
-    test = _image_only_cases(source / "imagesTs", ending, problems, strays)
-    unlabeled = _image_only_cases(source / "imagesTrUnlabeled", ending, problems, strays)
+    test = image_only_cases(source / "imagesTs", ending, problems, strays)
+    unlabeled = image_only_cases(source / "imagesTrUnlabeled", ending, problems, strays)
     if not problems and not training:
         problems.append(f"{found_in}: no training case with file ending {ending}"
                         + (f" (other image files there: {', '.join(p.name for p in strays[:3])}; is "
@@ -501,13 +173,13 @@ def convert_nnunet(source: Path, dataset_id: int, name: str | None = None, overw
     elif not problems and meta["numTraining"] != len(training):
         problems.append(f"{json_path}: numTraining is {meta['numTraining']} but {found_in} holds {len(training)} "
                         f"case(s); set numTraining to {len(training)} or add the missing cases")
-    _check_names(training, source / "imagesTr", problems)
-    _check_names(test, source / "imagesTs", problems)
-    _check_names(unlabeled, source / "imagesTrUnlabeled", problems)
+    check_names(training, source / "imagesTr", problems)
+    check_names(test, source / "imagesTs", problems)
+    check_names(unlabeled, source / "imagesTrUnlabeled", problems)
     raise_problems(problems, str(source))
 
     for item in tqdm(training + test + unlabeled, desc="inspect", unit="case", disable=None):
-        _inspect_case(item, n_channels, ending, problems, notes)
+        inspect_case(item, n_channels, ending, problems, notes)
     raise_problems(problems, str(source))
     dimensionality, out_ending = _decide_format(training, test + unlabeled, problems)
     raise_problems(problems, str(source))
