@@ -5,7 +5,8 @@
 the first and last slices along z (the through-plane axis), so every phantom has background-only slices.
 
 The ``write_*`` helpers lay these phantoms out as the source layouts the converters read (an MSD task
-folder, folders of NIfTI/NRRD/MHA pairs, one DICOM series) or as an already converted raw dataset.
+folder, folders of NIfTI/NRRD/MHA pairs, one DICOM series) or as an already converted raw dataset; the
+nnU-Net v2 raw layout is written by :mod:`sampref_bench.dataset_conversion.phantoms_nnunet`.
 Everything they write is named ``synthetic`` (cases, dataset names, descriptions, DICOM patient name).
 
 Arrays use SimpleITK's numpy order ``(Z, Y, X)``; spacing and origin are ``(x, y, z)`` in millimetres.
@@ -34,9 +35,9 @@ _TISSUE_MEANS = {
     "CT": (-1000.0, 20.0, 60.0, 130.0),
     "MR": (0.0, 300.0, 550.0, 850.0),
 }
-_NOISE_SD = {"CT": 12.0, "MR": 25.0}
+NOISE_SD = {"CT": 12.0, "MR": 25.0}
 # Contrast of further MR channels (used for multi-modal MSD phantoms): channel i uses row i % 4.
-_MR_CHANNEL_MEANS = (
+MR_CHANNEL_MEANS = (
     (0.0, 300.0, 550.0, 850.0),
     (0.0, 600.0, 350.0, 200.0),
     (0.0, 400.0, 700.0, 500.0),
@@ -51,8 +52,8 @@ def _grid_mm(shape_zyx: tuple[int, int, int], spacing_xyz: tuple[float, float, f
     return np.meshgrid(*axes, indexing="ij")
 
 
-def _phantom_masks(shape_zyx: tuple[int, int, int], spacing_xyz: tuple[float, float, float], n_labels: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def phantom_masks(shape_zyx: tuple[int, int, int], spacing_xyz: tuple[float, float, float], n_labels: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Body mask ``(Z, Y, X)`` bool and label map ``(Z, Y, X)`` uint8 (0 background, 1 organ, 2 lesion)."""
     z, y, x = _grid_mm(shape_zyx, spacing_xyz)
     extent = [n * s for n, s in zip(shape_zyx, spacing_xyz[::-1])]  # (z, y, x) in mm
@@ -80,8 +81,8 @@ def _phantom_masks(shape_zyx: tuple[int, int, int], spacing_xyz: tuple[float, fl
     return body, label
 
 
-def _paint(body: np.ndarray, label: np.ndarray, means: Sequence[float], noise_sd: float,
-           rng: np.random.Generator) -> np.ndarray:
+def paint(body: np.ndarray, label: np.ndarray, means: Sequence[float], noise_sd: float,
+          rng: np.random.Generator) -> np.ndarray:
     """Float64 intensities ``(Z, Y, X)``: a tissue mean per region plus Gaussian noise inside the body."""
     image = np.where(body, means[1], means[0]).astype(np.float64)
     for value in (1, 2):
@@ -90,15 +91,15 @@ def _paint(body: np.ndarray, label: np.ndarray, means: Sequence[float], noise_sd
     return image
 
 
-def _to_dtype(image: np.ndarray, modality: str) -> np.ndarray:
+def to_dtype(image: np.ndarray, modality: str) -> np.ndarray:
     """CT -> ``int16`` (rounded, clipped to -1024..3071 HU); anything else -> non-negative ``float32``."""
     if modality == "CT":
         return np.clip(np.rint(image), -1024, 3071).astype(np.int16)
     return np.clip(image, 0.0, None).astype(np.float32)
 
 
-def _centred_origin(shape_zyx: tuple[int, int, int], spacing_xyz: tuple[float, float, float]
-                    ) -> tuple[float, float, float]:
+def centred_origin(shape_zyx: tuple[int, int, int], spacing_xyz: tuple[float, float, float]
+                   ) -> tuple[float, float, float]:
     """An origin near the centre of the field of view, rounded to 0.5 mm so it survives DICOM strings."""
     return tuple(float(np.round(-n * s / 2.0 * 2.0) / 2.0) for n, s in zip(shape_zyx[::-1], spacing_xyz))
 
@@ -128,21 +129,22 @@ def make_phantom(shape_zyx: tuple[int, int, int] = (24, 48, 40),
     if len(shape_zyx) != 3 or min(shape_zyx) < 8:
         raise ValueError(f"shape_zyx must be three sizes of at least 8, got {shape_zyx}")
     rng = np.random.default_rng(seed)
-    body, label = _phantom_masks(tuple(shape_zyx), tuple(spacing_xyz), n_labels, rng)
+    body, label = phantom_masks(tuple(shape_zyx), tuple(spacing_xyz), n_labels, rng)
     kind = "CT" if modality == "CT" else "MR"
-    image = _to_dtype(_paint(body, label, _TISSUE_MEANS[kind], _NOISE_SD[kind], rng), kind)
-    geometry = Geometry(tuple(float(s) for s in spacing_xyz), _centred_origin(shape_zyx, spacing_xyz),
+    image = to_dtype(paint(body, label, _TISSUE_MEANS[kind], NOISE_SD[kind], rng), kind)
+    geometry = Geometry(tuple(float(s) for s in spacing_xyz), centred_origin(shape_zyx, spacing_xyz),
                         tuple(float(d) for d in direction))
     return image, label, geometry
 
 
-def _sitk_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+def sitk_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """``array`` (numpy order ``(Z, Y, X)`` or ``(H, W)``) as a SimpleITK image carrying ``geometry``."""
     image = sitk.GetImageFromArray(array, isVector=False)
     geometry.apply(image)
     return image
 
 
-def _case_shape(rng: np.random.Generator, base: tuple[int, int, int]) -> tuple[int, int, int]:
+def case_shape(rng: np.random.Generator, base: tuple[int, int, int]) -> tuple[int, int, int]:
     """``base`` with the number of z slices varied by up to +-25 % (at least 8)."""
     dz = int(rng.integers(-base[0] // 4, base[0] // 4 + 1))
     return (max(8, base[0] + dz), base[1], base[2])
@@ -167,10 +169,10 @@ def write_msd_task(folder: Path, n_cases: int, n_modalities: int = 2, seed: int 
     training, test = [], []
     for index in range(n_cases + n_test):
         rng = np.random.default_rng([seed, index])
-        shape = _case_shape(rng, shape_zyx)
-        body, label = _phantom_masks(shape, (1.0, 1.0, 2.5), n_labels, rng)
-        geometry = Geometry((1.0, 1.0, 2.5), _centred_origin(shape, (1.0, 1.0, 2.5)), IDENTITY_3D)
-        channels = [_sitk_image(_to_dtype(_paint(body, label, _MR_CHANNEL_MEANS[c % 4], _NOISE_SD["MR"], rng),
+        shape = case_shape(rng, shape_zyx)
+        body, label = phantom_masks(shape, (1.0, 1.0, 2.5), n_labels, rng)
+        geometry = Geometry((1.0, 1.0, 2.5), centred_origin(shape, (1.0, 1.0, 2.5)), IDENTITY_3D)
+        channels = [sitk_image(to_dtype(paint(body, label, MR_CHANNEL_MEANS[c % 4], NOISE_SD["MR"], rng),
                                           "MR"), geometry) for c in range(n_modalities)]
         image = channels[0] if n_modalities == 1 else sitk.JoinSeries(channels)
         case = f"synthetic_{index:03d}"
@@ -178,7 +180,7 @@ def write_msd_task(folder: Path, n_cases: int, n_modalities: int = 2, seed: int 
             (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
             (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
             sitk.WriteImage(image, str(folder / "imagesTr" / f"{case}.nii.gz"), useCompression=True)
-            sitk.WriteImage(_sitk_image(label, geometry), str(folder / "labelsTr" / f"{case}.nii.gz"),
+            sitk.WriteImage(sitk_image(label, geometry), str(folder / "labelsTr" / f"{case}.nii.gz"),
                             useCompression=True)
             training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
         else:
@@ -213,8 +215,8 @@ def write_nifti_pairs(folder: Path, n_cases: int, ending: str = ".nii.gz", seed:
                                               direction)
         compress = ending in (".nii.gz", ".nrrd", ".mha")
         file_name = f"synthetic_{index:03d}{ending}"
-        sitk.WriteImage(_sitk_image(image, geometry), str(images / file_name), compress)
-        sitk.WriteImage(_sitk_image(label, geometry), str(labels / file_name), compress)
+        sitk.WriteImage(sitk_image(image, geometry), str(images / file_name), compress)
+        sitk.WriteImage(sitk_image(label, geometry), str(labels / file_name), compress)
     return images, labels
 
 
@@ -240,7 +242,7 @@ def write_dicom_series(folder: Path, image: np.ndarray, geometry: Geometry, moda
         raise ValueError(f"write_dicom_series needs a (Z, Y, X) array, got shape {image.shape}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    volume = _sitk_image(image.astype(np.int16), geometry)
+    volume = sitk_image(image.astype(np.int16), geometry)
     d = geometry.direction or IDENTITY_3D
     sx, sy, sz = geometry.spacing
     shared = {
@@ -286,7 +288,7 @@ def write_synthetic_raw_dataset(dataset_id: int, name: str, n_cases: int, n_labe
                           root=root) as writer:
         for index in range(n_cases):
             case = f"synthetic_{index:03d}"
-            shape = _case_shape(np.random.default_rng([seed, index]), tuple(shape_zyx))
+            shape = case_shape(np.random.default_rng([seed, index]), tuple(shape_zyx))
             image, label, geometry = make_phantom(shape, spacing_xyz, n_labels, seed * 1000 + index, modality)
             writer.add_case(case, [image], label, geometry)
             groups[case] = f"synthetic_patient_{index // 2:03d}"
@@ -300,106 +302,3 @@ def write_synthetic_raw_dataset(dataset_id: int, name: str, n_cases: int, n_labe
         writer.provenance = {"converter": "phantoms.write_synthetic_raw_dataset", "seed": seed,
                              "synthetic": True}
     return writer.final
-
-
-#: Channel names of :func:`write_nnunet_dataset`, used in order (cycled with a number beyond five).
-NNUNET_CHANNEL_NAMES = ("T2", "ADC", "T1w", "T1gd", "FLAIR")
-#: Intensity added to channel c's marker band (columns ``[c*W/C, (c+1)*W/C)``) in :func:`write_nnunet_dataset`.
-NNUNET_BAND = 1500.0
-
-
-def _nnunet_channels(body: np.ndarray, label: np.ndarray, n_channels: int, rng: np.random.Generator
-                     ) -> list[np.ndarray]:
-    """Float64 channels shaped like ``label``: tissue contrast of MR row ``c % 4`` plus channel c's marker band."""
-    width = label.shape[-1]
-    channels = []
-    for c in range(n_channels):
-        image = _paint(body, label, _MR_CHANNEL_MEANS[c % 4], _NOISE_SD["MR"], rng)
-        lo, hi = c * width // n_channels, (c + 1) * width // n_channels
-        image[..., lo:hi] += NNUNET_BAND
-        channels.append(image)
-    return channels
-
-
-def write_nnunet_dataset(folder: Path, n_cases: int, n_channels: int = 2, dimensionality: int = 3,
-                         n_test: int = 1, seed: int = 0, n_labels: int = 2, file_ending: str | None = None,
-                         shape: tuple[int, ...] | None = None, spacing: tuple[float, ...] | None = None,
-                         direction: tuple[float, ...] | None = None) -> Path:
-    """Write a SYNTHETIC multi-channel dataset in nnU-Net v2's raw layout and return ``folder``.
-
-    Layout: ``dataset.json`` (``channel_names`` {"0": "T2", "1": "ADC", ...}, ``labels`` {"background": 0,
-    "synthetic_organ": 1[, "synthetic_lesion": 2]}, ``numTraining``, ``file_ending``, ``name``,
-    ``description``, ``reference``, ``licence`` as nnU-Net spells it), ``imagesTr/synthetic_XXX_{c:04d}{ending}``
-    (one file per channel), ``labelsTr/synthetic_XXX{ending}`` and ``imagesTs/`` with ``n_test`` cases
-    numbered after the training cases.
-
-    Channel ``c`` shows the phantom's tissues with its own contrast and adds :data:`NNUNET_BAND` over the
-    columns ``[c * W // C, (c + 1) * W // C)`` of the last axis (``W`` wide, ``C = n_channels``), so every
-    channel stays recognisable after any per-channel intensity normalization.
-
-    Args:
-        folder: the dataset folder to create, e.g. ``tmp/Dataset004_Synth``.
-        n_cases: training cases; ``n_test`` more go to ``imagesTs/``.
-        n_channels: channel files per case (1 or more).
-        dimensionality: 2 (images ``(H, W)``, default shape ``(40, 40)``) or 3 (volumes ``(Z, Y, X)``, default
-            ``(12, 32, 32)``, the number of z slices varying by up to +-25 % per case).
-        n_labels: 1 (organ) or 2 (organ and lesion).
-        file_ending: default ``.png`` for 2D (uint8 images, spacing 1) and ``.nii.gz`` for 3D (float32);
-            2D ``.nii.gz`` gives float32 images. For 3D ``.tif`` every file gets nnU-Net's spacing sidecar
-            ``{stem}.json`` holding ``{"spacing": [z, y, x]}``.
-        spacing: ``(x, y[, z])`` in mm; default ``(1, 1)`` for PNG, ``(0.7, 0.7)`` for other 2D endings,
-            ``(0.8, 0.8, 3.0)`` for 3D.
-        direction: row-major direction cosines (3D default identity).
-    """
-    if dimensionality not in (2, 3) or n_channels < 1 or n_labels not in (1, 2):
-        raise ValueError(f"need dimensionality 2 or 3, n_channels >= 1, n_labels 1 or 2; got {dimensionality}, "
-                         f"{n_channels}, {n_labels}")
-    folder = Path(folder)
-    ending = file_ending or (".png" if dimensionality == 2 else ".nii.gz")
-    png = ending == ".png"
-    if shape is None:
-        shape = (40, 40) if dimensionality == 2 else (12, 32, 32)
-    if spacing is None:
-        spacing = (1.0, 1.0) if png else (0.7, 0.7) if dimensionality == 2 else (0.8, 0.8, 3.0)
-    if direction is None:
-        direction = (1.0, 0.0, 0.0, 1.0) if dimensionality == 2 else IDENTITY_3D
-    names = {str(c): NNUNET_CHANNEL_NAMES[c % 5] + (str(c // 5) if c >= 5 else "") for c in range(n_channels)}
-    for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if n_test else ()):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    for index in range(n_cases + n_test):
-        rng = np.random.default_rng([seed, index])
-        if dimensionality == 2:
-            body, label = _phantom_masks((9, *shape), (1.0, 1.0, 1.0), n_labels, rng)
-            body, label = body[4], np.ascontiguousarray(label[4])
-            origin: tuple[float, ...] = (0.0, 0.0) if png else (-0.5 * shape[1] * spacing[0], 0.0)
-        else:
-            zyx = _case_shape(rng, tuple(shape))
-            body, label = _phantom_masks(zyx, tuple(spacing), n_labels, rng)
-            origin = _centred_origin(zyx, tuple(spacing))
-        geometry = Geometry(tuple(float(s) for s in spacing), origin, tuple(float(d) for d in direction))
-        case = f"synthetic_{index:03d}"
-        target = "imagesTr" if index < n_cases else "imagesTs"
-        for c, image in enumerate(_nnunet_channels(body, label, n_channels, rng)):
-            array = (np.clip(np.rint(image * 255.0 / 2600.0), 0, 255).astype(np.uint8) if png
-                     else _to_dtype(image, "MR"))
-            _write_nnunet_file(folder / target / f"{case}_{c:04d}{ending}", array, geometry)
-        if index < n_cases:
-            _write_nnunet_file(folder / "labelsTr" / f"{case}{ending}", label, geometry)
-    meta = {
-        "channel_names": names,
-        "labels": {"background": 0, **{PHANTOM_LABELS[v - 1]: v for v in range(1, n_labels + 1)}},
-        "numTraining": n_cases, "file_ending": ending,
-        "name": "SyntheticNNUNet", "description": SYNTHETIC_NOTE, "reference": "synthetic (sampref phantoms)",
-        "licence": "CC0 (synthetic)", "release": "0.0",
-    }
-    (folder / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return folder
-
-
-def _write_nnunet_file(path: Path, array: np.ndarray, geometry: Geometry) -> None:
-    """Write one nnU-Net image or label file; 3D TIFFs also get their ``{stem}.json`` spacing sidecar."""
-    name = path.name.lower()
-    sitk.WriteImage(_sitk_image(array, geometry), str(path), name.endswith((".nii.gz", ".nrrd", ".mha")))
-    if array.ndim == 3 and name.endswith((".tif", ".tiff")):
-        stem = path.name[: path.name.lower().rindex(".tif")]
-        (path.parent / f"{stem}.json").write_text(json.dumps({"spacing": list(geometry.spacing[::-1])}))
