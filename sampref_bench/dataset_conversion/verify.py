@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,19 @@ def _check_array(path: Path, array: np.ndarray, report: VerifyReport) -> None:
     if has_nonfinite(path, array):
         report.problems.append(Problem(str(path), "contains NaN or Inf intensities; replace them (e.g. by the "
                                                   "minimum intensity) before converting"))
+
+
+def _readable_channels(channels: dict[int, Path], report: VerifyReport) -> Iterator[tuple[Path, np.ndarray, Geometry]]:
+    """``(path, image, geometry)`` of each channel file in index order, after :func:`_check_array`; a file
+    that cannot be read is recorded as a :class:`Problem` and skipped. Images are ``(H, W)`` or ``(Z, Y, X)``."""
+    for _index, path in sorted(channels.items()):
+        try:
+            image, geo = read_image(path)
+        except SamprefError as err:
+            report.problems.append(Problem(str(path), str(err)))
+            continue
+        _check_array(path, image, report)
+        yield path, image, geo
 
 
 def verify_raw_dataset(folder: Path, progress: bool = False) -> VerifyReport:
@@ -206,13 +220,7 @@ def _verify_case(case: str, channels: dict[int, Path], label_path: Path, n_chann
             report.label_cases[name] += 1
             report.label_voxels[name] += int((label == value).sum())
     report.shapes[case] = tuple(label.shape)
-    for _index, path in sorted(channels.items()):
-        try:
-            image, geo = read_image(path)
-        except SamprefError as err:
-            report.problems.append(Problem(str(path), str(err)))
-            continue
-        _check_array(path, image, report)
+    for path, image, geo in _readable_channels(channels, report):
         if image.shape != label.shape:
             report.problems.append(Problem(str(path), f"image shape {image.shape} differs from label shape "
                                                       f"{label.shape} ({label_path.name})"))
@@ -234,13 +242,7 @@ def _verify_image_only(folder: Path, case: str, channels: dict[int, Path], n_cha
         report.problems.append(Problem(str(channels[extra[0]]), f"case {case} has channel(s) {extra} but "
                                                                 f"dataset.json names only {n_channels}"))
     first: tuple[Path, np.ndarray, Geometry] | None = None
-    for _index, path in sorted(channels.items()):
-        try:
-            image, geo = read_image(path)
-        except SamprefError as err:
-            report.problems.append(Problem(str(path), str(err)))
-            continue
-        _check_array(path, image, report)
+    for path, image, geo in _readable_channels(channels, report):
         if image.ndim != dimensionality:
             report.problems.append(Problem(str(path), f"image has {image.ndim} dimensions but dataset.json says "
                                                       f"dimensionality {dimensionality}"))
