@@ -242,16 +242,17 @@ def test_ignore_label_refused(source, sampref_roots):
     _fails(source, sampref_roots["raw"], r"label 'ignore' \(value 3\) marks unannotated pixels")
 
 
-def test_missing_channel_file(source, sampref_roots):
-    (source / "imagesTr" / "synthetic_001_0001.nii.gz").unlink()
-    _fails(source, sampref_roots["raw"], r"imagesTr/synthetic_001_0001\.nii\.gz: channel file missing: "
-                                         r"dataset\.json 'channel_names' names 2 channel\(s\)")
-
-
-def test_channel_gap(source, sampref_roots):
-    (source / "imagesTs" / "synthetic_004_0000.nii.gz").unlink()
-    _fails(source, sampref_roots["raw"], r"imagesTs/synthetic_004_0000\.nii\.gz: channel file missing \(case "
-                                         r"synthetic_004 has synthetic_004_0001\.nii\.gz\)")
+@pytest.mark.parametrize(("removed", "match"), [
+    ("imagesTr/synthetic_001_0001.nii.gz", r"imagesTr/synthetic_001_0001\.nii\.gz: channel file missing: "
+                                           r"dataset\.json 'channel_names' names 2 channel\(s\)"),
+    ("imagesTs/synthetic_004_0000.nii.gz", r"imagesTs/synthetic_004_0000\.nii\.gz: channel file missing \(case "
+                                           r"synthetic_004 has synthetic_004_0001\.nii\.gz\)"),
+    ("labelsTr/synthetic_003.nii.gz", r"imagesTr/synthetic_003_0000\.nii\.gz: images without label: "
+                                      r".*labelsTr/synthetic_003\.nii\.gz is missing; add the label, or move"),
+], ids=["missing_channel_file", "channel_gap", "images_without_label"])
+def test_removed_file_refused(source, sampref_roots, removed, match):
+    (source / removed).unlink()
+    _fails(source, sampref_roots["raw"], match)
 
 
 def test_extra_channel_file(source, sampref_roots):
@@ -266,12 +267,6 @@ def test_label_without_images(source, sampref_roots):
     _edit_json(source, numTraining=3)
     _fails(source, sampref_roots["raw"], r"labelsTr/synthetic_002\.nii\.gz: label without images: "
                                          r".*imagesTr/synthetic_002_0000\.nii\.gz is missing")
-
-
-def test_images_without_label(source, sampref_roots):
-    (source / "labelsTr" / "synthetic_003.nii.gz").unlink()
-    _fails(source, sampref_roots["raw"], r"imagesTr/synthetic_003_0000\.nii\.gz: images without label: "
-                                         r".*labelsTr/synthetic_003\.nii\.gz is missing; add the label, or move")
 
 
 def test_num_training_mismatch(source, sampref_roots):
