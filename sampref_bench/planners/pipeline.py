@@ -154,7 +154,8 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
         outcome.ran.append(name)
         return True
 
-    fp_hash = digest([FINGERPRINT_FORMAT, dataset_json, _listing(raw_dir / "imagesTr"), _listing(raw_dir / "labelsTr")])
+    raw_listing = [_listing(raw_dir / "imagesTr"), _listing(raw_dir / "labelsTr")]
+    fp_hash = digest([FINGERPRINT_FORMAT, dataset_json, *raw_listing])
     fp_path = out / "fingerprint.json"
     if step("fingerprint", fp_path, fp_hash):
         try:
@@ -198,8 +199,7 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
                                       "dpo_labeled_fraction": plans["dpo_labeled_fraction"]})
 
     data_dir = data_folder(out, plans)
-    pre_hash = digest([preprocessing_signature(plans), cases, _listing(raw_dir / "imagesTr"),
-                       _listing(raw_dir / "labelsTr")])
+    pre_hash = digest([preprocessing_signature(plans), cases, *raw_listing])
     marker = data_dir / "preprocessing.json"
     if step("preprocessing", marker, pre_hash):
         with staged_directory(data_dir, overwrite=True) as stage:
