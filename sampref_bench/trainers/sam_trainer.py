@@ -29,7 +29,7 @@ from sampref_bench.planners.embedding_cache import EmbeddingCache
 from sampref_bench.planners.preprocessing import from_slices
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer, epoch_generator
-from sampref_bench.trainers.data import Sample, inference_samples, labeled_samples
+from sampref_bench.trainers.data import LabelStore, Sample, inference_samples, labeled_samples
 
 #: At most this many validation samples are scored after each epoch (a fixed, seeded subset).
 MAX_EPOCH_VAL_SAMPLES = 64
@@ -147,9 +147,7 @@ class SAMTrainer(BaseTrainer):
         if not self.train_samples:
             raise RuntimeError(f"{self}: no training sample (labeled cases {self.roles.labeled})")
         self.val_labels = self.data.label_store(self.roles.val, "scoring of the per-epoch validation")
-        val = labeled_samples(self.val_labels, self.roles.val, self.labels,
-                              float(self.plans["background_slice_share"]),
-                              require_present=not self.train_on_absent_labels)
+        val = self.planned_samples(self.val_labels, self.roles.val)
         keep = np.random.default_rng(int(self.config["seed"])).permutation(len(val))[:MAX_EPOCH_VAL_SAMPLES]
         self.val_samples = [val[i] for i in sorted(keep)]
         self.cache = None
@@ -163,11 +161,15 @@ class SAMTrainer(BaseTrainer):
         pairs += [(case, k) for case in self.roles.val for k in self.data.all_slices(case)]
         return pairs
 
+    def planned_samples(self, store: LabelStore, cases: list[str]) -> list[Sample]:
+        """Samples of labeled ``cases`` on their planned slices, for this trainer's labels (absent ones too when
+        :attr:`train_on_absent_labels`)."""
+        return labeled_samples(store, cases, self.labels, float(self.plans["background_slice_share"]),
+                               require_present=not self.train_on_absent_labels)
+
     def training_samples(self) -> list[Sample]:
         """(case, slice, label) samples of the labeled cases."""
-        return labeled_samples(self.train_labels, self.roles.labeled, self.labels,
-                               float(self.plans["background_slice_share"]),
-                               require_present=not self.train_on_absent_labels)
+        return self.planned_samples(self.train_labels, self.roles.labeled)
 
     def train_batches(self, epoch: int) -> Iterable[tuple[int, list[Sample]]]:
         """``iterations_per_epoch`` batches of ``(batch index, samples)``: seeded passes over the samples."""
