@@ -65,7 +65,8 @@ def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     write_bytes_atomic(path, buffer.getvalue().encode())
 
 
-#: Log columns ``progress.png`` draws in its top panel, and bookkeeping columns it leaves to the CSV.
+#: Log columns ``progress.png`` draws in its top panel, and bookkeeping columns it leaves to the CSV (as it
+#: leaves ``lr_{name}``, the learning rates of a trainer with several optimizers).
 _MAIN_COLUMNS = ("train_loss", "val_dice")
 _NOT_PLOTTED = ("epoch", "lr", "seconds")
 #: At most this many extra metrics get a panel each; the rest are named in the last panel's title.
@@ -103,7 +104,7 @@ def plot_progress(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     epochs = [e if math.isfinite(e := _as_float(r.get("epoch"))) else float(i + 1) for i, r in enumerate(rows)]
     columns = {key: [_as_float(r.get(key)) for r in rows] for key in dict.fromkeys(k for r in rows for k in r)}
     extras = [key for key, values in columns.items() if key not in _MAIN_COLUMNS + _NOT_PLOTTED
-              and any(math.isfinite(v) for v in values)]
+              and not key.startswith("lr_") and any(math.isfinite(v) for v in values)]
     shown, hidden = extras[:_MAX_EXTRA_PANELS], extras[_MAX_EXTRA_PANELS:]
 
     fig = Figure(figsize=(7, 4 + 1.8 * len(shown)))
