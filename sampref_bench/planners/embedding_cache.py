@@ -16,8 +16,6 @@ Only what a trainer reads is embedded: the slices it trains on, and every slice 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from sampref_bench.utilities.arrays import load_npy, save_npy_atomic
+from sampref_bench.utilities.hashing import image_key
 
 SlicePair = tuple[str, int]
 
@@ -51,10 +50,9 @@ class EmbeddingCache:
         self._keys: dict[str, str] = {}
 
     def key(self, case: str) -> str:
-        """12 hex digits naming what the encoder sees of ``case``: its stored image and the RGB mapping."""
+        """12 hex digits naming what the encoder sees of ``case`` (:func:`image_key`)."""
         if case not in self._keys:
-            what = json.dumps([self.data.meta(case)["image_digest"], list(self.data.rgb_channels)])
-            self._keys[case] = hashlib.sha256(what.encode()).hexdigest()[:12]
+            self._keys[case] = image_key(self.data, case)
         return self._keys[case]
 
     def path(self, case: str, slice_index: int) -> Path:

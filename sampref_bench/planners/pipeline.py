@@ -21,8 +21,6 @@ What each step's digest covers:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +47,7 @@ from sampref_bench.planners.splits import (
 )
 from sampref_bench.utilities.atomic import load_json, staged_directory, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
-
-
-def digest(obj: Any) -> str:
-    """Short SHA-256 of a JSON-serialisable object (key order ignored)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+from sampref_bench.utilities.hashing import digest
 
 
 def signature_hash(plans: dict[str, Any]) -> str:

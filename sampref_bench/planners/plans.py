@@ -21,13 +21,14 @@ import numpy as np
 
 from sampref_bench import __version__
 from sampref_bench.dataset_conversion.dataset_json import foreground_labels
+from sampref_bench.prompts.settings import default_prompt_settings
 from sampref_bench.utilities.errors import SamprefError
 
 PLANS_NAME = "samprefPlans"
 #: Version of the plan's content; part of its inputs hash, so a change re-plans old datasets.
 #: 2: planned training length (epochs, iterations_per_epoch, dpo_*), batch size independent of the fractions,
 #: dpo_labeled_fraction always planned, dpo_fractions. 3: hidden_label_min_content; 10 iterations per epoch.
-PLANS_FORMAT = 3
+PLANS_FORMAT = 4
 CONFIGURATION = "2d"
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
@@ -261,5 +262,6 @@ def make_plans(dataset_json: dict[str, Any], fingerprint: dict[str, Any], *, ima
     reasons["dpo_fractions"] = (f"the planned fractions above dpo_labeled_fraction {fraction_key(dpo_labeled_fraction)}"
                                 ": only there does a DPO trainer have cases to rate (at or below it every budgeted "
                                 "case is pixel-labeled and stage 2 has nothing to learn from)")
+    plans["prompts"], reasons["prompts"] = default_prompt_settings(modality)
     plans["reasons"] = reasons
     return plans
