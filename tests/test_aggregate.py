@@ -20,6 +20,7 @@ from sampref_bench.evaluation.aggregate import (
     RunConfig,
     build_table,
     fold_stat,
+    merge_prompt_sources,
     paired_test,
     parse_run_name,
     read_run_config,
@@ -403,6 +404,112 @@ def test_tagged_runs_pair_exactly_then_with_base_configuration(marked):
     assert paired["2d-tiny-myrun"].n_pairs == 0
     assert "no SAMBoxOracle run at configuration 2d-tiny-myrun, fraction 0.2" in paired["2d-tiny-myrun"].note
     assert "DPORanking 2d-lr0.0003 f0.2: paired with SAMBoxOracle at base configuration 2d" in format_table(table)
+
+
+# ------------------------------------------------------------------------------------ prompt-sourced rows
+def prompt_cfg(saliency, oracle=False):
+    """A prompt-sourced trainer's config.json: ``hyperparameters.saliency`` names the saliency source."""
+    return {**cfg(oracle), "hyperparameters": {"lr": 1e-4, "saliency": saliency, "vqa": "measured"}}
+
+
+# (trainer, fold) -> (Dice of both labels in each of the five cases, config.json); all at 2d, f0.2.
+SOURCED = {
+    ("SAMBaseline", 0): ([0.6] * 5, prompt_cfg("dark-basin")),
+    ("SAMBaseline", 1): ([0.6] * 5, None),  # no config.json: the row's source comes from fold 0
+    ("SAMBoxOnly", 0): ([0.5] * 5, prompt_cfg("dark-basin")),
+    ("SAMBoxOnly", 1): ([0.5] * 5, prompt_cfg("biomedclip")),  # folds disagree
+    ("SAMBoxOnly", 2): ([0.5] * 5, prompt_cfg("dark-basin")),
+    ("SAMNoVQA", 0): ([0.55] * 5, "{"),  # malformed config.json
+    ("SAMTextOnly", 0): ([0.45] * 5, prompt_cfg(None)),  # saliency not a string
+    ("SAMBoxOracle", 0): ([0.7] * 5, prompt_cfg("biomedclip", oracle=True)),  # both marks, in principle
+    ("DPORanking", 0): ([0.65] * 5, cfg(False)),  # not prompt-sourced: no hyperparameters.saliency
+}
+SOURCES = {"DPORanking": None, "SAMBaseline": "dark-basin", "SAMBoxOnly": "dark-basin+biomedclip",
+           "SAMBoxOracle": "biomedclip", "SAMNoVQA": None, "SAMTextOnly": None}
+
+
+@pytest.fixture
+def sourced(sampref_roots):
+    root = sampref_roots["results"]
+    for (trainer, fold), (dice, config) in SOURCED.items():
+        write_fold(root, trainer, "2d", "0.2", fold, dice, dice, config=config)
+    return root
+
+
+def test_prompt_source_read_per_fold(sourced):
+    configs = {(r.key.trainer, r.fold): r.config for r in scan_runs(DATASET).finished}
+    assert configs[("SAMBaseline", 0)] == RunConfig(False, "2d", None, "dark-basin")
+    assert configs[("SAMBoxOnly", 1)].prompt_source == "biomedclip"
+    assert configs[("SAMBoxOracle", 0)] == RunConfig(True, "2d", None, "biomedclip")
+    for unknown in [("SAMBaseline", 1), ("SAMNoVQA", 0), ("SAMTextOnly", 0), ("DPORanking", 0)]:
+        assert configs[unknown].prompt_source is None, unknown
+    assert configs[("SAMNoVQA", 0)] == RunConfig()  # malformed config.json: every default
+    folder = fold_dir(sourced, "SAMTextOnly", "2d", "0.2", 0)
+    for text in ['{"hyperparameters": {"saliency": 3}}', '{"hyperparameters": {"saliency": ""}}',
+                 '{"hyperparameters": ["saliency"]}', '{"saliency": "dark-basin"}', "[]"]:
+        (folder / "config.json").write_text(text)
+        assert read_run_config(folder).prompt_source is None, text
+
+
+def test_merge_prompt_sources():
+    assert merge_prompt_sources([]) is None and merge_prompt_sources([None, None]) is None
+    assert merge_prompt_sources([None, "a", "a"]) == "a"  # the first fold that knows it
+    assert merge_prompt_sources(["a", None, "b", "a"]) == "a+b"  # distinct values, first-seen order
+    assert merge_prompt_sources(["b", "a"]) == "b+a"
+    assert merge_prompt_sources(["a+b", "b", "c"]) == "a+b+c"  # merged values merge without repeats
+
+
+def test_prompt_source_in_text_csv_json(sourced, tmp_path):
+    table = build_table(scan_runs(DATASET), baseline="SAMBoxOracle")
+    assert {r.key.trainer: r.prompt_source for r in table.rows} == SOURCES
+    assert [r.folds for r in table.rows if r.key.trainer == "SAMBoxOnly"] == [[0, 1, 2]]
+
+    lines = format_table(table).splitlines()
+    body = lines[2:2 + len(table.rows)]
+    marks = [line.split("  ")[0] for line in body]  # the trainer cell: marks are single-space separated
+    assert marks == ["DPORanking", "SAMBaseline [saliency: dark-basin]",
+                     "SAMBoxOnly [saliency: dark-basin+biomedclip]", "SAMBoxOracle [oracle] [saliency: biomedclip]",
+                     "SAMNoVQA", "SAMTextOnly"]
+    assert len({line.index("±") for line in body}) == 1  # the marks widen the column, alignment holds
+    assert ("  [saliency: SOURCE]: the saliency source that made a prompt-sourced trainer's prompts (config.json "
+            "hyperparameters.saliency); a+b: its folds used different sources") in lines
+    assert "  [oracle]: prompts come from the ground truth; an upper bound, not a method" in lines
+
+    write_outputs(table, tmp_path)
+    with (tmp_path / "summary_table.csv").open() as handle:
+        header = next(csv.reader(handle))
+    assert header[-1] == "prompt_source" and header[-2] == "paired_note"  # appended: older columns keep place
+    assert header[:9] == ["trainer", "oracle", "plans", "configuration", "configuration_base", "run_tag",
+                          "fraction", "n_folds", "folds"]
+    records = list(csv.DictReader((tmp_path / "summary_table.csv").open()))
+    assert {r["trainer"]: r["prompt_source"] for r in records} == {k: v or "" for k, v in SOURCES.items()}
+    assert {r["trainer"]: r["oracle"] for r in records}["SAMBoxOracle"] == "true"
+    data = json.loads((tmp_path / "summary_table.json").read_text())
+    assert {r["trainer"]: r["prompt_source"] for r in data["rows"]} == SOURCES
+
+
+def test_no_prompt_source_mark_without_sources(results, tmp_path):
+    table = build_table(scan_runs(DATASET))  # the results tree has no config.json at all
+    assert all(r.prompt_source is None for r in table.rows)
+    text = format_table(table)
+    assert "[saliency" not in text and "saliency source" not in text
+    write_outputs(table, tmp_path)
+    records = list(csv.DictReader((tmp_path / "summary_table.csv").open()))
+    assert list(records[0])[-1] == "prompt_source" and {r["prompt_source"] for r in records} == {""}
+    data = json.loads((tmp_path / "summary_table.json").read_text())
+    assert all("prompt_source" in r and r["prompt_source"] is None for r in data["rows"])
+
+
+def test_plot_names_the_prompt_source(sourced):
+    root = sourced
+    # a second fraction of SAMBaseline with another source: its line merges both
+    write_fold(root, "SAMBaseline", "2d", "1.0", 0, [0.7] * 5, [0.7] * 5, config=prompt_cfg("biomedclip"))
+    series, dashed = plot_series(build_table(scan_runs(DATASET)))
+    assert set(series) == {"DPORanking 2d", "SAMBaseline 2d [saliency: dark-basin+biomedclip]",
+                           "SAMBoxOnly 2d [saliency: dark-basin+biomedclip]", "SAMNoVQA 2d", "SAMTextOnly 2d",
+                           "SAMBoxOracle 2d [saliency: biomedclip] (oracle)"}
+    assert dashed == {"SAMBoxOracle 2d [saliency: biomedclip] (oracle)"}
+    assert [p[0] for p in series["SAMBaseline 2d [saliency: dark-basin+biomedclip]"]] == [0.2, 1.0]
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

@@ -15,6 +15,13 @@ and for ``oracle``: true for a trainer whose prompts come from the ground truth 
 method). A missing or unreadable ``config.json``, or a missing key, means not oracle and no known base
 configuration. A row is oracle when any of its folds is.
 
+A prompt-sourced trainer (SAMBaseline, SAMNoVQA, SAMBoxOnly, SAMTextOnly) records which saliency source made its
+prompts as ``hyperparameters.saliency`` (``dark-basin``, ``biomedclip``); the table calls it the row's
+``prompt_source``. Other trainers have no such key: ``None``, as for a missing or unreadable ``config.json`` or
+a value that is not a non-empty string. A row's ``prompt_source`` is its folds' (the first fold that knows it);
+should its folds disagree, it is their distinct values in fold order joined with ``+`` (``dark-basin+biomedclip``),
+see :func:`merge_prompt_sources`.
+
 The paired test compares per-case values of a row with the baseline trainer's row at the same plans,
 configuration and fraction or, when the baseline has no run at that exact configuration and the row's
 ``configuration_base`` differs from it, at the row's base configuration (a tagged run against the untagged
@@ -28,7 +35,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,12 +82,15 @@ class RunConfig:
 
     ``oracle``: the trainer's prompts come from the ground truth. ``configuration_base``: the configuration
     without the run tag (``2d-tiny`` of ``2d-tiny-myrun``), ``None`` when unknown. ``run_tag``: the tag, or
-    ``None`` for an untagged run or when unknown.
+    ``None`` for an untagged run or when unknown. ``prompt_source``: the saliency source that made a
+    prompt-sourced trainer's prompts (``hyperparameters.saliency``), ``None`` for any other trainer or when
+    unknown.
     """
 
     oracle: bool = False
     configuration_base: str | None = None
     run_tag: str | None = None
+    prompt_source: str | None = None
 
 
 @dataclass
@@ -136,9 +146,10 @@ class PairedTest:
 
 @dataclass
 class TableRow:
-    """One (trainer, configuration, fraction) row; ``oracle``, ``configuration_base`` and ``run_tag`` as in
-    :class:`RunConfig`, merged over the row's folds (oracle if any fold is; the first fold that knows the
-    base configuration or tag)."""
+    """One (trainer, configuration, fraction) row; ``oracle``, ``configuration_base``, ``run_tag`` and
+    ``prompt_source`` as in :class:`RunConfig`, merged over the row's folds (oracle if any fold is; the first
+    fold that knows the base configuration or tag; the prompt source by :func:`merge_prompt_sources`: the
+    first fold's that knows it, the distinct values joined with ``+`` should folds disagree)."""
 
     key: RunKey
     folds: list[int]
@@ -147,6 +158,7 @@ class TableRow:
     oracle: bool = False
     configuration_base: str | None = None
     run_tag: str | None = None
+    prompt_source: str | None = None
 
 
 @dataclass
@@ -190,10 +202,11 @@ def _optional_name(value: Any) -> str | None:
 
 
 def read_run_config(fold_dir: Path) -> RunConfig:
-    """The oracle flag, base configuration and run tag of ``fold_dir/config.json``.
+    """The oracle flag, base configuration, run tag and prompt source of ``fold_dir/config.json``.
 
     A missing, unreadable or malformed file, or a missing or ill-typed key, gives the :class:`RunConfig`
-    default for it (not oracle, unknown base configuration and tag); only a JSON ``true`` marks an oracle.
+    default for it (not oracle, unknown base configuration, tag and prompt source); only a JSON ``true`` marks
+    an oracle, and only a non-empty string at ``hyperparameters.saliency`` names a prompt source.
     """
     try:
         record = load_json(Path(fold_dir) / "config.json")
@@ -201,8 +214,21 @@ def read_run_config(fold_dir: Path) -> RunConfig:
         return RunConfig()
     if not isinstance(record, dict):
         return RunConfig()
+    hyperparameters = record.get("hyperparameters")
+    saliency = hyperparameters.get("saliency") if isinstance(hyperparameters, dict) else None
     return RunConfig(record.get("oracle") is True, _optional_name(record.get("configuration_base")),
-                     _optional_name(record.get("run_tag")))
+                     _optional_name(record.get("run_tag")), _optional_name(saliency))
+
+
+def merge_prompt_sources(sources: Iterable[str | None]) -> str | None:
+    """One prompt source for several folds (or rows): ``None`` when none is known, else the distinct known
+    values in first-seen order joined with ``+`` (a single source when they agree). A value already joined
+    with ``+`` counts as its parts, so merging merged values gives no repeats."""
+    distinct: dict[str, None] = {}
+    for source in sources:
+        if source is not None:
+            distinct.update(dict.fromkeys(part for part in source.split("+") if part))
+    return "+".join(distinct) or None
 
 
 def scan_runs(dataset: str, results_root: Path | None = None) -> RunScan:
@@ -338,7 +364,8 @@ def build_table(scan: RunScan, metric: str = "Dice", label: str = "all", baselin
         rows.append(TableRow(key, [r.fold for r in folds], values, oracle=any(c.oracle for c in configs),
                              configuration_base=next((c.configuration_base for c in configs
                                                       if c.configuration_base is not None), None),
-                             run_tag=next((c.run_tag for c in configs if c.run_tag is not None), None)))
+                             run_tag=next((c.run_tag for c in configs if c.run_tag is not None), None),
+                             prompt_source=merge_prompt_sources(c.prompt_source for c in configs)))
     if baseline is not None:
         _add_paired_tests(rows, groups, baseline, paired_labels, metric)
     return ResultTable(scan.dataset, metric, label, baseline, columns, rows, scan.unfinished, scan.skipped)

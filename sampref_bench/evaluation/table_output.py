@@ -3,6 +3,12 @@
 Oracle rows (prompts from the ground truth) are marked in all four: ``[oracle]`` after the trainer and a note in
 the text, an ``oracle`` column (``true``/``false``) in the CSV, an ``oracle`` field in the JSON, a dashed line
 labelled ``(oracle)`` in the plot.
+
+A prompt-sourced trainer's rows name the saliency source that made their prompts (``prompt_source``, see
+:mod:`~sampref_bench.evaluation.aggregate`; ``a+b`` when folds disagree) in all four: ``[saliency: dark-basin]``
+after the trainer (after ``[oracle]`` on a row that has both) and a note in the text, a ``prompt_source``
+column in the CSV (the last one, so every older column keeps its place; empty when unknown), a
+``prompt_source`` field in the JSON (``null`` when unknown), and the same mark in the plot's line name.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sampref_bench.evaluation.aggregate import ResultTable, TableRow
+from sampref_bench.evaluation.aggregate import ResultTable, TableRow, merge_prompt_sources
 from sampref_bench.evaluation.plots import Point, plot_vs_fraction
 from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
 
@@ -24,6 +30,14 @@ PLOT_PNG = "dice_vs_fraction.png"
 #: What the ``[oracle]`` mark means, as the text table's note says it.
 ORACLE_MARK = "[oracle]"
 ORACLE_NOTE = f"{ORACLE_MARK}: prompts come from the ground truth; an upper bound, not a method"
+#: What the ``[saliency: SOURCE]`` mark means, as the text table's note says it.
+PROMPT_SOURCE_NOTE = ("[saliency: SOURCE]: the saliency source that made a prompt-sourced trainer's prompts "
+                      "(config.json hyperparameters.saliency); a+b: its folds used different sources")
+
+
+def prompt_source_mark(source: str) -> str:
+    """The text table's and plot's mark of a row whose prompts came from saliency ``source``."""
+    return f"[saliency: {source}]"
 
 
 def _num(value: float | None, spec: str = ".4f") -> str:
@@ -37,7 +51,9 @@ def _show_plans(table: ResultTable) -> bool:
 
 
 def _trainer_cell(row: TableRow) -> str:
-    return f"{row.key.trainer} {ORACLE_MARK}" if row.oracle else row.key.trainer
+    marks = ([ORACLE_MARK] if row.oracle else []) + \
+        ([prompt_source_mark(row.prompt_source)] if row.prompt_source is not None else [])
+    return " ".join([row.key.trainer, *marks])
 
 
 def _paired_scope(table: ResultTable) -> str:
@@ -73,6 +89,8 @@ def format_table(table: ResultTable) -> str:
 
 def _notes(table: ResultTable) -> list[str]:
     notes = [ORACLE_NOTE] if any(row.oracle for row in table.rows) else []
+    if any(row.prompt_source is not None for row in table.rows):
+        notes.append(PROMPT_SOURCE_NOTE)
     if table.baseline:
         notes.append(f"paired: Wilcoxon signed-rank on {_paired_scope(table)}, row minus {table.baseline} at the "
                      "same configuration (else a tagged run's base configuration) and fraction, over the cases "
@@ -85,7 +103,8 @@ def _notes(table: ResultTable) -> list[str]:
 
 
 def _row_record(table: ResultTable, row: TableRow) -> dict[str, Any]:
-    record: dict[str, Any] = {"trainer": row.key.trainer, "oracle": row.oracle, "plans": row.key.plans,
+    record: dict[str, Any] = {"trainer": row.key.trainer, "oracle": row.oracle,
+                              "prompt_source": row.prompt_source, "plans": row.key.plans,
                               "configuration": row.key.configuration,
                               "configuration_base": row.configuration_base, "run_tag": row.run_tag,
                               "fraction": row.key.fraction, "n_folds": len(row.folds), "folds": row.folds,
@@ -101,7 +120,8 @@ def _row_record(table: ResultTable, row: TableRow) -> dict[str, Any]:
 
 def table_to_json(table: ResultTable) -> dict[str, Any]:
     """The table as a JSON-ready dict (std ``null`` with one fold; NaN where a statistic is undefined); each row
-    has ``oracle`` (bool), ``configuration_base`` and ``run_tag`` (``null`` when its config.json does not say)."""
+    has ``oracle`` (bool), ``prompt_source``, ``configuration_base`` and ``run_tag`` (``null`` when its
+    config.json does not say)."""
     return {"dataset": table.dataset, "metric": table.metric, "label": table.label, "baseline": table.baseline,
             "paired_test": (f"scipy.stats.wilcoxon on {_paired_scope(table)}" if table.baseline else None),
             "columns": table.columns, "rows": [_row_record(table, row) for row in table.rows],
@@ -111,12 +131,15 @@ def table_to_json(table: ResultTable) -> dict[str, Any]:
 
 def table_to_csv(table: ResultTable) -> str:
     """The table as CSV: one line per row, ``oracle`` as ``true``/``false``, ``configuration_base`` and
-    ``run_tag`` (empty when unknown), ``{column}_mean``/``{column}_std`` (std empty with one fold)."""
+    ``run_tag`` (empty when unknown), ``{column}_mean``/``{column}_std`` (std empty with one fold), the paired
+    test's columns with a baseline, and last ``prompt_source`` (empty when unknown; appended after every older
+    column so that readers by position still find those where they were)."""
     head = ["trainer", "oracle", "plans", "configuration", "configuration_base", "run_tag", "fraction", "n_folds",
             "folds"]
     head += [f"{c}_{s}" for c in table.columns for s in ("mean", "std")]
     if table.baseline:
         head += ["baseline", "baseline_configuration", "mean_difference", "n_pairs", "p_value", "paired_note"]
+    head.append("prompt_source")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(head)
@@ -130,6 +153,7 @@ def table_to_csv(table: ResultTable) -> str:
             p = row.paired
             cells += [table.baseline, "", "", "", "", "baseline"] if p is None else \
                 [table.baseline, p.baseline_configuration or "", p.mean_difference, p.n_pairs, p.p_value, p.note]
+        cells.append(row.prompt_source or "")
         writer.writerow(cells)
     return buffer.getvalue()
 
@@ -137,7 +161,9 @@ def table_to_csv(table: ResultTable) -> str:
 def plot_series(table: ResultTable) -> tuple[dict[str, list[Point]], set[str]]:
     """The lines of ``dice_vs_fraction.png``: ``{legend name: [(fraction, mean, std or None), ...]}`` of the
     foreground mean (or the chosen label), one per (trainer, configuration[, plans]), and the names of the oracle
-    lines (a line is oracle when any of its rows is; its name ends in ``(oracle)``)."""
+    lines (a line is oracle when any of its rows is; its name ends in ``(oracle)``). A line whose rows name a
+    prompt source carries its mark before that (``SAMBaseline 2d [saliency: dark-basin]``; rows that disagree
+    merged as in :func:`~sampref_bench.evaluation.aggregate.merge_prompt_sources`)."""
     column = table.columns[-1]
     groups: dict[tuple[str, str, str], list[TableRow]] = {}
     for row in table.rows:
@@ -146,6 +172,9 @@ def plot_series(table: ResultTable) -> tuple[dict[str, list[Point]], set[str]]:
     oracle: set[str] = set()
     for (trainer, configuration, plans), rows in groups.items():
         name = f"{trainer} {configuration}" + (f" {plans}" if _show_plans(table) else "")
+        source = merge_prompt_sources(row.prompt_source for row in rows)
+        if source is not None:
+            name += f" {prompt_source_mark(source)}"
         if any(row.oracle for row in rows):
             name += " (oracle)"
             oracle.add(name)
