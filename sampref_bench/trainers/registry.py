@@ -19,6 +19,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from sampref_bench.trainers.base import TRAINER_CLASSES
 from sampref_bench.utilities.errors import SamprefError
@@ -75,3 +76,39 @@ def get_trainer(name: str) -> type:
         raise SamprefError(f"{what}.{hint} Available: {', '.join(names)}. A trainer of your own is found with "
                            "--trainer-module MODULE.")
     return cls
+
+
+def load_trained_run(run_dir: str | Path, device: str = "cpu", checkpoint: str = "checkpoint_final.pth",
+                     progress: bool = False) -> Any:
+    """A finished run as a ready model, in one call: its trainer rebuilt from ``run_dir/config.json`` (same
+    class, dataset, fold, fraction and hyperparameters), initialized, with the checkpoint's networks loaded
+    and in eval mode. ``trainer.predict_case(case)`` then predicts any preprocessed case, and
+    ``trainer.network`` is the model (a two-stage trainer's frozen reference, for example).
+
+    ``run_dir`` is a fold folder (``.../{Trainer}__{plans}__{configuration}__f{fraction}/fold_k``); the
+    dataset must still be planned under ``$SAMPREF_preprocessed``. A missing or foreign checkpoint is a
+    :class:`SamprefError` naming the file.
+    """
+    from sampref_bench.trainers.run_folder import load_checkpoint
+    from sampref_bench.utilities.atomic import load_json
+
+    run_dir = Path(run_dir)
+    record_path = run_dir / "config.json"
+    if not record_path.is_file():
+        raise SamprefError(f"{record_path} is missing: {run_dir} is not a sampref run folder (expected the fold_k "
+                           "folder of a finished `sampref_train` run)")
+    record = load_json(record_path)
+    cls = get_trainer(record["trainer"])
+    trainer = cls(record["dataset"], int(record["fold"]), float(record["fraction"]), device=device,
+                  overrides=dict(record["hyperparameters"]), progress=progress)
+    trainer.run_tag = record.get("run_tag") or ""  # a --run-name, or the tag the same hyperparameters give
+    trainer.output_dir = run_dir
+    trainer.initialize()
+    path = run_dir / checkpoint
+    if not path.is_file():
+        raise SamprefError(f"{path} is missing: the run in {run_dir} has not finished (continue it with "
+                           "`sampref_train ... --continue`, or pass checkpoint='checkpoint_latest.pth')")
+    trainer.restore(load_checkpoint(path), path)
+    for network in trainer.networks.values():
+        network.eval()
+    return trainer
