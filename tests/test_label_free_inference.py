@@ -26,9 +26,10 @@ def _read(path):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def test_predictions_unchanged_when_validation_labels_are_corrupted(sampref_roots):
+@pytest.mark.parametrize("name", ["SAMNoPrompt", "SAMBaseline"])
+def test_predictions_unchanged_when_validation_labels_are_corrupted(sampref_roots, name):
     dataset = planned_phantoms(n_labels=2)
-    trainer = _trainer("SAMNoPrompt", dataset)
+    trainer = _trainer(name, dataset)
     out = trainer.run_training()
     val = trainer.roles.val
     before = {c: _read(out / "validation" / f"{c}.nii.gz") for c in val}
@@ -46,7 +47,7 @@ def test_predictions_unchanged_when_validation_labels_are_corrupted(sampref_root
         noisy = sitk.GetImageFromArray(rng.integers(0, 3, sitk.GetArrayFromImage(image).shape, dtype=np.uint8))
         noisy.CopyInformation(image)
         sitk.WriteImage(noisy, str(label_file))
-    again = _trainer("SAMNoPrompt", dataset)
+    again = _trainer(name, dataset)
     again.run_training(continue_training=True)  # finished run: only the final validation reruns
     for case in val:
         np.testing.assert_array_equal(_read(out / "validation" / f"{case}.nii.gz"), before[case])
@@ -54,9 +55,10 @@ def test_predictions_unchanged_when_validation_labels_are_corrupted(sampref_root
     for case in val:
         (data_dir / f"{case}_seg.npy").unlink()
         (data_dir / f"{case}_labels.json").unlink()
-    fresh = _trainer("SAMNoPrompt", dataset)
+    fresh = _trainer(name, dataset)
     fresh.networks = {"network": again.network}
     fresh.cache = again.cache
+    fresh.text_encoder = getattr(again, "text_encoder", None)
     for case in val:
         np.testing.assert_array_equal(fresh.predict_case(case), before[case])
 

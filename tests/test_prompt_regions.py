@@ -279,12 +279,6 @@ def test_interior_points_of_a_ring_stay_on_the_ring():
     assert mask[points[:, 1], points[:, 0]].all()
 
 
-BORDER_BUG = ("regions.interior_points: ndi.distance_transform_edt measures the distance to the nearest False pixel "
-              "inside the array only, so a mask touching the array edge is treated as continuing beyond it and its "
-              "'deepest' pixel is on that edge (a 5x5 square in a corner gives its corner (0, 0), not its centre)")
-
-
-@pytest.mark.xfail(reason=BORDER_BUG, strict=True)
 @pytest.mark.parametrize(("top", "left", "shape"), [(0, 0, (10, 10)), (5, 5, (10, 10)), (0, 0, (5, 5))],
                          ids=["top-left corner", "bottom-right corner", "fills the array"])
 def test_first_interior_point_of_a_square_touching_the_border_is_its_centre(top, left, shape):

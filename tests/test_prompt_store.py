@@ -214,9 +214,6 @@ def test_empty_saliency_falls_back_to_the_valid_box_and_is_reported(monkeypatch)
     assert report["overlays"] == []
 
 
-@pytest.mark.xfail(reason="store._compute_visual takes the fallback point of an empty saliency from "
-                   "interior_points(_valid_mask(...)), whose distance transform ignores the array edge: the point is "
-                   "the corner (0, 0) of the image instead of lying inside the valid region", strict=True)
 def test_empty_saliency_fallback_point_is_inside_the_valid_region_not_at_its_corner():
     planned_busi()
     store, cases = dataset_prompt_store("3")

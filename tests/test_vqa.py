@@ -254,3 +254,9 @@ def test_medvint_refuses_wrong_image_shape(tmp_path):
     backend = MedVInTBackend(folder)
     with pytest.raises(SamprefError, match=r"\(3, H, W\)"):
         backend.answers(np.zeros((40, 48, 3), dtype=np.float32), "tumor")
+
+
+def test_answers_to_text_uses_an_before_a_vowel():
+    answers = {"side": "left", "quadrant": "upper left", "size": "small", "shape": "irregular", "count": "one region"}
+    assert answers_to_text(answers, "breast tumor").startswith("an irregular, small breast tumor")
+    assert answers_to_text({**answers, "shape": "round"}, "breast tumor").startswith("a round, small")

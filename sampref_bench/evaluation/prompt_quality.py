@@ -80,6 +80,10 @@ def prompt_quality(store: PromptStore, labels: LabelStore, cases: Iterable[str],
             "per_label": {store.label_names[v]: _summary(rows[v]) for v in label_values}, "cases": per_case}
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def summary_text(report: dict[str, Any]) -> str:
     """One line per label and the pooled figures, for the console."""
     lines = [f"prompt quality ({report['saliency']}), against the ground-truth boxes:"]
@@ -89,7 +93,7 @@ def summary_text(report: dict[str, Any]) -> str:
             continue
         lines.append(f"  {name:<12} pairs {s['pairs']:>5}  box IoU {s['box_iou']:.3f} "
                      f"(median {s['box_iou_median']:.3f})  centre inside {s['centre_inside']:.1%}  "
-                     f"points inside {s['points_inside']:.1%}  "
+                     f"points inside {_percent(s['points_inside'])}  "
                      f"saliency empty {s['saliency_empty']:.1%}")
     return "\n".join(lines)
 

@@ -69,7 +69,7 @@ def interior_points(mask: np.ndarray, n: int) -> np.ndarray:
     """
     if n <= 0 or not mask.any():
         return np.zeros((0, 2), np.float32)
-    inside = ndi.distance_transform_edt(mask)
+    inside = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]  # the array's edge counts as background
     score = inside.copy()
     ys, xs = np.indices(mask.shape)
     points = []

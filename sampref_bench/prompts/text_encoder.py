@@ -28,11 +28,11 @@ class TextEncoder:
         self._memo: dict[str, np.ndarray] = {}
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """``(N, dim)`` float32 features of ``texts`` (each distinct text encoded once)."""
-        new = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        if new:
-            features = np.asarray(self._encode(list(new)), np.float32).reshape(len(new), self.dim)
-            self._memo.update(zip(new, features))
+        """``(N, dim)`` float32 features of ``texts``; each distinct text is encoded once, alone, so its features
+        never depend on which other texts were encoded with it (runs and resumed runs agree bit for bit)."""
+        for text in dict.fromkeys(texts):
+            if text not in self._memo:  # one text per call: padding in a batch would change the last bits
+                self._memo[text] = np.asarray(self._encode([text]), np.float32).reshape(self.dim)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         return np.stack([self._memo[t] for t in texts])

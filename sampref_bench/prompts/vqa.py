@@ -142,7 +142,9 @@ def answers_to_text(answers: dict[str, str], target_text: str) -> str:
         return f"{target}: {NO_REGION}"
     if _is_mask_vocabulary(got):
         where = "centered horizontally" if got["side"] == "center" else f"on the {got['side']} side"
-        return f"a {got['shape']}, {got['size']} {target} in the {got['quadrant']} quadrant, {where}, {got['count']}"
+        article = "an" if got["shape"][:1] in "aeiou" else "a"
+        return (f"{article} {got['shape']}, {got['size']} {target} in the {got['quadrant']} quadrant, {where}, "
+                f"{got['count']}")
     return f"{target}, " + ", ".join(f"{q}: {got[q]}" for q in QUESTIONS)
 
 
