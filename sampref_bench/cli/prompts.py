@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vqa", default=None, choices=["mask", "medvint"], help="VQA backend (default: the plan's)")
     parser.add_argument("--points", type=int, default=None, help="interior points per box (default: the plan's)")
     parser.add_argument("--llm-model", default=None, help="chat model for the LLM text (default: the plan's)")
+    parser.add_argument("--llm-base-url", default=None, help="OpenAI-compatible endpoint (else $OPENAI_BASE_URL)")
+    parser.add_argument("--topk", type=int, default=None, help="gScoreCAM channels kept (default: the plan's, 300)")
+    parser.add_argument("--layer", default=None, help="gScoreCAM target layer inside the visual tower (default: last "
+                        "block)")
     parser.add_argument("--clip-path", default=None, help="local BiomedCLIP folder (else $SAMPREF_BIOMEDCLIP)")
     parser.add_argument("--medvint-path", default=None, help="local MedVInT folder (else $SAMPREF_MEDVINT)")
     parser.add_argument("--overlays", type=int, default=6, help="overlay PNGs in the report (default 6)")
@@ -58,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         from sampref_bench.trainers.data import inference_samples
         from sampref_bench.trainers.prompt_trainers import dataset_prompt_store
 
-        overrides = {"saliency": args.saliency, "vqa": args.vqa, "points": args.points, "llm_model": args.llm_model}
+        overrides = {"saliency": args.saliency, "vqa": args.vqa, "points": args.points, "llm_model": args.llm_model,
+                     "llm_base_url": args.llm_base_url, "gscorecam_topk": args.topk, "gscorecam_layer": args.layer}
         store, cases = dataset_prompt_store(args.dataset, overrides, args.clip_path, args.medvint_path)
         labels = sorted(store.label_names)
         triples = [(s.case, s.slice, s.label) for case in cases for s in inference_samples(store.data, case, labels)]

@@ -45,6 +45,7 @@ from sampref_bench.planners.splits import (
     kfold_splits,
     validate_user_splits,
 )
+from sampref_bench.prompts.settings import DEFAULT_PROMPTS
 from sampref_bench.utilities.atomic import load_json, staged_directory, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 from sampref_bench.utilities.hashing import digest
@@ -162,7 +163,7 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
 
     options = {"image_size": image_size, "fractions": list(fractions), "thresholds": list(thresholds),
                "dpo_labeled_fraction": dpo_labeled_fraction}
-    plans_hash = digest([PLANS_FORMAT, fp_hash, options])
+    plans_hash = digest([PLANS_FORMAT, fp_hash, options, DEFAULT_PROMPTS])  # new prompt defaults replan
     plans_path = out / "plans.json"
     if step("plans", plans_path, plans_hash):
         plans = make_plans(dataset_json, fingerprint, image_size=image_size, fractions=fractions,

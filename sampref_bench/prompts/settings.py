@@ -35,6 +35,7 @@ DEFAULT_PROMPTS: dict[str, Any] = {
     "points": 1,
     "vqa": "mask",
     "llm_model": "gpt-4o-mini",
+    "llm_base_url": None,
     "text_encoder": "auto",
 }
 
@@ -59,7 +60,8 @@ def default_prompt_settings(modality: str) -> tuple[dict[str, Any], str]:
 
 
 #: Prompt settings a trainer or ``sampref_prompts`` may override by name.
-OVERRIDABLE = ("saliency", "points", "vqa", "llm_model", "text_encoder")
+OVERRIDABLE = ("saliency", "gscorecam_topk", "gscorecam_layer", "points", "vqa", "llm_model", "llm_base_url",
+               "text_encoder")
 
 
 def resolve_prompt_settings(plans: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -202,7 +202,8 @@ class PromptStore:
 
             names = {self.label_names[v]: self.target_text[v] for v in self.label_names}
             answers = describe_targets(names, str(self.data.plans.get("modality", "")), self.root,
-                                       LLMSettings(model=str(self.settings["llm_model"])), warn=self.warn)
+                                       LLMSettings(model=str(self.settings["llm_model"]),
+                                                   base_url=self.settings.get("llm_base_url")), warn=self.warn)
             self._llm = {v: answers[name] for v, name in self.label_names.items()}
         return self._llm[label]
 
