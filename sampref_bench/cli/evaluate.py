@@ -14,13 +14,15 @@ of every finished fold (checkpoint_final.pth present); other folds are listed as
 Each fold's config.json says whether the trainer is an oracle (prompts from the ground truth: an upper bound,
 not a method; marked [oracle] in every output) and, for a tagged run (configuration 2d-lr0.0003), its base
 configuration; a tagged run without a baseline run at its exact configuration is paired with the baseline
-at its base configuration.
+at its base configuration. A prompt-sourced trainer's config.json names its saliency source
+(hyperparameters.saliency): rows show it as [saliency: dark-basin], folds that disagree as a+b.
 
 writes (atomically, into the dataset's results folder or -o DIR):
   summary_table.csv    one line per (trainer, configuration, fraction): oracle (true/false), base configuration
                        and run tag, per-label and foreground mean, each as mean and std over folds (std empty
                        with one fold), number of folds, and with --baseline the baseline's configuration, the
-                       mean paired difference, pairs and Wilcoxon p-value
+                       mean paired difference, pairs and Wilcoxon p-value, and last prompt_source
+                       (the saliency source; empty for trainers without one)
   summary_table.json   the same, plus the unfinished folds
   dice_vs_fraction.png the foreground mean (or --label) against the fraction, error bars = std over folds,
                        oracle lines dashed and labelled (oracle)
