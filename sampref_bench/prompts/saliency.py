@@ -9,8 +9,10 @@ Two kinds, one interface (:class:`SaliencySource`):
   minus the image: hypoechoic lesions in ultrasound, enclosed by brighter tissue, are deep basins, while the
   dark background that touches the border has depth 0. ``bright-dome`` is the dual (bright regions enclosed
   by darker ones), ``basin-dome`` the larger of the two. It ignores the text: with several labels every
-  label gets the same map. On fold 0's training cases of BUSI it gave a mean box IoU of 0.48 against 0.01 for
-  spectral residual saliency (Hou & Zhang, CVPR 2007), which speckle defeats (see benchmarks/bench_prompts).
+  label gets the same map. On the 517 training cases of BUSI's fold 0 (after the planned CRF) its boxes had a
+  mean IoU of 0.321 with the ground-truth box and their centre inside the lesion in 62 % of the images,
+  against 0.193 / 30 % for ``basin-dome``, 0.058 / 7 % for ``bright-dome`` and 0.005 / 2 % for spectral
+  residual saliency (Hou & Zhang, CVPR 2007), which speckle defeats (``benchmarks/bench_saliency``).
 * **BiomedCLIP + gScoreCAM** (:class:`ClipSaliency`): the method's text-driven source, for users who have
   the BiomedCLIP weights (:mod:`sampref_bench.prompts.biomedclip`).
 

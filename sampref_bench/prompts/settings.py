@@ -1,7 +1,7 @@
 """Planned prompt settings: which saliency source, CRF, points, VQA and text encoder a dataset's prompts use.
 
 ``plans.json`` holds them under ``"prompts"`` (with a reason, like every planned value); a trainer may override
-any of them by name (``-o saliency=biomedclip``). Every value here is part of the key of the cache that holds
+any of them by name (``--set saliency=biomedclip``). Every value here is part of the key of the cache that holds
 its results (:mod:`sampref_bench.prompts.store`), so changing one never reads a stale prompt.
 """
 
@@ -46,7 +46,7 @@ def default_prompt_settings(modality: str) -> tuple[dict[str, Any], str]:
     No CLIP weights are needed by the default: the saliency is the weights-free dark-basin depth
     (:func:`~sampref_bench.prompts.saliency.basin_saliency`), which finds dark regions enclosed by brighter
     tissue (hypoechoic lesions in ultrasound); other modalities default to the deeper of dark basins and
-    bright domes. ``-o saliency=biomedclip`` (with the weights) switches to BiomedCLIP + gScoreCAM.
+    bright domes. ``--set saliency=biomedclip`` (with the weights) switches to BiomedCLIP + gScoreCAM.
     """
     settings = copy.deepcopy(DEFAULT_PROMPTS)
     if modality.upper() not in ("US", "ULTRASOUND"):
