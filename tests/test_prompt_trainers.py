@@ -114,6 +114,9 @@ def test_biomedclip_path_end_to_end_on_a_small_model_from_config(tmp_path, monke
     out = trainer.run_training()
     record = json.loads((out / "config.json").read_text())
     assert record["hyperparameters"]["saliency"] == "biomedclip"
+    # the weights' location is a hyperparameter but not part of the run's name
+    by_path = _trainer("SAMBaseline", dataset, saliency="biomedclip", clip_path=str(folder))
+    assert by_path.config["clip_path"] == str(folder) and by_path.output_dir == trainer.output_dir
     assert trainer.prompts.visual_folder.name.startswith("biomedclip-")
     assert trainer.prompts.saliency_source.settings()["weights_id"].startswith("biomedclip-")
     assert trainer.text_encoder.name.startswith("text-biomedclip-") and trainer.text_encoder.dim == 32

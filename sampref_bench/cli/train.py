@@ -17,6 +17,8 @@ examples:
   sampref_train 003 MyTrainer 0 --trainer-module my_trainers.py       # your own subclass
   sampref_train 003 SAMBoxOracle 0 --set lr=3e-4 --set model=tiny     # any hyperparameter
   sampref_train 003 SAMNoPrompt 0 --set lr=3e-4 --run-name fastlr      # name the run yourself
+  sampref_train 003 SAMBaseline 0 --fraction 0.1                      # unsupervised prompts (sampref_prompts)
+  sampref_train 003 SAMBaseline 0 --set saliency=biomedclip --set clip_path=/weights/BiomedCLIP
 
 The run goes to $SAMPREF_results/DatasetXXX_Name/{Trainer}__{plans}__{configuration}__f{fraction}/fold_{k}/
 with checkpoint_latest.pth (every epoch), checkpoint_final.pth, config.json, training_log.csv,
@@ -27,6 +29,9 @@ at every fraction. A run whose hyperparameters differ from the trainer's default
 --seed) gets its own folder: the configuration part carries a tag of the differing values (e.g.
 2d-lr0.0003) or the --run-name you give, so differently configured runs never share a folder or a table
 row. --continue refuses a checkpoint trained with other hyperparameters and names the differing keys.
+Prompt-sourced trainers (SAMBaseline, SAMNoVQA, SAMBoxOnly, SAMTextOnly) take their prompt settings from
+plans.json (prompts) unless --set overrides them (saliency, points, vqa, llm_model, text_encoder, clip_path,
+medvint_path); config.json records the saliency source.
 Validation and prediction read images only; an oracle trainer (SAMBoxOracle: ground-truth boxes) says
 so in config.json and is marked in every table.
 """

@@ -41,6 +41,10 @@ class SAMPromptTrainer(SAMTrainer):
     uses_points: ClassVar[bool] = True
     #: Text prompts appended as tokens, in this order ("vqa", "llm").
     text_kinds: ClassVar[tuple[str, ...]] = ()
+    #: Weight locations are not settings: the prompt cache keys on the weights' digest, and a path would make
+    #: a long, machine-specific run tag.
+    named_in_configuration: ClassVar[tuple[str, ...]] = (*SAMTrainer.named_in_configuration, "clip_path",
+                                                         "medvint_path")
     defaults: ClassVar[dict[str, Any]] = {
         **SAMTrainer.defaults,
         **dict.fromkeys(PROMPT_KEYS),
