@@ -14,11 +14,11 @@ import torch
 from sampref_bench.prompts.biomedclip import (
     BIOMEDCLIP_HUB,
     ENV_VAR,
-    GScoreCAM,
     bundle_from_model,
     encode_texts,
     load_biomedclip,
 )
+from sampref_bench.prompts.gscorecam import GScoreCAM
 from sampref_bench.utilities.errors import SamprefError
 
 MEAN = [0.5, 0.4, 0.3]

@@ -108,7 +108,8 @@ class ClipSaliency:
     text_driven = True
 
     def __init__(self, path: str | None = None, topk: int = 300, layer: str | None = None) -> None:
-        from sampref_bench.prompts.biomedclip import GScoreCAM, load_biomedclip
+        from sampref_bench.prompts.biomedclip import load_biomedclip
+        from sampref_bench.prompts.gscorecam import GScoreCAM
 
         self.bundle = load_biomedclip(path)
         self.cam = GScoreCAM(self.bundle, target_layer=layer, topk=int(topk))
