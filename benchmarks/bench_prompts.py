@@ -21,6 +21,7 @@ Writes benchmarks/results/prompts_busi.json and prompts_busi.md.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import time
@@ -65,9 +66,19 @@ def train(name: str, fold: int, fraction: float, overrides: dict | None = None, 
         trainer.run_training(continue_training=(trainer.output_dir / "checkpoint_latest.pth").exists())
     config = json.loads((trainer.output_dir / "config.json").read_text())
     dice = case_dice(json.loads(summary_path.read_text()))
-    return {"trainer": name, "fold": fold, "run": trainer.output_dir.name, "oracle": bool(config["oracle"]),
+    return {"trainer": name, "fold": fold, "run": f"{trainer.output_dir.parent.name}/{trainer.output_dir.name}",
+            "train_s": training_seconds(trainer.output_dir), "oracle": bool(config["oracle"]),
             "saliency": config["hyperparameters"].get("saliency"), "epochs": config["hyperparameters"]["epochs"],
             "n_labeled": config["cases"]["labeled"], "dice": dice, "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def training_seconds(run_dir: Path) -> float:
+    """Seconds the run spent in its epochs (training and per-epoch validation), from training_log.csv."""
+    log = run_dir / "training_log.csv"
+    if not log.is_file():
+        return 0.0
+    rows = list(csv.DictReader(log.open()))
+    return round(sum(float(row["seconds"]) for row in rows), 1)
 
 
 def crf_mask_dice(store, labels, cases: list[str]) -> dict[str, float]:  # noqa: ANN001
@@ -91,7 +102,22 @@ def main() -> None:
     parser.add_argument("--folds", type=int, nargs="+", default=[0])
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--trainers", nargs="+", default=TRAINERS)
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite prompts_busi.md from prompts_busi.json (training times read from the runs)")
     args = parser.parse_args()
+    if args.report_only:
+        results = json.loads((RESULTS / "prompts_busi.json").read_text())
+        root = args.workdir / "results" / "Dataset003_BUSI"
+        for fold, entry in results["folds"].items():
+            for run in entry["runs"]:
+                name = run["trainer"].split(",")[0]
+                tag = "2d-zeroshot" if "zero-shot" in run["trainer"] else "2d"
+                run["train_s"] = training_seconds(root / f"{name}__samprefPlans__{tag}__f{results['fraction']}"
+                                                  / f"fold_{fold}")
+        folds = " ".join(results["folds"])
+        write_report(results, args, command=f".venv/bin/python -m benchmarks.bench_prompts --workdir {args.workdir} "
+                     f"--folds {folds} --fraction {results['fraction']}  (table rewritten with --report-only)")
+        return
     prepare(args.workdir, args.source)
 
     from sampref_bench.evaluation.prompt_quality import prompt_quality
@@ -126,7 +152,7 @@ def main() -> None:
     write_report(results, args)
 
 
-def write_report(results: dict, args: argparse.Namespace) -> None:
+def write_report(results: dict, args: argparse.Namespace, command: str | None = None) -> None:
     """The Markdown table of ``results``."""
     folds = results["folds"]
     first = next(iter(folds.values()))
@@ -171,8 +197,11 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
             "Prompt quality (unsupervised box against the ground-truth box):\n\n"
             + markdown_table(["fold", "cases", "pairs", "box IoU", "median IoU", "centre inside", "points inside",
                               "saliency empty"], q_rows)
-            + "\n\nRun times (s): " + ", ".join(f"{r['trainer']} {r['wall_s']}" for r in first["runs"]))
-    print(write_markdown("prompts_busi", "Prompt ablation on BUSI (the paper's Table 1, weights-free prompts)", body))
+            + "\n\nTraining time per run (s, the epochs of training_log.csv: steps and per-epoch validation), by "
+            "fold: " + "; ".join(f"fold {fold}: " + ", ".join(f"{r['trainer']} {r.get('train_s', r['wall_s'])}"
+                                                            for r in entry["runs"]) for fold, entry in folds.items()))
+    print(write_markdown("prompts_busi", "Prompt ablation on BUSI (the paper's Table 1, weights-free prompts)", body,
+                         command))
 
 
 if __name__ == "__main__":
