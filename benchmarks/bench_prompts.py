@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import wilcoxon
 
 from benchmarks.report import REPO, RESULTS, machine, markdown_table, write_markdown
 
@@ -169,13 +170,15 @@ def write_report(results: dict, args: argparse.Namespace, command: str | None = 
         paired = [d - base.get((fold, c), np.nan) for fold, entry in folds.items() for run in entry["runs"]
                   if run["trainer"] == name for c, d in run["dice"].items()]
         versus = f"{np.nanmean(paired):+.4f}" if base and name != "SAMNoPrompt" else "(baseline)"
+        finite = np.array([d for d in paired if np.isfinite(d)])
+        p_value = f"{wilcoxon(finite).pvalue:.2g}" if name != "SAMNoPrompt" and finite.any() else "-"
         label = name + (" [oracle]" if entry_run["oracle"] else "")
         paper = PAPER_US.get(name)
         rows.append([label, entry_run.get("saliency") or "-", len(values), f"{values.mean():.4f} ± {values.std():.4f}",
-                     f"{np.median(values):.4f}", versus, f"{paper:.2f}" if paper else "-"])
+                     f"{np.median(values):.4f}", versus, p_value, f"{paper:.2f}" if paper else "-"])
     crf = np.array([d for e in folds.values() for d in e["crf_mask_dice"].values()])
     rows.append(["CRF mask of the prompt itself (no SAM)", first["quality_val"]["saliency"], len(crf),
-                 f"{crf.mean():.4f} ± {crf.std():.4f}", f"{np.median(crf):.4f}", "-", "-"])
+                 f"{crf.mean():.4f} ± {crf.std():.4f}", f"{np.median(crf):.4f}", "-", "-", "-"])
     q_rows = []
     for fold, entry in folds.items():
         for part in ("train", "val"):
@@ -186,10 +189,11 @@ def write_report(results: dict, args: argparse.Namespace, command: str | None = 
             f"{', '.join(folds)}, fraction {results['fraction']} ({first['runs'][0]['n_labeled']} labeled images in "
             f"fold {next(iter(folds))}), LiteMedSAM with a frozen encoder, the planned schedule (15 epochs x 10 "
             "iterations x 8 slices). Dice per validation case at the original resolution; mean ± sd over cases, "
-            "paired difference against SAMNoPrompt on the same cases. Prompts: weights-free saliency (no CLIP "
+            "paired difference against SAMNoPrompt on the same cases (Wilcoxon signed-rank p). Prompts: "
+            "weights-free saliency (no CLIP "
             "weights here), VQA answered from the saliency mask, LLM text = dataset.json's target_text (no API "
             "key here), text encoded by MiniLM.\n\n"
-            + markdown_table(["trainer", "saliency", "cases", "Dice", "median", "vs SAMNoPrompt",
+            + markdown_table(["trainer", "saliency", "cases", "Dice", "median", "vs SAMNoPrompt", "Wilcoxon p",
                               "paper, ultrasound (%)"], rows)
             + f"\n\nPaper (Konwer et al. 2025, Table 1, ultrasound): the ablation rows are of the full framework "
             f"including DPO; its stage-1 full pipeline at 10 % labels scored {PAPER_US_STAGE1:.2f}. Compare orderings, "
