@@ -14,6 +14,7 @@ written into the visual prompts' folder, with overlay PNGs (image, saliency, CRF
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from sampref_bench.prompts.regions import mask_box
 from sampref_bench.prompts.store import PromptStore, VisualPrompt
 from sampref_bench.trainers.data import LabelStore, Sample
-from sampref_bench.utilities.atomic import write_json_atomic
+from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -129,10 +130,10 @@ def write_overlays(store: PromptStore, labels: LabelStore, samples: list[Sample]
         fig.suptitle(f"{s.case} slice {s.slice} label {s.label}" + (" (saliency empty)" if prompt.empty else ""),
                      fontsize=9)
         path = folder / f"{s.case}_{s.slice:04d}_l{s.label}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=80)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
         plt.close(fig)
-        tmp.replace(path)
+        write_bytes_atomic(path, buffer.getvalue())
         written.append(path)
     return written
 
