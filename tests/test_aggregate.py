@@ -22,6 +22,7 @@ from sampref_bench.evaluation.aggregate import (
     fold_stat,
     merge_prompt_sources,
     paired_test,
+    parse_baseline,
     parse_run_name,
     read_run_config,
     scan_runs,
@@ -478,7 +479,8 @@ def test_prompt_source_in_text_csv_json(sourced, tmp_path):
     write_outputs(table, tmp_path)
     with (tmp_path / "summary_table.csv").open() as handle:
         header = next(csv.reader(handle))
-    assert header[-1] == "prompt_source" and header[-2] == "paired_note"  # appended: older columns keep place
+    # each new column appended: older columns keep their place
+    assert header[-3:] == ["paired_note", "prompt_source", "baseline_fraction"]
     assert header[:9] == ["trainer", "oracle", "plans", "configuration", "configuration_base", "run_tag",
                           "fraction", "n_folds", "folds"]
     records = list(csv.DictReader((tmp_path / "summary_table.csv").open()))
@@ -510,6 +512,179 @@ def test_plot_names_the_prompt_source(sourced):
                            "SAMBoxOracle 2d [saliency: biomedclip] (oracle)"}
     assert dashed == {"SAMBoxOracle 2d [saliency: biomedclip] (oracle)"}
     assert [p[0] for p in series["SAMBaseline 2d [saliency: dark-basin+biomedclip]"]] == [0.2, 1.0]
+
+
+# ------------------------------------------------------------------------------- a baseline at a fixed fraction
+# (trainer, configuration, fraction, fold) -> per-case Dice of both labels (so the foreground mean is that value)
+# and config.json. SAMBaseline's fold 1 at 0.1 scores only four cases; DPORanking's fold 2 has no baseline fold.
+AT_FRACTION = {
+    ("SAMBaseline", "2d", "0.1", 0): ([0.50, 0.52, 0.47, 0.61, 0.55], None),
+    ("SAMBaseline", "2d", "0.1", 1): ([0.40, 0.45, 0.58, 0.49], None),
+    ("SAMBaseline", "2d", "1.0", 0): ([0.70, 0.66, 0.72, 0.69, 0.75], None),
+    ("DPORanking", "2d", "0.1", 0): ([0.55, 0.50, 0.49, 0.66, 0.60], None),
+    ("DPORanking", "2d", "0.2", 0): ([0.61, 0.50, 0.66, 0.70, 0.58], None),
+    ("DPORanking", "2d", "0.2", 1): ([0.52, NAN, 0.61, 0.60, 0.90], None),
+    ("DPORanking", "2d", "0.2", 2): ([0.9] * 5, None),
+    ("DPORanking", "2d-lr0.001", "0.5", 0): ([0.80, 0.81, 0.79, 0.83, 0.77], cfg(False, tag="lr0.001")),
+    ("SAMNoPrompt", "2d__big", "0.2", 0): ([0.3] * 5, None),
+}
+# DPORanking 2d f0.2 minus SAMBaseline 2d f0.1 by hand: fold 0 all five cases; fold 1 cases 0, 2, 3 (case 1 is
+# NaN, case 4 has no baseline); fold 2 nothing (no baseline fold 2).
+DPO_02_VS_01 = np.array([0.61 - 0.50, 0.50 - 0.52, 0.66 - 0.47, 0.70 - 0.61, 0.58 - 0.55,
+                         0.52 - 0.40, 0.61 - 0.58, 0.60 - 0.49])
+
+
+@pytest.fixture
+def at_fraction(sampref_roots):
+    root = sampref_roots["results"]
+    for (trainer, configuration, fraction, fold), (dice, config) in AT_FRACTION.items():
+        write_fold(root, trainer, configuration, fraction, fold, dice, dice, config=config)
+    return root
+
+
+def paired_of(table):
+    return {(r.key.trainer, r.key.configuration, r.key.fraction): r.paired for r in table.rows}
+
+
+def test_parse_baseline():
+    assert parse_baseline("SAMBaseline") == ("SAMBaseline", None)
+    assert parse_baseline("SAMBaseline@0.1") == ("SAMBaseline", "0.1")
+    assert parse_baseline("SAMBaseline@f0.1") == ("SAMBaseline", "0.1")
+    assert parse_baseline("SAMBaseline@.5") == ("SAMBaseline", ".5")
+    assert parse_baseline("SAMBaseline@1") == ("SAMBaseline", "1")
+    for bad in ["SAMBaseline@", "@0.1", "SAMBaseline@half", "SAMBaseline@-0.1", "SAMBaseline@0.1.2"]:
+        with pytest.raises(SamprefError, match="TRAINER@FRACTION"):
+            parse_baseline(bad)
+
+
+def test_baseline_at_fraction_pairs_every_row_with_that_fraction(at_fraction):
+    table = build_table(scan_runs(DATASET), baseline="SAMBaseline@0.1")
+    assert (table.baseline, table.baseline_fraction, table.baseline_name) == ("SAMBaseline", "0.1",
+                                                                              "SAMBaseline@0.1")
+    paired = paired_of(table)
+    dpo = paired[("DPORanking", "2d", "0.2")]
+    assert dpo.n_pairs == 8 == DPO_02_VS_01.size
+    assert dpo.mean_difference == pytest.approx(DPO_02_VS_01.mean(), abs=1e-12)
+    assert dpo.p_value == pytest.approx(wilcoxon(DPO_02_VS_01).pvalue, rel=1e-12)
+    assert (dpo.baseline_configuration, dpo.baseline_fraction, dpo.note) == ("2d", "0.1", "")
+
+    same = paired[("DPORanking", "2d", "0.1")]
+    diffs = np.array([0.55, 0.50, 0.49, 0.66, 0.60]) - np.array([0.50, 0.52, 0.47, 0.61, 0.55])
+    assert same.n_pairs == 5 and same.p_value == pytest.approx(wilcoxon(diffs).pvalue, rel=1e-12)
+    assert same.baseline_fraction == "0.1"
+
+    # the baseline trainer's own run at another fraction is compared too; its run at 0.1 is the reference
+    own = paired[("SAMBaseline", "2d", "1.0")]
+    diffs = np.array([0.70, 0.66, 0.72, 0.69, 0.75]) - np.array([0.50, 0.52, 0.47, 0.61, 0.55])
+    assert own.n_pairs == 5 and own.mean_difference == pytest.approx(diffs.mean())
+    assert own.p_value == pytest.approx(wilcoxon(diffs).pvalue, rel=1e-12) and own.baseline_fraction == "0.1"
+    assert paired[("SAMBaseline", "2d", "0.1")] is None
+
+    # a tagged run still falls back to its base configuration, at the baseline's fraction, not its own (0.5)
+    tagged = paired[("DPORanking", "2d-lr0.001", "0.5")]
+    diffs = np.array([0.80, 0.81, 0.79, 0.83, 0.77]) - np.array([0.50, 0.52, 0.47, 0.61, 0.55])
+    assert (tagged.baseline_configuration, tagged.baseline_fraction, tagged.n_pairs) == ("2d", "0.1", 5)
+    assert tagged.p_value == pytest.approx(wilcoxon(diffs).pvalue, rel=1e-12)
+    assert "base configuration 2d (none at 2d-lr0.001)" in tagged.note
+
+    big = paired[("SAMNoPrompt", "2d__big", "0.2")]
+    assert big.n_pairs == 0 and math.isnan(big.p_value) and big.baseline_configuration is None
+    assert "no SAMBaseline run at configuration 2d__big, fraction 0.1; no test" in big.note
+    assert big.baseline_fraction == "0.1"
+
+
+def test_baseline_fraction_spelled_otherwise_finds_the_run(at_fraction):
+    for spelling in ["0.10", ".1", "f0.1"]:
+        table = build_table(scan_runs(DATASET), baseline=f"SAMBaseline@{spelling}")
+        assert table.baseline_fraction == "0.1", spelling  # as the run folder spells it
+        assert paired_of(table)[("DPORanking", "2d", "0.2")].n_pairs == 8
+
+
+def test_baseline_without_fraction_pairs_same_fraction_only(at_fraction):
+    table = build_table(scan_runs(DATASET), baseline="SAMBaseline")
+    assert (table.baseline, table.baseline_fraction, table.baseline_name) == ("SAMBaseline", None, "SAMBaseline")
+    paired = paired_of(table)
+    # no SAMBaseline run at 0.2: no test, although one at 0.1 exists
+    dpo = paired[("DPORanking", "2d", "0.2")]
+    assert dpo.n_pairs == 0 and math.isnan(dpo.p_value) and dpo.baseline_configuration is None
+    assert "no SAMBaseline run at configuration 2d, fraction 0.2; no test" in dpo.note
+    assert dpo.baseline_fraction == "0.2"
+    same = paired[("DPORanking", "2d", "0.1")]
+    assert (same.n_pairs, same.baseline_fraction) == (5, "0.1")
+    assert "fraction 0.5" in paired[("DPORanking", "2d-lr0.001", "0.5")].note
+    # every row of the baseline trainer is a reference, at each fraction
+    assert paired[("SAMBaseline", "2d", "0.1")] is None and paired[("SAMBaseline", "2d", "1.0")] is None
+
+
+@pytest.mark.parametrize("baseline,message", [
+    ("SAMBaseline@0.3", "baseline 'SAMBaseline' has no finished run at fraction 0.3 of Dataset003_BUSI; "
+                        "fractions found for SAMBaseline: 0.1, 1.0"),
+    ("DPORanking@1.0", "fractions found for DPORanking: 0.1, 0.2, 0.5"),
+    ("SAMBoxOracle@0.1", "baseline 'SAMBoxOracle' has no finished run of Dataset003_BUSI; trainers found: "
+                         "DPORanking, SAMBaseline, SAMNoPrompt"),
+    ("SAMBaseline@x", "TRAINER@FRACTION"),
+])
+def test_baseline_fraction_errors(at_fraction, baseline, message):
+    with pytest.raises(SamprefError) as err:
+        build_table(scan_runs(DATASET), baseline=baseline)
+    assert message in str(err.value)
+
+
+def test_baseline_fraction_in_text_csv_json(at_fraction, tmp_path):
+    table = build_table(scan_runs(DATASET), baseline="SAMBaseline@0.1")
+    text = format_table(table)
+    assert "diff vs SAMBaseline@0.1" in text.splitlines()[1]
+    assert "row (any fraction) minus SAMBaseline at fraction 0.1" in text
+    assert "SAMNoPrompt 2d__big f0.2: no SAMBaseline run at configuration 2d__big, fraction 0.1; no test" in text
+    assert "DPORanking 2d-lr0.001 f0.5: paired with SAMBaseline at base configuration 2d" in text
+
+    write_outputs(table, tmp_path)
+    records = {(r["trainer"], r["configuration"], r["fraction"]): r
+               for r in csv.DictReader((tmp_path / "summary_table.csv").open())}
+    assert {k: (r["baseline"], r["baseline_fraction"]) for k, r in records.items()} == {
+        k: ("SAMBaseline", "0.1") for k in records}
+    dpo = records[("DPORanking", "2d", "0.2")]
+    assert float(dpo["p_value"]) == pytest.approx(wilcoxon(DPO_02_VS_01).pvalue, rel=1e-9)
+    assert dpo["n_pairs"] == "8" and records[("SAMBaseline", "2d", "0.1")]["paired_note"] == "baseline"
+
+    data = json.loads((tmp_path / "summary_table.json").read_text())
+    assert (data["baseline"], data["baseline_fraction"]) == ("SAMBaseline", "0.1")
+    rows = {(r["trainer"], r["configuration"], r["fraction"]): r["paired"] for r in data["rows"]}
+    assert rows[("SAMBaseline", "2d", "0.1")] is None
+    assert rows[("SAMBaseline", "2d", "1.0")]["baseline_fraction"] == "0.1"
+    assert rows[("DPORanking", "2d", "0.2")]["baseline_fraction"] == "0.1"
+    assert rows[("DPORanking", "2d", "0.2")]["p_value"] == pytest.approx(wilcoxon(DPO_02_VS_01).pvalue)
+
+
+def test_baseline_without_fraction_outputs_name_each_rows_fraction(at_fraction, tmp_path):
+    table = build_table(scan_runs(DATASET), baseline="SAMBaseline")
+    text = format_table(table)
+    assert "diff vs SAMBaseline " in text.splitlines()[1] and "@" not in text.splitlines()[1]
+    assert "row minus SAMBaseline at the same configuration (else a tagged run's base configuration) and fraction" \
+        in text
+    write_outputs(table, tmp_path)
+    records = list(csv.DictReader((tmp_path / "summary_table.csv").open()))
+    assert all(r["baseline_fraction"] == r["fraction"] for r in records)
+    data = json.loads((tmp_path / "summary_table.json").read_text())
+    assert data["baseline"] == "SAMBaseline" and data["baseline_fraction"] is None
+
+
+def test_cli_baseline_at_fraction(at_fraction, capsys):
+    assert evaluate_main(["-d", "3", "--baseline", "SAMBaseline@0.1"]) == 0
+    assert "diff vs SAMBaseline@0.1" in capsys.readouterr().out
+    data = json.loads((at_fraction / DATASET / "summary_table.json").read_text())
+    assert data["baseline_fraction"] == "0.1"
+    assert evaluate_main(["-d", "3", "--baseline", "SAMBaseline@0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sampref_evaluate: error: ") and "fractions found for SAMBaseline: 0.1, 1.0" in err
+    assert "Traceback" not in err
+
+
+def test_cli_help_shows_baseline_at_fraction(capsys):
+    with pytest.raises(SystemExit):
+        evaluate_main(["--help"])
+    out = capsys.readouterr().out
+    assert "TRAINER[@FRACTION]" in out and "--baseline SAMBaseline@0.1" in out
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

@@ -17,19 +17,28 @@ configuration; a tagged run without a baseline run at its exact configuration is
 at its base configuration. A prompt-sourced trainer's config.json names its saliency source
 (hyperparameters.saliency): rows show it as [saliency: dark-basin], folds that disagree as a+b.
 
+--baseline TRAINER pairs each row with TRAINER's run at the row's own fraction. --baseline TRAINER@FRACTION
+(e.g. SAMBaseline@0.1) pairs every row, at every fraction, with TRAINER's run at FRACTION (TRAINER's own rows
+at other fractions included); a FRACTION at which TRAINER has no finished run is an error that lists TRAINER's.
+Either way pairs are the validation cases (per fold) both runs scored, and the outputs name the baseline
+trainer and fraction each p-value is against.
+
 writes (atomically, into the dataset's results folder or -o DIR):
   summary_table.csv    one line per (trainer, configuration, fraction): oracle (true/false), base configuration
                        and run tag, per-label and foreground mean, each as mean and std over folds (std empty
                        with one fold), number of folds, and with --baseline the baseline's configuration, the
-                       mean paired difference, pairs and Wilcoxon p-value, and last prompt_source
-                       (the saliency source; empty for trainers without one)
-  summary_table.json   the same, plus the unfinished folds
+                       mean paired difference, pairs and Wilcoxon p-value, then prompt_source
+                       (the saliency source; empty for trainers without one), and with --baseline last
+                       baseline_fraction (the fraction of the baseline run each row is compared with)
+  summary_table.json   the same, plus the unfinished folds and the top-level baseline_fraction
+                       (null: each row against the baseline at its own fraction)
   dice_vs_fraction.png the foreground mean (or --label) against the fraction, error bars = std over folds,
                        oracle lines dashed and labelled (oracle)
 
 examples:
   sampref_evaluate -d 003
   sampref_evaluate -d Dataset003_BUSI --baseline SAMBoxOracle --label lesion -o tables/
+  sampref_evaluate -d 003 --baseline SAMBaseline@0.1    # every row against SAMBaseline trained at fraction 0.1
 """
 
 
@@ -38,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sampref_evaluate", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", "--dataset", required=True, help="dataset: 3, 003 or Dataset003_BUSI")
-    parser.add_argument("--baseline", default=None, metavar="TRAINER",
-                        help="trainer to test every other row against (paired Wilcoxon signed-rank over cases)")
+    parser.add_argument("--baseline", default=None, metavar="TRAINER[@FRACTION]",
+                        help="trainer to test every other row against (paired Wilcoxon signed-rank over cases): "
+                             "at each row's own fraction, or with @FRACTION (SAMBaseline@0.1) at that fraction "
+                             "for every row")
     parser.add_argument("--metric", default="Dice", help="metric of summary.json to aggregate (default: Dice)")
     parser.add_argument("--label", default="all", metavar="all|NAME",
                         help="'all': every foreground label plus foreground_mean (default); NAME: that label only")

@@ -29,6 +29,14 @@ baseline), over the cases (keyed by fold and case) both scored. The per-case val
 over the foreground labels (``label="all"``) or the named label's value; cases that are NaN on either side
 are dropped. The test is :func:`scipy.stats.wilcoxon` (two-sided); with fewer than :data:`MIN_PAIRS` pairs or
 only zero differences the p-value is NaN and a note says why.
+
+The baseline is a trainer (``SAMBoxOracle``: each row against the baseline at the row's own fraction, as above)
+or a trainer and a fraction, ``SAMBaseline@0.1`` (see :func:`parse_baseline`): every row, at every fraction, is
+then compared with the baseline's run at that one fraction (same plans and configuration rules, the same
+pairing on the cases, keyed by fold and case, that both scored), which says, e.g., whether a method trained on
+more annotations beats the baseline at 10 %. The baseline trainer's own rows at other fractions are compared
+too; only its rows at the baseline fraction are the reference. A fraction the baseline trainer has no finished
+run at is an error that lists the fractions it has.
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ MIN_PAIRS = 5
 FOREGROUND = "foreground_mean"
 _FOLD_RE = re.compile(r"fold_(\d+)")
 _FRACTION_RE = re.compile(r"f(\d+(?:\.\d*)?|\.\d+)")
+_BASELINE_FRACTION_RE = re.compile(r"f?(\d+(?:\.\d*)?|\.\d+)")
+#: Digits fractions are compared at (``0.1`` and ``0.10`` are one fraction).
+_FRACTION_DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -134,14 +145,17 @@ class FoldStat:
 
 @dataclass(frozen=True)
 class PairedTest:
-    """Row minus baseline over paired cases: mean difference, number of pairs, Wilcoxon p-value, note, and the
-    configuration of the baseline row it was paired with (``None`` when there was none)."""
+    """Row minus baseline over paired cases: mean difference, number of pairs, Wilcoxon p-value, note, the
+    configuration of the baseline row it was paired with (``None`` when there was none) and the fraction of the
+    baseline it is against (the row's own without ``@fraction``; the one asked for, as the run folder spells it,
+    with it; set even when no baseline row was found, to say which was looked for)."""
 
     mean_difference: float
     n_pairs: int
     p_value: float
     note: str = ""
     baseline_configuration: str | None = None
+    baseline_fraction: str | None = None
 
 
 @dataclass
@@ -163,7 +177,11 @@ class TableRow:
 
 @dataclass
 class ResultTable:
-    """The aggregated table of a dataset; ``columns`` are label names and/or ``foreground_mean``."""
+    """The aggregated table of a dataset; ``columns`` are label names and/or ``foreground_mean``.
+
+    ``baseline`` is the baseline trainer (without any ``@fraction``), ``baseline_fraction`` the fraction every
+    row is compared at (as the baseline's run folder spells it), ``None`` when each row is compared at its own.
+    """
 
     dataset: str
     metric: str
@@ -173,6 +191,14 @@ class ResultTable:
     rows: list[TableRow]
     unfinished: list[UnfinishedFold]
     skipped: list[str]
+    baseline_fraction: str | None = None
+
+    @property
+    def baseline_name(self) -> str | None:
+        """The baseline as ``--baseline`` writes it: ``SAMBoxOracle`` or ``SAMBaseline@0.1``."""
+        if self.baseline is None:
+            return None
+        return self.baseline if self.baseline_fraction is None else f"{self.baseline}@{self.baseline_fraction}"
 
 
 # ----------------------------------------------------------------------------------------------- scanning
@@ -259,6 +285,41 @@ def scan_runs(dataset: str, results_root: Path | None = None) -> RunScan:
     return scan
 
 
+def parse_baseline(text: str) -> tuple[str, str | None]:
+    """Split ``--baseline``: ``TRAINER`` gives ``(TRAINER, None)`` (each row against the trainer at the row's
+    own fraction), ``TRAINER@FRACTION`` gives ``(TRAINER, FRACTION)`` (every row against the trainer at that
+    fraction; ``0.1``, ``.1``, ``1`` or, as in a run folder's name, ``f0.1``, returned without the ``f``).
+
+    Raises :class:`SamprefError` for an empty trainer or a fraction that is not a non-negative number.
+    """
+    if "@" not in text:
+        return text, None
+    trainer, _, fraction = text.rpartition("@")
+    match = _BASELINE_FRACTION_RE.fullmatch(fraction.strip())
+    if not trainer or match is None:
+        raise SamprefError(f"--baseline {text!r}: write TRAINER or TRAINER@FRACTION, e.g. SAMBaseline or "
+                           "SAMBaseline@0.1 (the fraction as in the run folder's name, f0.1).")
+    return trainer, match.group(1)
+
+
+def _fraction_id(fraction: str | float) -> float:
+    """A fraction as compared: ``0.1``, ``0.10`` and ``.1`` are one."""
+    return round(float(fraction), _FRACTION_DIGITS)
+
+
+def _baseline_fraction(keys: Iterable[RunKey], trainer: str, fraction: str, dataset: str) -> str:
+    """The baseline ``trainer``'s fraction equal to ``fraction`` as its run folders spell it (the first in sort
+    order should two spellings exist); :class:`SamprefError` listing its fractions when it has none such."""
+    found = sorted({key.fraction for key in keys if key.trainer == trainer}, key=lambda f: (float(f), f))
+    matching = [f for f in found if _fraction_id(f) == _fraction_id(fraction)]
+    if not matching:
+        raise SamprefError(f"baseline {trainer!r} has no finished run at fraction {fraction} of {dataset}; "
+                           f"fractions found for {trainer}: {', '.join(found)} (write e.g. "
+                           f"--baseline {trainer}@{found[0]}, or --baseline {trainer} to pair each row at its "
+                           "own fraction).")
+    return matching[0]
+
+
 # ------------------------------------------------------------------------------------------------ statistics
 def fold_stat(values: Sequence[float]) -> FoldStat:
     """Mean and std (ddof=1) of the non-NaN ``values``; std is ``None`` with fewer than two of them."""
@@ -333,7 +394,10 @@ def build_table(scan: RunScan, metric: str = "Dice", label: str = "all", baselin
     """Aggregate the finished folds of ``scan`` into a :class:`ResultTable` (see the module docstring).
 
     ``label`` is ``"all"`` (every foreground label plus ``foreground_mean``) or one label's name.
-    Raises :class:`SamprefError` when nothing is finished, or the metric, label or baseline is unknown.
+    ``baseline`` is ``TRAINER`` (each row against it at the row's fraction) or ``TRAINER@FRACTION`` (every row
+    against it at that fraction), see :func:`parse_baseline`.
+    Raises :class:`SamprefError` when nothing is finished, or the metric, label, baseline or baseline fraction
+    is unknown (the last listing the baseline's fractions).
     """
     if not scan.finished:
         hint = f" ({len(scan.unfinished)} unfinished fold(s) found)" if scan.unfinished else ""
@@ -352,9 +416,14 @@ def build_table(scan: RunScan, metric: str = "Dice", label: str = "all", baselin
     for result in scan.finished:
         groups.setdefault(result.key, []).append(result)
     trainers = sorted({key.trainer for key in groups})
-    if baseline is not None and baseline not in trainers:
-        raise SamprefError(f"baseline {baseline!r} has no finished run of {scan.dataset}; "
-                           f"trainers found: {', '.join(trainers)}.")
+    baseline_fraction = None
+    if baseline is not None:
+        baseline, asked_fraction = parse_baseline(baseline)
+        if baseline not in trainers:
+            raise SamprefError(f"baseline {baseline!r} has no finished run of {scan.dataset}; "
+                               f"trainers found: {', '.join(trainers)}.")
+        if asked_fraction is not None:
+            baseline_fraction = _baseline_fraction(groups, baseline, asked_fraction, scan.dataset)
     rows = []
     for key in sorted(groups, key=RunKey.sort_key):
         folds = sorted(groups[key], key=lambda r: r.fold)
@@ -367,28 +436,36 @@ def build_table(scan: RunScan, metric: str = "Dice", label: str = "all", baselin
                              run_tag=next((c.run_tag for c in configs if c.run_tag is not None), None),
                              prompt_source=merge_prompt_sources(c.prompt_source for c in configs)))
     if baseline is not None:
-        _add_paired_tests(rows, groups, baseline, paired_labels, metric)
-    return ResultTable(scan.dataset, metric, label, baseline, columns, rows, scan.unfinished, scan.skipped)
+        _add_paired_tests(rows, groups, baseline, paired_labels, metric, baseline_fraction)
+    return ResultTable(scan.dataset, metric, label, baseline, columns, rows, scan.unfinished, scan.skipped,
+                       baseline_fraction)
 
 
 def _add_paired_tests(rows: list[TableRow], groups: Mapping[RunKey, list[FoldResult]], baseline: str,
-                      labels: Mapping[str, int], metric: str) -> None:
-    references = {(k.plans, k.configuration, round(k.fraction_value, 6)): _paired_scores(folds, labels, metric)
-                  for k, folds in groups.items() if k.trainer == baseline}
+                      labels: Mapping[str, int], metric: str, fraction: str | None = None) -> None:
+    """Set ``row.paired`` of every row but the baseline's own: against the baseline at the row's fraction, or
+    at ``fraction`` when given (then the baseline's rows at other fractions are tested too)."""
+    references = {(k.plans, k.configuration, _fraction_id(k.fraction)): k
+                  for k in groups if k.trainer == baseline}
+    reference_scores: dict[RunKey, dict[tuple, float]] = {}
     for row in rows:
-        if row.key.trainer == baseline:
-            continue
         key, base = row.key, row.configuration_base
+        wanted = key.fraction if fraction is None else fraction
+        if key.trainer == baseline and (fraction is None or _fraction_id(key.fraction) == _fraction_id(fraction)):
+            continue
         candidates = [key.configuration] + ([base] if base is not None and base != key.configuration else [])
-        found = [c for c in candidates if (key.plans, c, round(key.fraction_value, 6)) in references]
+        found = [references[r] for c in candidates if (r := (key.plans, c, _fraction_id(wanted))) in references]
         if not found:
             row.paired = PairedTest(math.nan, 0, math.nan, f"no {baseline} run at configuration "
-                                    f"{' or '.join(candidates)}, fraction {key.fraction}; no test")
+                                    f"{' or '.join(candidates)}, fraction {wanted}; no test",
+                                    baseline_fraction=wanted)
             continue
-        configuration = found[0]
-        paired = paired_test(_paired_scores(groups[key], labels, metric),
-                             references[(key.plans, configuration, round(key.fraction_value, 6))])
+        reference = found[0]
+        if reference not in reference_scores:
+            reference_scores[reference] = _paired_scores(groups[reference], labels, metric)
+        paired = paired_test(_paired_scores(groups[key], labels, metric), reference_scores[reference])
+        configuration = reference.configuration
         fallback = (f"paired with {baseline} at base configuration {configuration} (none at {key.configuration})"
                     if configuration != key.configuration else "")
         row.paired = replace(paired, note="; ".join(filter(None, [fallback, paired.note])),
-                             baseline_configuration=configuration)
+                             baseline_configuration=configuration, baseline_fraction=reference.fraction)

@@ -16,8 +16,9 @@ from sampref_bench.evaluation.table_output import write_outputs
 def evaluate_dataset(dataset: str | int, metric: str = "Dice", label: str = "all", baseline: str | None = None,
                      output_dir: Path | None = None) -> tuple[ResultTable, list[Path]]:
     """Resolve ``dataset`` (3, 003 or Dataset003_BUSI), aggregate its runs and write the table and plot into
-    ``output_dir`` (default ``$SAMPREF_results/DatasetXXX_Name``). Returns the table and the written paths
-    (``summary_table.csv``, ``summary_table.json``, ``dice_vs_fraction.png``)."""
+    ``output_dir`` (default ``$SAMPREF_results/DatasetXXX_Name``). ``baseline`` is ``TRAINER`` or
+    ``TRAINER@FRACTION`` (see :func:`~sampref_bench.evaluation.aggregate.parse_baseline`). Returns the table and
+    the written paths (``summary_table.csv``, ``summary_table.json``, ``dice_vs_fraction.png``)."""
     name = paths.resolve_dataset(dataset, paths.raw_root(), paths.preprocessed_root(), paths.results_root())
     scan = scan_runs(name)
     table = build_table(scan, metric=metric, label=label, baseline=baseline)

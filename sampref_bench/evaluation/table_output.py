@@ -9,6 +9,12 @@ A prompt-sourced trainer's rows name the saliency source that made their prompts
 after the trainer (after ``[oracle]`` on a row that has both) and a note in the text, a ``prompt_source``
 column in the CSV (the last one, so every older column keeps its place; empty when unknown), a
 ``prompt_source`` field in the JSON (``null`` when unknown), and the same mark in the plot's line name.
+
+With a baseline, every output says which baseline run each p-value is against, trainer and fraction: the text
+table's ``diff vs SAMBoxOracle`` (each row at its own fraction) or ``diff vs SAMBaseline@0.1`` (every row against
+that fraction) column and its ``paired:`` note; the CSV's ``baseline`` (the trainer) and ``baseline_fraction``
+columns (the last one, after ``prompt_source``, so every older column keeps its place); the JSON's top-level
+``baseline`` and ``baseline_fraction`` (``null``: each row's own) and each row's ``paired.baseline_fraction``.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ def format_table(table: ResultTable) -> str:
     head = ["trainer", *(["plans"] if _show_plans(table) else []), "configuration", "fraction", "folds"]
     head += table.columns
     if table.baseline:
-        head += [f"diff vs {table.baseline}", "pairs", "p"]
+        head += [f"diff vs {table.baseline_name}", "pairs", "p"]
     body = []
     for row in table.rows:
         cells = [_trainer_cell(row), *([row.key.plans] if _show_plans(table) else []), row.key.configuration,
@@ -92,9 +98,14 @@ def _notes(table: ResultTable) -> list[str]:
     if any(row.prompt_source is not None for row in table.rows):
         notes.append(PROMPT_SOURCE_NOTE)
     if table.baseline:
-        notes.append(f"paired: Wilcoxon signed-rank on {_paired_scope(table)}, row minus {table.baseline} at the "
-                     "same configuration (else a tagged run's base configuration) and fraction, over the cases "
-                     "both scored")
+        if table.baseline_fraction is not None:
+            notes.append(f"paired: Wilcoxon signed-rank on {_paired_scope(table)}, row (any fraction) minus "
+                         f"{table.baseline} at fraction {table.baseline_fraction}, at the same configuration (else "
+                         "a tagged run's base configuration), over the cases (fold, case) both scored")
+        else:
+            notes.append(f"paired: Wilcoxon signed-rank on {_paired_scope(table)}, row minus {table.baseline} at "
+                         "the same configuration (else a tagged run's base configuration) and fraction, over the "
+                         "cases both scored")
         notes += [f"{r.key.trainer} {r.key.configuration} f{r.key.fraction}: {r.paired.note}"
                   for r in table.rows if r.paired is not None and r.paired.note]
     notes += [f"unfinished (left out): {u.run}/fold_{u.fold}: {u.reason}" for u in table.unfinished]
@@ -114,15 +125,19 @@ def _row_record(table: ResultTable, row: TableRow) -> dict[str, Any]:
         p = row.paired
         record["paired"] = None if p is None else {
             "baseline": table.baseline, "baseline_configuration": p.baseline_configuration,
-            "mean_difference": p.mean_difference, "n_pairs": p.n_pairs, "p_value": p.p_value, "note": p.note}
+            "baseline_fraction": p.baseline_fraction, "mean_difference": p.mean_difference, "n_pairs": p.n_pairs,
+            "p_value": p.p_value, "note": p.note}
     return record
 
 
 def table_to_json(table: ResultTable) -> dict[str, Any]:
     """The table as a JSON-ready dict (std ``null`` with one fold; NaN where a statistic is undefined); each row
     has ``oracle`` (bool), ``prompt_source``, ``configuration_base`` and ``run_tag`` (``null`` when its
-    config.json does not say)."""
+    config.json does not say). ``baseline`` is the baseline trainer, ``baseline_fraction`` the fraction every row
+    is compared at (``null``: each row at its own); a row's ``paired.baseline_fraction`` is the fraction of the
+    baseline run that row is compared with."""
     return {"dataset": table.dataset, "metric": table.metric, "label": table.label, "baseline": table.baseline,
+            "baseline_fraction": table.baseline_fraction,
             "paired_test": (f"scipy.stats.wilcoxon on {_paired_scope(table)}" if table.baseline else None),
             "columns": table.columns, "rows": [_row_record(table, row) for row in table.rows],
             "unfinished": [{"run": u.run, "fold": u.fold, "reason": u.reason} for u in table.unfinished],
@@ -132,14 +147,18 @@ def table_to_json(table: ResultTable) -> dict[str, Any]:
 def table_to_csv(table: ResultTable) -> str:
     """The table as CSV: one line per row, ``oracle`` as ``true``/``false``, ``configuration_base`` and
     ``run_tag`` (empty when unknown), ``{column}_mean``/``{column}_std`` (std empty with one fold), the paired
-    test's columns with a baseline, and last ``prompt_source`` (empty when unknown; appended after every older
-    column so that readers by position still find those where they were)."""
+    test's columns with a baseline, then ``prompt_source`` (empty when unknown; appended after every older
+    column so that readers by position still find those where they were), and with a baseline last
+    ``baseline_fraction`` (the fraction of the baseline run the row is compared with; a baseline row's own),
+    appended after it for the same reason."""
     head = ["trainer", "oracle", "plans", "configuration", "configuration_base", "run_tag", "fraction", "n_folds",
             "folds"]
     head += [f"{c}_{s}" for c in table.columns for s in ("mean", "std")]
     if table.baseline:
         head += ["baseline", "baseline_configuration", "mean_difference", "n_pairs", "p_value", "paired_note"]
     head.append("prompt_source")
+    if table.baseline:
+        head.append("baseline_fraction")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(head)
@@ -154,6 +173,8 @@ def table_to_csv(table: ResultTable) -> str:
             cells += [table.baseline, "", "", "", "", "baseline"] if p is None else \
                 [table.baseline, p.baseline_configuration or "", p.mean_difference, p.n_pairs, p.p_value, p.note]
         cells.append(row.prompt_source or "")
+        if table.baseline:
+            cells.append(row.key.fraction if row.paired is None else row.paired.baseline_fraction or "")
         writer.writerow(cells)
     return buffer.getvalue()
 
