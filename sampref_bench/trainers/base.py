@@ -119,7 +119,7 @@ class BaseTrainer:
         if unknown:
             raise SamprefError(f"unknown option(s) {unknown} for {type(self).__name__}; known: {sorted(self.defaults)}")
         self.config: dict[str, Any] = self.resolve_config(overrides or {})
-        reference = self.resolve_config({})
+        reference = self.reference_config()
         changes = {k: v for k, v in self.config.items()
                    if v != reference[k] and k not in self.named_in_configuration}
         self.run_tag = validate_run_name(run_name) if run_name else run_tag(changes)
@@ -146,6 +146,10 @@ class BaseTrainer:
                                        f"training length): rerun `sampref_plan -d {self.dataset_name}`")
                 config[key] = int(self.plans[name])
         return self.canonicalize(config)
+
+    def reference_config(self) -> dict[str, Any]:
+        """The configuration the run tag is measured against (default: the trainer's defaults, planned)."""
+        return self.resolve_config({})
 
     def canonicalize(self, config: dict[str, Any]) -> dict[str, Any]:
         """Bring equivalent spellings to one form (subclasses: model aliases); default: unchanged."""

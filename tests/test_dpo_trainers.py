@@ -1,0 +1,183 @@
+"""DPO trainers end to end on a tiny model: stage-1 reuse and identity, resuming in stage 2, the annotator file,
+the hidden labels of rated cases, and the guards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sampref_bench.trainers.data import LabelStore
+from sampref_bench.trainers.registry import get_trainer
+from sampref_bench.utilities.errors import SamprefError
+from tests.trainer_helpers import FAST, planned_phantoms
+
+TINY = {**FAST, "epochs": 1, "stage1_epochs": 1, "threshold": 0.1}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A planned phantom dataset with its finished stage-1 run and warm caches, built once for this module."""
+    root = tmp_path_factory.mktemp("dpo_prepared")
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("raw", "preprocessed", "results"):
+            patch.setenv(f"SAMPREF_{key}", str(root / key))
+        _dpo("DPORanking", planned_phantoms()).initialize()
+    return root
+
+
+@pytest.fixture
+def dataset(prepared, sampref_roots):
+    """This test's own copy of :func:`prepared`."""
+    for key, folder in sampref_roots.items():
+        shutil.copytree(prepared / key, folder)
+    return "7"
+
+
+def _dpo(name, dataset, fraction=0.5, run_name=None, **overrides):
+    return get_trainer(name)(dataset, 0, fraction, overrides={**TINY, **overrides}, progress=False,
+                             run_name=run_name)
+
+
+def _weights(run_dir):
+    state = torch.load(run_dir / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    return state["networks"]["network"]
+
+
+def _assert_same_weights(a, b):
+    assert set(a) == set(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_dpo_run_reuses_stage1_and_writes_everything(dataset):
+    ranking = _dpo("DPORanking", dataset)
+    out = ranking.run_training()
+    record = json.loads((out / "config.json").read_text())
+    stage1 = ranking.stage1_trainer().output_dir
+    assert record["stage1_run"] == str(stage1) and record["budget"] == "dpo"
+    assert record["cases"]["rated"] == len(ranking.roles.rated) > 0
+    assert (stage1 / "validation" / "summary.json").is_file()  # stage 1 is a run of its own
+    summary = json.loads((out / "validation" / "summary.json").read_text())
+    assert len(summary["metric_per_case"]) == len(ranking.roles.val)
+    prefs = json.loads((out / "preferences.json").read_text())
+    assert len(prefs["entries"]) == len(ranking.rated) and prefs["thresholds"] == [0.3, 0.4, 0.5, 0.6]
+    rows = (out / "training_log.csv").read_text().splitlines()
+    for column in ("train_preference_loss", "train_reward_margin", "train_kl_to_reference", "iou_spread",
+                   "tied_share", "val_dice", "train_anchor_loss"):
+        assert column in rows[0], column
+    assert len(rows) == 1 + TINY["epochs"]
+    # only the mask decoder moved in stage 2; the reference stayed the stage-1 model
+    stage1_state = torch.load(stage1 / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    before = stage1_state["networks"]["network"]
+    after = _weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("mask_decoder."))
+    assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith("mask_decoder."))
+    for key, value in ranking.networks["reference"].state_dict().items():
+        if key in before:
+            assert torch.equal(value, before[key]), key
+
+    stamp = (stage1 / "checkpoint_final.pth").stat().st_mtime_ns
+    rating = _dpo("DPORating", dataset)
+    rating.run_training()
+    assert (stage1 / "checkpoint_final.pth").stat().st_mtime_ns == stamp  # reused, not retrained
+    assert rating.stage1_dir == stage1
+
+
+def test_interrupted_stage2_continues_to_identical_weights(dataset, monkeypatch):
+    straight = _dpo("DPORanking", dataset, epochs=2).run_training()
+
+    victim = _dpo("DPORanking", dataset, run_name="killed", epochs=2)
+
+    def stop(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(victim, "on_epoch_end", stop)
+    with pytest.raises(KeyboardInterrupt):
+        victim.run_training()
+    assert not (victim.output_dir / "checkpoint_final.pth").exists()
+    resumed = _dpo("DPORanking", dataset, run_name="killed", epochs=2)
+    resumed.run_training(continue_training=True)
+    _assert_same_weights(_weights(straight), _weights(resumed.output_dir))
+    a = json.loads((straight / "validation" / "summary.json").read_text())
+    b = json.loads((resumed.output_dir / "validation" / "summary.json").read_text())
+    assert [c["metrics"] for c in a["metric_per_case"]] == [c["metrics"] for c in b["metric_per_case"]]
+
+
+@pytest.mark.parametrize("name", ["DPORanking", "DPORating"])
+def test_ratings_file_holding_the_simulated_ratings_gives_the_same_run(dataset, name, tmp_path):
+    simulated = _dpo(name, dataset).run_training()
+    ratings = tmp_path / "ratings.json"
+    shutil.copy(simulated / "preferences.json", ratings)
+    from_file = _dpo(name, dataset, annotator="file", ratings_file=str(ratings), run_name="human")
+    assert from_file.output_dir != simulated
+    from_file.run_training()
+    _assert_same_weights(_weights(simulated), _weights(from_file.output_dir))
+
+
+def test_ground_truth_of_rated_cases_reaches_only_the_annotator(dataset, monkeypatch):
+    honest = _dpo("DPORanking", dataset).run_training()
+    rated = set(_dpo("DPORanking", dataset).roles.rated)
+    original = LabelStore.seg
+    served = {"annotator": 0, "garbage": 0}
+
+    def seg(self, case):
+        real = original(self, case)
+        if case in rated and "annotator" in self.purpose:
+            served["annotator"] += 1
+            return real
+        if case in rated:
+            served["garbage"] += 1
+            return np.random.default_rng(0).integers(0, 2, real.shape).astype(real.dtype)
+        return real
+
+    monkeypatch.setattr(LabelStore, "seg", seg)
+    blinded = _dpo("DPORanking", dataset, run_name="blinded").run_training()
+    assert served["annotator"] > 0
+    _assert_same_weights(_weights(honest), _weights(blinded))
+
+
+def test_best_only_and_control_trainers_run(dataset):
+    best = _dpo("DPOBestOnly", dataset)
+    best.run_training()
+    assert all((r.weights >= 0).all() for r in best.rated)
+    control = get_trainer("SAMBaselineContinued")(dataset, 0, 0.1, overrides=TINY, progress=False)
+    out = control.run_training()
+    assert json.loads((out / "config.json").read_text())["cases"]["rated"] == 0
+    assert control.stage1_dir.name == "fold_0" and "SAMBaseline__" in control.stage1_dir.parent.name
+    assert (out / "validation" / "summary.json").is_file()
+
+
+def test_paper_preset_and_option_names(dataset):
+    paper = _dpo("DPORanking", dataset, settings="paper")
+    assert (paper.config["loss"], paper.config["reduction"], paper.config["anchor_weight"]) == ("dpo", "sum", 0.0)
+    assert "-paper" in paper.output_dir.parent.name
+    default = _dpo("DPORanking", dataset)
+    assert "paper" not in default.output_dir.parent.name
+    with pytest.raises(SamprefError, match="settings='mine' is unknown"):
+        _dpo("DPORanking", dataset, settings="mine")
+    with pytest.raises(SamprefError, match="reduction='median' is unknown"):
+        _dpo("DPORanking", dataset, reduction="median")
+    with pytest.raises(SamprefError, match="ratings_file"):
+        _dpo("DPORanking", dataset, annotator="file")
+
+
+def test_guards_no_rated_case_foreign_stage1_and_all_ties(dataset, tmp_path):
+    with pytest.raises(SamprefError, match="buys no rated case"):
+        _dpo("DPORanking", dataset, fraction=0.1)
+    with pytest.raises(SamprefError, match="every one of the .* rated sample"):
+        _dpo("DPORanking", dataset, thresholds=[0.5, 0.5], run_name="ties").run_training()
+    stage1 = _dpo("DPORanking", dataset).stage1_trainer().output_dir
+    foreign = tmp_path / "foreign" / "fold_0"
+    shutil.copytree(stage1, foreign)
+    record = json.loads((foreign / "config.json").read_text())
+    record["plans_hash"] = "0000000000000000"
+    record["hyperparameters"]["model"] = "litemedsam"
+    (foreign / "config.json").write_text(json.dumps(record))
+    with pytest.raises(SamprefError) as err:
+        _dpo("DPORanking", dataset, stage1_run=str(foreign)).run_training()
+    assert "0000000000000000" in str(err.value) and "model" in str(err.value) and str(foreign) in str(err.value)
