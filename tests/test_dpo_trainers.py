@@ -3,6 +3,7 @@ the hidden labels of rated cases, and the guards."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -181,3 +182,26 @@ def test_guards_no_rated_case_foreign_stage1_and_all_ties(dataset, tmp_path):
     with pytest.raises(SamprefError) as err:
         _dpo("DPORanking", dataset, stage1_run=str(foreign)).run_training()
     assert "0000000000000000" in str(err.value) and "model" in str(err.value) and str(foreign) in str(err.value)
+
+
+def test_inner_selection_keeps_the_best_epoch_on_held_out_labeled_cases(dataset):
+    # the phantom fold's DPO budget has one labeled volume: its slices are split
+    with pytest.warns(UserWarning, match="one labeled case only"):
+        trainer = _dpo("DPORanking", dataset, epochs=2, selection="inner", inner_val_share=0.5)
+        out = trainer.run_training()
+    selection = json.loads((out / "selection.json").read_text())
+    inner = {tuple(s) for s in selection["inner_samples"]}
+    assert inner and {case for case, _, _ in inner} <= set(trainer.roles.labeled)
+    assert not inner & {(s.case, s.slice, s.label) for s in trainer.train_samples}  # held out of training
+    rows = list(csv.DictReader((out / "training_log.csv").open()))
+    scores = [float(r["inner_dice"]) for r in rows]
+    assert selection["inner_dice"] >= max(scores) - 1e-12 and selection["selected_epoch"] in (0, 1, 2)
+    if selection["selected_epoch"] > 0:
+        assert selection["inner_dice"] == pytest.approx(scores[selection["selected_epoch"] - 1])
+    final = _weights(out)
+    if selection["selected_epoch"] == 0:
+        stage1 = torch.load(trainer.stage1_dir / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+        for key, value in final.items():
+            assert torch.equal(value, stage1["networks"]["network"][key]), key
+    with pytest.raises(SamprefError, match="selection='best' is unknown"):
+        _dpo("DPORanking", dataset, selection="best")

@@ -231,17 +231,23 @@ class SAMTrainer(BaseTrainer):
     def validation_step(self) -> dict[str, float]:
         """Pseudo Dice: predictions of a fixed subset of validation samples (inference path), TP/FP/FN pooled
         over them at the preprocessed size (:func:`~sampref_bench.evaluation.metrics.confusion_per_label`)."""
+        return {"val_dice": self.pooled_dice(self.val_samples, self.val_labels)}
+
+    @torch.no_grad()
+    def pooled_dice(self, samples: list[Sample], store: LabelStore) -> float:
+        """Dice of the predictions of ``samples`` (at ``threshold``) against ``store``'s masks, with TP, FP and FN
+        pooled over all samples at the preprocessed size; NaN without samples."""
         size = int(self.config["batch_size"])
         predicted, reference = [], []
-        for start in range(0, len(self.val_samples), size):
-            samples = self.val_samples[start:start + size]
-            probs = torch.sigmoid(self.predict_logits(samples))[:, 0].cpu().numpy()
+        for start in range(0, len(samples), size):
+            chunk = samples[start:start + size]
+            probs = torch.sigmoid(self.predict_logits(chunk))[:, 0].cpu().numpy()
             predicted.append(probs >= self.config["threshold"])
-            reference.append(np.stack([self.val_labels.mask(s) for s in samples]))
+            reference.append(np.stack([store.mask(s) for s in chunk]))
         if not predicted:
-            return {"val_dice": float("nan")}
+            return float("nan")
         counts = confusion_per_label(np.concatenate(reference), np.concatenate(predicted), [1])[1]
-        return {"val_dice": overlap_scores(counts["TP"], counts["FP"], counts["FN"])[0]}
+        return overlap_scores(counts["TP"], counts["FP"], counts["FN"])[0]
 
     # ----------------------------------------------------- final validation
     @torch.no_grad()

@@ -12,6 +12,12 @@ them), at ``dpo_lr``, for the plan's ``dpo_epochs`` x ``dpo_iterations_per_epoch
 ``batch_size``. The frozen stage-1 model is held as ``networks["reference"]``; it is rebuilt from the stage-1
 checkpoint rather than stored, so ``--continue`` in stage 2 ends with the same weights.
 
+Model selection (``selection``): ``"last"`` keeps the last epoch. ``"inner"`` holds out a seeded
+``inner_val_share`` of the labeled cases from stage 2's supervised batches, scores the pooled Dice on them after
+every epoch (epoch 0 is the stage-1 model itself) and keeps the best epoch's mask decoder as the final model
+(``selection.json`` says which). The fold's validation cases are never used. Stage 1 did train on those held-out
+cases, so the inner Dice flatters the stage-1 model: a selection that keeps epoch 0 is conservative by design.
+
 :class:`SAMBaselineContinued` is the control of the DPO benchmark: the same stage 2 with the supervised
 stage-1 loss on the labeled cases alone (no ratings), which separates what preferences add from what more
 optimisation steps add.
@@ -19,6 +25,7 @@ optimisation steps add.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,9 +38,11 @@ from sampref_bench.trainers.data import Sample
 from sampref_bench.trainers.prompt_trainers import SAMBaseline
 from sampref_bench.trainers.run_folder import load_checkpoint
 from sampref_bench.trainers.run_identity import config_differences
-from sampref_bench.utilities.atomic import load_json
+from sampref_bench.utilities.atomic import load_json, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 
+#: How the stage-2 weights that are kept are chosen: the last epoch, or the best inner-split Dice.
+SELECTIONS = ("last", "inner")
 #: Keys of a stage-1 run's hyperparameters that must agree with this trainer's for the weights to fit.
 STAGE1_MODEL_KEYS = ("model", "model_checkpoint", "model_arch", "freeze_image_encoder", "text_encoder")
 
@@ -47,7 +56,7 @@ class TwoStageSAMTrainer(SAMBaseline):
     defaults: ClassVar[dict[str, Any]] = {
         **SAMBaseline.defaults,
         "stage1_epochs": None, "stage1_iterations_per_epoch": None, "stage1_run": None,
-        "dpo_lr": 1e-4,
+        "dpo_lr": 1e-4, "selection": "last", "inner_val_share": 0.2,
     }
 
     # ------------------------------------------------------------ stage 1
@@ -121,10 +130,90 @@ class TwoStageSAMTrainer(SAMBaseline):
                                "name a matching run with --set stage1_run=PATH.")
         self.stage1_record = record
 
+    def canonicalize(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Checks ``selection``."""
+        config = super().canonicalize(config)
+        if config["selection"] not in SELECTIONS:
+            raise SamprefError(f"selection={config['selection']!r} is unknown; choose one of {', '.join(SELECTIONS)}")
+        return config
+
     def initialize(self) -> None:
-        """Stage 1 first (reused, continued or trained), then the usual initialization of stage 2."""
+        """Stage 1 first (reused, continued or trained), then the usual initialization of stage 2; with
+        ``selection=inner`` the stage-1 model (epoch 0) is the first candidate for selection."""
         self.stage1_dir = self.ensure_stage1()
         super().initialize()
+        self.selected: dict[str, Any] | None = None
+        if self.config["selection"] == "inner":
+            self.network.eval()
+            self._offer_selection(0, self.pooled_dice(self.inner_samples, self.train_labels))
+
+    # ------------------------------------------------------------ inner-split selection
+    def build_data(self) -> None:
+        """With ``selection=inner``, a seeded ``inner_val_share`` of the labeled cases leaves the training
+        samples and becomes the inner validation split (never the fold's validation cases)."""
+        super().build_data()
+        self.inner_samples: list[Sample] = []
+        if self.config["selection"] != "inner":
+            return
+        rng = np.random.default_rng([int(self.config["seed"]), 7])
+        share = float(self.config["inner_val_share"])
+        cases = sorted({s.case for s in self.train_samples})
+        if len(cases) >= 2:
+            n_inner = min(len(cases) - 1, max(1, round(share * len(cases))))
+            inner = set(rng.choice(cases, size=n_inner, replace=False).tolist())
+            self.inner_samples = [s for s in self.train_samples if s.case in inner]
+            self.train_samples = [s for s in self.train_samples if s.case not in inner]
+            return
+        if len(self.train_samples) < 2:
+            raise SamprefError(f"selection=inner needs at least 2 labeled samples to split, {self} has "
+                               f"{len(self.train_samples)}; use selection=last")
+        # one labeled volume: its slices are split instead (correlated, hence only a fallback)
+        warnings.warn(f"{self}: one labeled case only, so the inner split holds out some of its slices", stacklevel=2)
+        n_inner = min(len(self.train_samples) - 1, max(1, round(share * len(self.train_samples))))
+        picked = set(rng.choice(len(self.train_samples), size=n_inner, replace=False).tolist())
+        self.inner_samples = [s for i, s in enumerate(self.train_samples) if i in picked]
+        self.train_samples = [s for i, s in enumerate(self.train_samples) if i not in picked]
+
+    def _offer_selection(self, epoch: int, dice: float) -> None:
+        """Keep the mask decoder of ``epoch`` when its inner Dice beats the best so far (ties keep the earlier)."""
+        if self.selected is None or (np.isfinite(dice) and not dice <= self.selected["dice"]):
+            state = {k: v.detach().clone() for k, v in self.network.mask_decoder.state_dict().items()}
+            self.selected = {"epoch": epoch, "dice": float(dice), "state": state}
+
+    def validation_step(self) -> dict[str, float]:
+        """Pseudo Dice, plus ``inner_dice`` on the inner split when ``selection=inner``."""
+        row = super().validation_step()
+        if self.config["selection"] == "inner":
+            row["inner_dice"] = self.pooled_dice(self.inner_samples, self.train_labels)
+        return row
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        """Selection bookkeeping; after the last epoch the selected mask decoder is loaded (and so saved as final)."""
+        super().on_epoch_end(row)
+        if self.config["selection"] != "inner":
+            return
+        self._offer_selection(self.epoch, float(row["inner_dice"]))
+        if self.epoch == int(self.config["epochs"]):
+            assert self.selected is not None
+            self.network.mask_decoder.load_state_dict(self.selected["state"])
+            write_json_atomic(self.output_dir / "selection.json", {
+                "selection": "inner", "selected_epoch": self.selected["epoch"], "inner_dice": self.selected["dice"],
+                "inner_samples": [[s.case, s.slice, s.label] for s in self.inner_samples]})
+            if self.progress:
+                print(f"selection: epoch {self.selected['epoch']} (inner Dice {self.selected['dice']:.4f})", flush=True)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Adds the selected epoch's mask decoder."""
+        state = super().checkpoint_state()
+        if getattr(self, "selected", None) is not None:
+            state["selection"] = self.selected
+        return state
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        """Also restores the selected epoch's mask decoder."""
+        super().restore(state, path)
+        if "selection" in state:
+            self.selected = state["selection"]
 
     # ------------------------------------------------------------ networks
     def build_networks(self) -> dict[str, torch.nn.Module]:
