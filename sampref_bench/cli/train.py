@@ -19,6 +19,10 @@ examples:
   sampref_train 003 SAMNoPrompt 0 --set lr=3e-4 --run-name fastlr      # name the run yourself
   sampref_train 003 SAMBaseline 0 --fraction 0.1                      # unsupervised prompts (sampref_prompts)
   sampref_train 003 SAMBaseline 0 --set saliency=biomedclip --set clip_path=/weights/BiomedCLIP
+  sampref_train 003 DPORanking 0 --fraction 0.2                       # stage 1 (SAMBaseline@0.1) reused, then DPO
+  sampref_train 003 DPORanking 0 --fraction 0.2 --set settings=paper  # the paper's DPO settings
+  sampref_train 003 DPORating 0 --fraction 0.2 --set annotator=file --set ratings_file=ratings.json
+  sampref_train 003 DPORanking 0 --fraction 0.2 --set rating_noise=0.3 --set candidates=jitter
 
 The run goes to $SAMPREF_results/DatasetXXX_Name/{Trainer}__{plans}__{configuration}__f{fraction}/fold_{k}/
 with checkpoint_latest.pth (every epoch), checkpoint_final.pth, config.json, training_log.csv,
@@ -32,6 +36,14 @@ row. --continue refuses a checkpoint trained with other hyperparameters and name
 Prompt-sourced trainers (SAMBaseline, SAMNoVQA, SAMBoxOnly, SAMTextOnly) take their prompt settings from
 plans.json (prompts) unless --set overrides them (saliency, points, vqa, llm_model, text_encoder, clip_path,
 medvint_path); config.json records the saliency source.
+DPO trainers (DPORanking, DPORating, DPOBestOnly) spend fraction f as dpo_labeled_fraction (0.1) pixel labels
+plus ratings of the reference model's candidate masks on the rest; stage 1 is the SAMBaseline run on the
+labeled part (reused when finished, else trained first), stage 2 trains the mask decoder for the plan's
+dpo_epochs. Options: candidates (thresholds, adaptive, jitter, multimask, dropout), annotator (simulated,
+file + ratings_file; sampref_candidates writes a template), rating_noise, loss (dpo, ipo), reduction (sum,
+mean, disagreement_mean), anchor_weight, kl_weight, b1, b2, beta, dpo_lr, selection (last, inner),
+settings (sampref, paper). SAMBaselineContinued --fraction 0.1 is their control (the same extra steps on
+the labels alone).
 Validation and prediction read images only; an oracle trainer (SAMBoxOracle: ground-truth boxes) says
 so in config.json and is marked in every table.
 """
