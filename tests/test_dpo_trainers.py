@@ -94,7 +94,7 @@ def test_interrupted_stage2_continues_to_identical_weights(dataset, monkeypatch)
     victim = _dpo("DPORanking", dataset, run_name="killed", epochs=2)
 
     def stop(row):
-        if row["epoch"] == 1:
+        if row["epoch"] == 2:  # after epoch 1 was checkpointed, before epoch 2 was
             raise KeyboardInterrupt
 
     monkeypatch.setattr(victim, "on_epoch_end", stop)
@@ -205,3 +205,23 @@ def test_inner_selection_keeps_the_best_epoch_on_held_out_labeled_cases(dataset)
             assert torch.equal(value, stage1["networks"]["network"][key]), key
     with pytest.raises(SamprefError, match="selection='best' is unknown"):
         _dpo("DPORanking", dataset, selection="best")
+
+
+def test_candidate_sources_shapes_and_adaptive_thresholds(dataset):
+    trainer = _dpo("DPORanking", dataset, run_name="sources")
+    trainer.annotate = False
+    trainer.initialize()
+    samples = trainer.rated_samples[:3]
+    size = trainer.plans["image_size"]
+    for source in ("thresholds", "jitter", "multimask", "dropout"):
+        trainer.config["candidates"] = source
+        cands, probs = trainer.make_candidates(samples)
+        assert cands.dtype == torch.bool and cands.shape == (3, 4, size, size), source
+        assert probs.shape == (3, size, size)
+        if source == "thresholds":  # nested: a higher threshold never adds a pixel
+            assert all(not (cands[:, k + 1] & ~cands[:, k]).any() for k in range(3))
+    again, _ = trainer.make_candidates(samples)  # seeded: the same candidates every time
+    assert torch.equal(again, cands)
+    thresholds = trainer.adaptive_thresholds()
+    assert thresholds == sorted(thresholds) and all(0.0 < t < 1.0 for t in thresholds)
+    assert trainer.adaptive_record["area_ratios"] == [1.5, 1.2, 0.85, 0.65]
