@@ -225,3 +225,22 @@ def test_candidate_sources_shapes_and_adaptive_thresholds(dataset):
     thresholds = trainer.adaptive_thresholds()
     assert thresholds == sorted(thresholds) and all(0.0 < t < 1.0 for t in thresholds)
     assert trainer.adaptive_record["area_ratios"] == [1.5, 1.2, 0.85, 0.65]
+
+
+def test_finished_dpo_run_loads_without_its_ratings_file(dataset, tmp_path):
+    from sampref_bench.trainers.registry import load_trained_run
+
+    simulated = _dpo("DPORanking", dataset).run_training()
+    ratings = tmp_path / "ratings.json"
+    shutil.copy(simulated / "preferences.json", ratings)
+    human = _dpo("DPORanking", dataset, annotator="file", ratings_file=str(ratings), run_name="human").run_training()
+    ratings.unlink()  # the lab archived its ratings elsewhere
+    loaded = load_trained_run(human)
+    case = loaded.roles.val[0]
+    written = json.loads((human / "validation" / "summary.json").read_text())["metric_per_case"][0]
+    assert written["reference_file"].endswith(f"{case}.nii.gz")
+    prediction = loaded.predict_case(case)
+    import SimpleITK as sitk
+
+    saved = sitk.GetArrayFromImage(sitk.ReadImage(str(human / "validation" / f"{case}.nii.gz")))
+    np.testing.assert_array_equal(prediction, saved)

@@ -104,6 +104,8 @@ def load_trained_run(run_dir: str | Path, device: str = "cpu", checkpoint: str =
                   overrides=dict(record["hyperparameters"]), progress=progress)
     trainer.run_tag = record.get("run_tag") or ""  # a --run-name, or the tag the same hyperparameters give
     trainer.output_dir = run_dir
+    if hasattr(trainer, "annotate"):
+        trainer.annotate = False  # a finished DPO run predicts: it needs neither ratings nor a ratings file
     trainer.initialize()
     path = run_dir / checkpoint
     if not path.is_file():
