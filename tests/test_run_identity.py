@@ -113,3 +113,12 @@ def test_preprocessed_folder_of_another_plan_is_detected():
     plan_dataset(7, fractions=[0.5, 1.0], image_size=128, num_processes=1, progress=False)
     with pytest.raises(SamprefError, match="built by another plan"):
         trainer.initialize()
+
+
+def test_an_option_added_later_at_its_default_is_not_a_difference():
+    saved = {"lr": 1e-4}  # a run saved before "selection" existed
+    defaults = {"lr": 1e-4, "selection": "last"}
+    assert config_differences(saved, {"lr": 1e-4, "selection": "last"}, defaults) == []
+    assert config_differences(saved, {"lr": 1e-4, "selection": "inner"}, defaults) == [
+        'selection: <absent> -> "inner"']
+    assert config_differences(saved, {"lr": 1e-4, "selection": "last"}) == ['selection: <absent> -> "last"']

@@ -292,7 +292,7 @@ class BaseTrainer:
         """Load a checkpoint's state into the initialized trainer (same trainer and hyperparameters only)."""
         if state.get("trainer") != type(self).__name__:
             raise SamprefError(f"{path} was written by trainer {state.get('trainer')!r}, not {type(self).__name__}")
-        differences = config_differences(state.get("config", {}), self.config)
+        differences = config_differences(state.get("config", {}), self.config, self.reference_config())
         if differences:
             raise SamprefError(f"--continue: {path} was trained with other hyperparameters ({'; '.join(differences)}"
                                "). Continue with the saved settings, or start a new run (another --run-name).")

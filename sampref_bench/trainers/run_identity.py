@@ -53,13 +53,23 @@ def validate_run_name(name: str) -> str:
     return name
 
 
-def config_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
-    """``key: saved -> requested`` for every hyperparameter that differs (missing keys included), sorted."""
+def config_differences(saved: dict[str, Any], requested: dict[str, Any],
+                       added_defaults: dict[str, Any] | None = None) -> list[str]:
+    """``key: saved -> requested`` for every hyperparameter that differs (missing keys included), sorted.
+
+    ``added_defaults``: the trainer's current defaults. A key absent from ``saved`` whose requested value is
+    its default is not a difference: it is an option added after the run was saved, and a new option's
+    default keeps the behaviour the run was trained with.
+    """
     def shown(config: dict[str, Any], key: str) -> str:
         return _canonical_json(config[key]) if key in config else "<absent>"
 
+    def added(key: str) -> bool:
+        return (added_defaults is not None and key not in saved and key in requested and key in added_defaults
+                and shown(requested, key) == shown(added_defaults, key))
+
     return [f"{key}: {shown(saved, key)} -> {shown(requested, key)}" for key in sorted(set(saved) | set(requested))
-            if shown(saved, key) != shown(requested, key)]
+            if shown(saved, key) != shown(requested, key) and not added(key)]
 
 
 def sibling_runs(fold_dir: Path, pattern: str, config: dict[str, Any]) -> list[str]:

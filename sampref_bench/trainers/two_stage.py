@@ -123,7 +123,8 @@ class TwoStageSAMTrainer(SAMBaseline):
                                                         {k: expected.config.get(k) for k in STAGE1_MODEL_KEYS})]
             problems += [f"model setting {d}" for d in model_diff]
         else:
-            problems += [f"hyperparameter {d}" for d in config_differences(saved, expected.config)]
+            problems += [f"hyperparameter {d}" for d in config_differences(saved, expected.config,
+                                                                           expected.reference_config())]
         if problems:
             raise SamprefError(f"{type(self).__name__} cannot start from stage-1 run {folder}: it differs from what "
                                f"this run needs in {'; '.join(problems)}. Retrain stage 1 (delete that folder) or "
