@@ -759,3 +759,21 @@ def test_evaluation_imports_have_no_circle():
         return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph.get(start, ()))
 
     assert [m for m in graph if reaches(m, m)] == []
+
+
+def test_a_preset_run_falls_back_to_its_family_configuration(sampref_roots):
+    root = sampref_roots["results"]
+    base = [0.50, 0.52, 0.47, 0.61, 0.55]
+    paper = [0.40, 0.50, 0.45, 0.60, 0.52]
+    write_fold(root, "SAMBaseline", "2d", "0.1", 0, base, base, config=cfg(False))
+    record = {**cfg(False, base="2d-paper", tag="bench"), "configuration_family": "2d"}
+    write_fold(root, "DPORanking", "2d-paper-bench", "0.2", 0, paper, paper, config=record)
+    write_fold(root, "DPORanking", "2d-paper-old", "0.2", 0, paper, paper, config=cfg(False, base="2d-paper"))
+    paired = paired_of(build_table(scan_runs(DATASET), baseline="SAMBaseline@0.1"))
+    found = paired[("DPORanking", "2d-paper-bench", "0.2")]
+    diffs = np.array(paper) - np.array(base)
+    assert (found.n_pairs, found.baseline_configuration) == (5, "2d")
+    assert found.mean_difference == pytest.approx(diffs.mean())
+    assert found.p_value == pytest.approx(wilcoxon(diffs).pvalue, rel=1e-12)
+    # a run written before configuration_family existed has no fallback beyond its base configuration
+    assert paired[("DPORanking", "2d-paper-old", "0.2")].n_pairs == 0

@@ -95,13 +95,15 @@ class RunConfig:
     without the run tag (``2d-tiny`` of ``2d-tiny-myrun``), ``None`` when unknown. ``run_tag``: the tag, or
     ``None`` for an untagged run or when unknown. ``prompt_source``: the saliency source that made a
     prompt-sourced trainer's prompts (``hyperparameters.saliency``), ``None`` for any other trainer or when
-    unknown.
+    unknown. ``configuration_family``: the configuration of the runs it is compared with when neither its
+    configuration nor its base configuration has a baseline run (a DPO run's ``2d-paper`` compares with ``2d``).
     """
 
     oracle: bool = False
     configuration_base: str | None = None
     run_tag: str | None = None
     prompt_source: str | None = None
+    configuration_family: str | None = None
 
 
 @dataclass
@@ -173,6 +175,7 @@ class TableRow:
     configuration_base: str | None = None
     run_tag: str | None = None
     prompt_source: str | None = None
+    configuration_family: str | None = None
 
 
 @dataclass
@@ -243,7 +246,8 @@ def read_run_config(fold_dir: Path) -> RunConfig:
     hyperparameters = record.get("hyperparameters")
     saliency = hyperparameters.get("saliency") if isinstance(hyperparameters, dict) else None
     return RunConfig(record.get("oracle") is True, _optional_name(record.get("configuration_base")),
-                     _optional_name(record.get("run_tag")), _optional_name(saliency))
+                     _optional_name(record.get("run_tag")), _optional_name(saliency),
+                     _optional_name(record.get("configuration_family")))
 
 
 def merge_prompt_sources(sources: Iterable[str | None]) -> str | None:
@@ -434,7 +438,9 @@ def build_table(scan: RunScan, metric: str = "Dice", label: str = "all", baselin
                              configuration_base=next((c.configuration_base for c in configs
                                                       if c.configuration_base is not None), None),
                              run_tag=next((c.run_tag for c in configs if c.run_tag is not None), None),
-                             prompt_source=merge_prompt_sources(c.prompt_source for c in configs)))
+                             prompt_source=merge_prompt_sources(c.prompt_source for c in configs),
+                             configuration_family=next((c.configuration_family for c in configs
+                                                        if c.configuration_family is not None), None)))
     if baseline is not None:
         _add_paired_tests(rows, groups, baseline, paired_labels, metric, baseline_fraction)
     return ResultTable(scan.dataset, metric, label, baseline, columns, rows, scan.unfinished, scan.skipped,
@@ -453,7 +459,8 @@ def _add_paired_tests(rows: list[TableRow], groups: Mapping[RunKey, list[FoldRes
         wanted = key.fraction if fraction is None else fraction
         if key.trainer == baseline and (fraction is None or _fraction_id(key.fraction) == _fraction_id(fraction)):
             continue
-        candidates = [key.configuration] + ([base] if base is not None and base != key.configuration else [])
+        candidates = list(dict.fromkeys(c for c in (key.configuration, base, row.configuration_family)
+                                        if c is not None))
         found = [references[r] for c in candidates if (r := (key.plans, c, _fraction_id(wanted))) in references]
         if not found:
             row.paired = PairedTest(math.nan, 0, math.nan, f"no {baseline} run at configuration "

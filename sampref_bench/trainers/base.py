@@ -159,6 +159,11 @@ class BaseTrainer:
         """The configuration part of the run folder before the run tag (subclasses add model choices)."""
         return self.configuration
 
+    def family_configuration_name(self) -> str:
+        """The configuration whose runs this run is compared with in tables when no run of the baseline has its
+        own (default: the base configuration; a DPO preset's ``2d-paper`` compares with ``2d``)."""
+        return self.base_configuration_name()
+
     def run_configuration_name(self) -> str:
         """``{base configuration}[-{run tag}]``: the ``{configuration}`` part of the run folder name."""
         base = self.base_configuration_name()
@@ -264,7 +269,8 @@ class BaseTrainer:
         return {
             "trainer": type(self).__name__, "dataset": self.dataset_name, "fold": self.fold,
             "fraction": self.fraction, "configuration": self.run_configuration_name(),
-            "configuration_base": self.base_configuration_name(), "run_tag": self.run_tag,
+            "configuration_base": self.base_configuration_name(),
+            "configuration_family": self.family_configuration_name(), "run_tag": self.run_tag,
             "oracle": bool(type(self).oracle),
             "plans": self.plans["plans_name"], "plans_hash": self.plans.get("inputs_hash"),
             "budget": self.budget, "device": str(self.device), "hyperparameters": self.config,

@@ -152,6 +152,10 @@ class DPOTrainer(TwoStageSAMTrainer):
         name = super().base_configuration_name()
         return name if self.config["settings"] == "sampref" else f"{name}-{self.config['settings']}"
 
+    def family_configuration_name(self) -> str:
+        """Compared with the model's configuration without the preset (``2d``, not ``2d-paper``)."""
+        return TwoStageSAMTrainer.base_configuration_name(self)
+
     def stage1_fraction(self) -> float:
         """Stage 1 is trained on the ``dpo_labeled`` cases."""
         return float(self.plans["dpo_labeled_fraction"])
