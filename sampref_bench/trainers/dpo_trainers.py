@@ -27,8 +27,16 @@ whose pixel labels it never sees. Per rated sample (case, slice, label):
    candidates all tie carry no preference and are skipped (``tied_share`` in the log).
 
 ``settings`` names a complete preset: ``"paper"`` reproduces the paper (threshold candidates, DPO loss, the
-pixel-sum log-likelihood, no anchor); ``"sampref"`` (default) is the preset the committed benchmark
-``benchmarks/results/dpo_busi.md`` supports. Keys given explicitly override the preset.
+pixel-sum log-likelihood, no anchor); ``"sampref"`` (default) is IPO with a supervised anchor (weight 1, half a
+batch of labeled samples per step), the disagreement-mean log-likelihood and the paper's threshold candidates.
+Keys given explicitly override the preset. Why (``benchmarks/results/dpo_busi.md``, BUSI fold 0, chosen on an
+inner split of 100 training cases outside the 0.2 budget, never on the fold's validation cases): every
+unbounded DPO variant lowered the inner Dice below stage 1's 0.592 (pixel sum 0.518, disagreement mean 0.466,
+plain mean 0.409), while IPO + anchor raised it with every candidate source tried (thresholds 0.619, jittered
+boxes 0.615, adaptive thresholds 0.611; differences among them are within noise, and the first is the
+simplest). The same number of extra steps on the labeled cases alone (``SAMBaselineContinued``) lowered it
+(0.564). This agrees with ``DPO_REFERENCE.md``: candidates that are nested thresholds make the DPO margin
+linear in the logits over the disagreement region, with no optimum; the squared IPO loss has one.
 
 Logged every epoch (``training_log.csv``, ``progress.png``): the loss and its parts, ``reward_margin`` (the
 implicit reward of the best minus the worst candidate), ``kl_to_reference``, ``iou_spread`` (the mean over

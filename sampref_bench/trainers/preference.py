@@ -11,15 +11,23 @@ candidates, negative for rejected ones), the implicit reward of candidate k is
 ``log pi(Y | I)`` is the Bernoulli log-likelihood of the binary mask ``Y`` under the predicted pixel
 probabilities. How it is reduced over pixels decides whether the loss can learn (:data:`REDUCTIONS`):
 
-* ``"sum"``: the sum over all pixels. Pixels where all candidates agree cancel in the margin whenever the
-  weights sum to zero, so the margin is the sum over the disagreement region: large, and the sigmoid of
-  ``"dpo"`` saturates after a few steps.
-* ``"mean"``: the sum divided by all pixels of the image. Candidates differ in a few hundred of 65536
-  pixels, so margins are ~1e-3, the loss sits at ``ln 2`` and the gradient per pixel is divided by 65536.
+* ``"sum"``: the sum over all pixels (the paper's ``log pi(Y|I)`` of a mask read literally). Pixels where all
+  candidates agree cancel in the margin whenever the weights sum to zero, so the margin is the sum over the
+  disagreement region: hundreds to thousands of nats, and the sigmoid of ``"dpo"`` saturates within a few
+  epochs.
+* ``"mean"``: the sum divided by all pixels of the image. Candidates differ in a few hundred of 65536 pixels,
+  so the first margins are ~1e-3 and the loss starts at ``ln 2``; an independent reproduction reported it stuck
+  there. With Adam (whose steps do not scale with the gradient) it is not stuck on BUSI: it learns, and runs
+  away from the reference fastest of the three (``benchmarks/results/dpo_busi.md``).
 * ``"disagreement_mean"``: the sum over the pixels where the sample's candidates disagree, divided by their
-  number: a per-pixel average over exactly the pixels the preference is about, independent of image size
-  and lesion size. This is the default (see :class:`~sampref_bench.trainers.dpo_trainers.DPOTrainer` and
-  ``benchmarks/results/dpo_busi.md`` for the measurement behind it).
+  number: a per-pixel average over exactly the pixels the preference is about, independent of image size and
+  lesion size, so a fixed IPO target (1 nat per disagreeing pixel) means the same on every image. It is the
+  default, with the bounded ``"ipo"`` loss and a supervised anchor.
+
+Measured on BUSI fold 0 (LiteMedSAM, ``benchmarks/results/dpo_busi.md``): with the paper's unbounded ``"dpo"``
+loss every reduction learned (the loss fell) and every one lowered Dice below the 0.1-labeled stage 1 (sum
+0.463, disagreement mean 0.428, mean 0.367, against 0.510; the inner split agreed). None of them is safe
+unbounded; bounded (``"ipo"``) and anchored, the disagreement mean raised Dice (0.538).
 
 Preference weights come from the annotator's scores (higher is better) by :func:`ranking_weights`,
 :func:`rating_weights` or :func:`best_only_weights`. Tied candidates get equal weights, so a tie contributes
