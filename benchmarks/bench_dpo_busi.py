@@ -165,7 +165,10 @@ def main() -> None:
     args = parser.parse_args()
     json_path = RESULTS / "dpo_busi.json"
     if args.report_only:
-        write_report(json.loads(json_path.read_text()))
+        results = json.loads(json_path.read_text())
+        chosen = choose_default(results["runs"])
+        results["default"] = {"key": chosen["key"], "overrides": default_overrides(chosen)} if chosen else None
+        write_report(results)
         return
     prepare(args.workdir, args.source)
     splits = json.loads((args.workdir / "preprocessed" / "Dataset003_BUSI" / "splits_final.json").read_text())
@@ -189,6 +192,7 @@ def main() -> None:
             record(train(spec[0], spec[1], fold, spec[2], spec[3], spec[4], spec[5], inner))
     chosen = choose_default(results["runs"])
     results["default"] = {"key": chosen["key"], "overrides": default_overrides(chosen)} if chosen else None
+    json_path.write_text(json.dumps(results, indent=1))
     for fold in args.folds:
         inner = inner_cases(splits, fold)
         for key, name, fraction, extra, run_name, role in DEFAULT_RUNS:
@@ -230,6 +234,9 @@ def write_report(results: dict) -> None:
                              f"{first.get('val_dice', float('nan')):.4f} -> {last.get('val_dice', float('nan')):.4f}",
                              r["train_s"]])
     default = results.get("default")
+    done = {(r["key"], r["fold"]) for r in runs}
+    missing = [f"{spec[0]} (fold {fold})" for fold in folds for spec in FIXED_RUNS + DEFAULT_RUNS
+               if (spec[0], fold) not in done]
     body = (
         "Full BUSI (647 images; Al-Dhabyani et al., Data in Brief 2020), LiteMedSAM with a frozen encoder, stage 1 "
         "= SAMBaseline (weights-free saliency box + points, VQA text, LLM text) at 0.1, planned schedules (stage 1: "
@@ -245,6 +252,7 @@ def write_report(results: dict) -> None:
         + "Stage-2 diagnostics (training_log.csv, first -> last epoch):\n\n"
         + markdown_table(["run", "fold", "preference loss", "reward margin (best - worst)", "KL to reference",
                           "candidate IoU spread", "tied share", "thresholds", "val pseudo Dice", "train s"], diag)
+        + ("\n\nNot run yet (rerun the command to resume): " + ", ".join(missing) + "." if missing else "")
         + f"\n\nFolds run: {', '.join(map(str, folds))}. Paper: Konwer et al. 2025, ultrasound, 10 % labeled + "
         "10 % rated; 'SAMBaseline@0.1' is their stage-1 figure.")
     print(write_markdown("dpo_busi", "Preference optimization (DPO) on BUSI", body, results.get("command")))
