@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 
 import pytest
 from PIL import Image
@@ -16,31 +15,22 @@ from sampref_bench.cli.train import build_parser as train_parser
 from sampref_bench.trainers.annotators import FORMAT
 from sampref_bench.trainers.data import hidden_label_samples
 from sampref_bench.trainers.registry import get_trainer
-from tests.trainer_helpers import FAST, planned_phantoms
+from tests.trainer_helpers import DPO_TINY, copy_roots, prepared_dpo_roots
 
-TINY = {**FAST, "epochs": 1, "stage1_epochs": 1, "threshold": 0.1}
+TINY = DPO_TINY
 SETS = [item for key, value in TINY.items() for item in ("--set", f"{key}={json.dumps(value)}")]
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """A planned phantom dataset with its finished stage-1 run and warm caches, built once for this module."""
-    root = tmp_path_factory.mktemp("candidates_prepared")
-    with pytest.MonkeyPatch.context() as patch:
-        for key in ("raw", "preprocessed", "results"):
-            patch.setenv(f"SAMPREF_{key}", str(root / key))
-        trainer = get_trainer("DPORanking")(planned_phantoms(), 0, 0.5, overrides=TINY, progress=False)
-        trainer.annotate = False
-        trainer.initialize()
-    return root
+    """The planned phantoms with a finished stage-1 run, built once for this module."""
+    return prepared_dpo_roots(tmp_path_factory.mktemp("candidates_prepared"))
 
 
 @pytest.fixture
 def dataset(prepared, sampref_roots):
     """This test's own copy of :func:`prepared`."""
-    for key, folder in sampref_roots.items():
-        shutil.copytree(prepared / key, folder)
-    return "7"
+    return copy_roots(prepared, sampref_roots)
 
 
 def _args(dataset, trainer, *extra):

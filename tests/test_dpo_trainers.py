@@ -14,28 +14,21 @@ import torch
 from sampref_bench.trainers.data import LabelStore
 from sampref_bench.trainers.registry import get_trainer
 from sampref_bench.utilities.errors import SamprefError
-from tests.trainer_helpers import FAST, planned_phantoms
+from tests.trainer_helpers import DPO_TINY, copy_roots, prepared_dpo_roots
 
-TINY = {**FAST, "epochs": 1, "stage1_epochs": 1, "threshold": 0.1}
+TINY = DPO_TINY
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """A planned phantom dataset with its finished stage-1 run and warm caches, built once for this module."""
-    root = tmp_path_factory.mktemp("dpo_prepared")
-    with pytest.MonkeyPatch.context() as patch:
-        for key in ("raw", "preprocessed", "results"):
-            patch.setenv(f"SAMPREF_{key}", str(root / key))
-        _dpo("DPORanking", planned_phantoms()).initialize()
-    return root
+    """The planned phantoms with a finished stage-1 run, built once for this module."""
+    return prepared_dpo_roots(tmp_path_factory.mktemp("dpo_prepared"))
 
 
 @pytest.fixture
 def dataset(prepared, sampref_roots):
     """This test's own copy of :func:`prepared`."""
-    for key, folder in sampref_roots.items():
-        shutil.copytree(prepared / key, folder)
-    return "7"
+    return copy_roots(prepared, sampref_roots)
 
 
 def _dpo(name, dataset, fraction=0.5, run_name=None, **overrides):
