@@ -39,6 +39,7 @@ from scipy.stats import wilcoxon
 
 from benchmarks.bench_prompts import case_dice, prepare, training_seconds
 from benchmarks.report import REPO, RESULTS, machine, markdown_table, write_markdown
+from sampref_bench.utilities.atomic import write_json_atomic
 
 INNER_CASES = 100
 #: Konwer et al. 2025, ultrasound, 10 % labeled + 10 % rated (Dice %).
@@ -180,7 +181,7 @@ def main() -> None:
     def record(run: dict) -> None:
         results["runs"] = [r for r in results["runs"] if (r["key"], r["fold"]) != (run["key"], run["fold"])] + [run]
         RESULTS.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(results, indent=1))
+        write_json_atomic(json_path, results)
         print(json.dumps({k: run[k] for k in ("key", "fold", "train_s")} | {
             "val_dice": round(nanmean(run["dice"].values()), 4),
             "inner_dice": round(nanmean(run["inner_dice"].values()), 4)}), flush=True)
@@ -192,7 +193,7 @@ def main() -> None:
             record(train(spec[0], spec[1], fold, spec[2], spec[3], spec[4], spec[5], inner))
     chosen = choose_default(results["runs"])
     results["default"] = {"key": chosen["key"], "overrides": default_overrides(chosen)} if chosen else None
-    json_path.write_text(json.dumps(results, indent=1))
+    write_json_atomic(json_path, results)
     for fold in args.folds:
         inner = inner_cases(splits, fold)
         for key, name, fraction, extra, run_name, role in DEFAULT_RUNS:
