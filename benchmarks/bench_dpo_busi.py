@@ -178,8 +178,19 @@ def main() -> None:
     results["command"] = (f".venv/bin/python -m benchmarks.bench_dpo_busi --workdir {args.workdir} --folds "
                           f"{' '.join(map(str, args.folds))}")
 
+    def done(key: str, fold: int) -> bool:
+        """A run already recorded with a finished validation (resuming does not load and score it again)."""
+        prior = next((r for r in results["runs"] if (r["key"], r["fold"]) == (key, fold)), None)
+        return prior is not None and (args.workdir / "results" / "Dataset003_BUSI" / prior["run"] / "validation"
+                                      / "summary.json").is_file()
+
     def record(run: dict) -> None:
-        results["runs"] = [r for r in results["runs"] if (r["key"], r["fold"]) != (run["key"], run["fold"])] + [run]
+        """Store ``run`` in place of its earlier record (row order stays the run order), then the JSON and table."""
+        same = [i for i, r in enumerate(results["runs"]) if (r["key"], r["fold"]) == (run["key"], run["fold"])]
+        if same:
+            results["runs"][same[0]] = run
+        else:
+            results["runs"].append(run)
         RESULTS.mkdir(parents=True, exist_ok=True)
         write_json_atomic(json_path, results)
         print(json.dumps({k: run[k] for k in ("key", "fold", "train_s")} | {
@@ -190,14 +201,16 @@ def main() -> None:
     for fold in args.folds:
         inner = inner_cases(splits, fold)
         for spec in FIXED_RUNS:
-            record(train(spec[0], spec[1], fold, spec[2], spec[3], spec[4], spec[5], inner))
+            if not done(spec[0], fold):
+                record(train(spec[0], spec[1], fold, spec[2], spec[3], spec[4], spec[5], inner))
     chosen = choose_default(results["runs"])
     results["default"] = {"key": chosen["key"], "overrides": default_overrides(chosen)} if chosen else None
     write_json_atomic(json_path, results)
     for fold in args.folds:
         inner = inner_cases(splits, fold)
         for key, name, fraction, extra, run_name, role in DEFAULT_RUNS:
-            record(train(key, name, fold, fraction, {**default_overrides(chosen), **extra}, run_name, role, inner))
+            if not done(key, fold):
+                record(train(key, name, fold, fraction, {**default_overrides(chosen), **extra}, run_name, role, inner))
     write_report(results)
 
 
