@@ -208,9 +208,9 @@ def test_candidate_sources_shapes_and_adaptive_thresholds(dataset):
     size = trainer.plans["image_size"]
     for source in ("thresholds", "jitter", "multimask", "dropout"):
         trainer.config["candidates"] = source
-        cands, probs = trainer.make_candidates(samples)
+        cands, logits = trainer.make_candidates(samples)
         assert cands.dtype == torch.bool and cands.shape == (3, 4, size, size), source
-        assert probs.shape == (3, size, size)
+        assert logits.shape == (3, size, size)
         if source == "thresholds":  # nested: a higher threshold never adds a pixel
             assert all(not (cands[:, k + 1] & ~cands[:, k]).any() for k in range(3))
     again, _ = trainer.make_candidates(samples)  # seeded: the same candidates every time

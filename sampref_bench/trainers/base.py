@@ -61,6 +61,15 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> np.random.Generat
     return np.random.default_rng([seed, epoch, stream])
 
 
+def seeded_passes(rng: np.random.Generator, n_items: int, n_batches: int, size: int) -> list[list[int]]:
+    """``n_batches`` lists of ``size`` indices into ``n_items`` items: successive random permutations (whole passes
+    over the items, each reshuffled) cut into batches; empty batches when there is no item."""
+    order: list[int] = []
+    while n_items and len(order) < n_batches * size:
+        order.extend(rng.permutation(n_items).tolist())
+    return [order[b * size:(b + 1) * size] for b in range(n_batches)]
+
+
 class BaseTrainer:
     """Common machinery of every trainer; see the module docstring for the hooks."""
 

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from sampref_bench.trainers.annotators import Annotation, FileAnnotator, SimulatedAnnotator, preference_entry
-from sampref_bench.trainers.base import epoch_generator
+from sampref_bench.trainers.base import epoch_generator, seeded_passes
 from sampref_bench.trainers.data import Sample, hidden_label_samples
 from sampref_bench.trainers.preference import (
     LOSSES,
@@ -203,14 +203,11 @@ class DPOTrainer(TwoStageSAMTrainer):
     def reference_logits(self, samples: list[Sample], prompts: dict[str, Any] | None = None,
                          multimask: bool = False, dropout: float = 0.0) -> torch.Tensor:
         """``(B, 1 or 3, S, S)`` logits of the frozen reference at the preprocessed size."""
-        reference = self.networks["reference"]
         prompts = prompts if prompts is not None else self.reference_prompts(samples)
         embeddings = self.embeddings(samples)
         if dropout > 0:
             embeddings = F.dropout(embeddings, p=dropout, training=True)
-        low_res, _ = reference.decode(embeddings, multimask=multimask, **prompts)
-        size = int(self.plans["image_size"])
-        return F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
+        return self.decode_with(self.networks["reference"], embeddings, prompts, multimask)
 
     def reference_prompts(self, samples: list[Sample]) -> dict[str, Any]:
         """The inference prompts, without gradients (stage 2 never changes the prompt encoder or text
@@ -245,10 +242,10 @@ class DPOTrainer(TwoStageSAMTrainer):
 
     @torch.no_grad()
     def make_candidates(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, K, S, S)`` bool candidates and the ``(B, S, S)`` reference probabilities under the usual prompts."""
+        """``(B, K, S, S)`` bool candidates and the ``(B, S, S)`` reference logits under the usual prompts."""
         source = self.config["candidates"]
-        logits = self.reference_logits(samples)
-        probs = torch.sigmoid(logits[:, 0])
+        logits = self.reference_logits(samples)[:, 0]
+        probs = torch.sigmoid(logits)
         cut = float(self.config["threshold"])
         if source in ("thresholds", "adaptive"):
             cands = torch.stack([probs >= t for t in self.thresholds], dim=1)
@@ -274,18 +271,18 @@ class DPOTrainer(TwoStageSAMTrainer):
                     dropped = self.reference_logits(samples, dropout=float(self.config["dropout_p"]))
                 outs.append(torch.sigmoid(dropped[:, 0]) >= cut)
             cands = torch.stack(outs, dim=1)
-        return cands, probs
+        return cands, logits
 
     def generate_candidates(self) -> list[tuple[Sample, torch.Tensor, torch.Tensor]]:
-        """``(sample, (K, S, S) bool candidates, (S, S) reference probabilities)`` of every rated sample, on the CPU."""
+        """``(sample, (K, S, S) bool candidates, (S, S) reference logits)`` of every rated sample, on the CPU."""
         self.thresholds = self.candidate_thresholds() if self.config["candidates"] in ("thresholds",
                                                                                        "adaptive") else []
         step = int(self.config["batch_size"])
         made: list[tuple[Sample, torch.Tensor, torch.Tensor]] = []
         for start in range(0, len(self.rated_samples), step):
             chunk = self.rated_samples[start:start + step]
-            cands, probs = self.make_candidates(chunk)
-            made.extend(zip(chunk, cands.cpu(), probs.cpu()))
+            cands, logits = self.make_candidates(chunk)
+            made.extend(zip(chunk, cands.cpu(), logits.cpu()))
         return made
 
     def prepare_preferences(self) -> None:
@@ -299,16 +296,16 @@ class DPOTrainer(TwoStageSAMTrainer):
         entries = []
         for start in range(0, len(made), step):
             part = made[start:start + step]
-            samples = [s for s, _, _ in part]
             cands = torch.stack([c for _, c, _ in part])
             region = disagreement_region(cands)
-            ref_ll = candidate_log_likelihood(self.reference_logits(samples).cpu(), cands,
+            ref_ll = candidate_log_likelihood(torch.stack([logits for _, _, logits in part]), cands,
                                               str(self.config["reduction"]), region)
-            for i, (sample, cand, probs) in enumerate(part):
+            for i, (sample, cand, logits) in enumerate(part):
                 annotation = annotator.annotate(sample, cand.numpy())
                 weights = self.preference_weights(annotation)
                 entries.append(preference_entry(sample, cand.numpy(), annotation))
-                self.rated.append(RatedSample(sample, cand, region[i], ref_ll[i], probs.half(), weights, annotation))
+                self.rated.append(RatedSample(sample, cand, region[i], ref_ll[i], torch.sigmoid(logits).half(), weights,
+                                              annotation))
         self.active = [r for r in self.rated if informative(r.weights)]
         self.tied_share = 1.0 - len(self.active) / max(1, len(self.rated))
         spreads = [float(r.annotation.ious.max() - r.annotation.ious.min()) for r in self.rated
@@ -338,12 +335,10 @@ class DPOTrainer(TwoStageSAMTrainer):
         rng = epoch_generator(int(self.config["seed"]), epoch)
         size = int(self.config["batch_size"])
         n = int(self.config["iterations_per_epoch"])
-        order: list[int] = []
-        while self.active and len(order) < n * size:
-            order.extend(rng.permutation(len(self.active)).tolist())
+        rated = seeded_passes(rng, len(self.active), n, size)
         anchors = (self.labeled_batches(epoch, self.anchor_batch_size(), stream=10_000)
                    if float(self.config["anchor_weight"]) > 0 else [[] for _ in range(n)])
-        return [(b, order[b * size:(b + 1) * size], anchors[b]) for b in range(n)]
+        return [(b, rated[b], anchors[b]) for b in range(n)]
 
     def train_step(self, batch: tuple[int, list[int], list[Sample]]) -> dict[str, float]:
         """Preference loss on the rated batch (+ anchor and KL terms); one Adam step of the mask decoder."""

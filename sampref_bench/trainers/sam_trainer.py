@@ -28,7 +28,7 @@ from sampref_bench.evaluation.metrics import confusion_per_label, overlap_scores
 from sampref_bench.planners.embedding_cache import EmbeddingCache
 from sampref_bench.planners.preprocessing import from_slices
 from sampref_bench.planners.transforms import SliceTransform
-from sampref_bench.trainers.base import BaseTrainer, epoch_generator
+from sampref_bench.trainers.base import BaseTrainer, epoch_generator, seeded_passes
 from sampref_bench.trainers.data import LabelStore, Sample, inference_samples, labeled_samples
 
 #: At most this many validation samples are scored after each epoch (a fixed, seeded subset).
@@ -176,10 +176,8 @@ class SAMTrainer(BaseTrainer):
         rng = epoch_generator(int(self.config["seed"]), epoch)
         size = int(self.config["batch_size"])
         n_batches = int(self.config["iterations_per_epoch"])
-        order: list[int] = []
-        while len(order) < n_batches * size:
-            order.extend(rng.permutation(len(self.train_samples)).tolist())
-        return [(b, [self.train_samples[i] for i in order[b * size:(b + 1) * size]]) for b in range(n_batches)]
+        batches = seeded_passes(rng, len(self.train_samples), n_batches, size)
+        return [(b, [self.train_samples[i] for i in batch]) for b, batch in enumerate(batches)]
 
     def embeddings(self, samples: list[Sample]) -> torch.Tensor:
         """``(B, 256, E, E)`` image embeddings (cached, or computed with gradients when the encoder trains)."""
@@ -207,7 +205,13 @@ class SAMTrainer(BaseTrainer):
 
     def decode_logits(self, samples: list[Sample], prompts: dict[str, Any]) -> torch.Tensor:
         """``(B, 1, S, S)`` mask logits at the preprocessed size."""
-        low_res, _ = self.network.decode(self.embeddings(samples), **prompts)
+        return self.decode_with(self.network, self.embeddings(samples), prompts)
+
+    def decode_with(self, network: torch.nn.Module, embeddings: torch.Tensor, prompts: dict[str, Any],
+                    multimask: bool = False) -> torch.Tensor:
+        """``(B, 1 or 3, S, S)`` mask logits of ``network`` (the trained one, or a frozen reference) for
+        ``(B, 256, E, E)`` embeddings, upsampled to the preprocessed size."""
+        low_res, _ = network.decode(embeddings, multimask=multimask, **prompts)
         size = int(self.plans["image_size"])
         return F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from sampref_bench.planners.plans import fraction_key
-from sampref_bench.trainers.base import PLANNED, epoch_generator
+from sampref_bench.trainers.base import PLANNED, epoch_generator, seeded_passes
 from sampref_bench.trainers.data import Sample
 from sampref_bench.trainers.prompt_trainers import SAMBaseline
 from sampref_bench.trainers.run_folder import load_checkpoint
@@ -256,11 +256,8 @@ class TwoStageSAMTrainer(SAMBaseline):
     def labeled_batches(self, epoch: int, size: int, stream: int) -> list[list[Sample]]:
         """``iterations_per_epoch`` seeded batches of ``size`` labeled samples (passes over them)."""
         rng = epoch_generator(int(self.config["seed"]), epoch, stream)
-        n = int(self.config["iterations_per_epoch"])
-        order: list[int] = []
-        while len(order) < n * size:
-            order.extend(rng.permutation(len(self.train_samples)).tolist())
-        return [[self.train_samples[i] for i in order[b * size:(b + 1) * size]] for b in range(n)]
+        batches = seeded_passes(rng, len(self.train_samples), int(self.config["iterations_per_epoch"]), size)
+        return [[self.train_samples[i] for i in batch] for batch in batches]
 
     def supervised_loss(self, samples: list[Sample], rng: np.random.Generator) -> torch.Tensor:
         """The stage-1 loss (focal + Dice) of labeled ``samples``."""
