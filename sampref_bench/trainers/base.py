@@ -79,6 +79,9 @@ class BaseTrainer:
     #: True for a trainer whose prompts come from the ground truth at inference too (an upper bound, not a
     #: method): only such a trainer may call :meth:`oracle_labels`, and tables mark its rows.
     oracle: ClassVar[bool] = False
+    #: True for a trainer that trains on images without pixel labels or ratings (semi-supervised): it lists
+    #: them in :meth:`unlabeled_cases_used`, and ``config.json`` counts them.
+    uses_unlabeled: ClassVar[bool] = False
     #: Prefix of the planned schedule keys this trainer trains by ("" stage 1, "dpo_" a DPO stage).
     schedule: ClassVar[str] = ""
     #: Hyperparameters already spelled out in the configuration name, hence not repeated in the run tag.
@@ -260,6 +263,19 @@ class BaseTrainer:
                                                        f"the ground-truth prompts of oracle {type(self).__name__}")
         return self._oracle_store
 
+    def unlabeled_cases_used(self) -> list[str]:
+        """Cases whose images this run trains on without their pixel labels or ratings (default: none; a
+        semi-supervised trainer returns the fold's unlabeled training cases and any ``imagesTrUnlabeled``)."""
+        return []
+
+    def data_use(self) -> dict[str, Any]:
+        """What the run spent and used, for tables: pixel-labeled cases (and their share of the fold's training
+        cases), rated cases, and the unlabeled images it actually trained on."""
+        n_train = len(self.roles.train)
+        return {"pixel_labeled": len(self.roles.labeled),
+                "pixel_label_share": round(len(self.roles.labeled) / n_train, 4) if n_train else 0.0,
+                "rated": len(self.roles.rated), "unlabeled_used": len(self.unlabeled_cases_used())}
+
     # ----------------------------------------------------------- machinery
     def check_preprocessing(self) -> None:
         """Stop when the preprocessed folder was built by another plan than the loaded ``plans.json``."""
@@ -284,7 +300,8 @@ class BaseTrainer:
             "plans": self.plans["plans_name"], "plans_hash": self.plans.get("inputs_hash"),
             "budget": self.budget, "device": str(self.device), "hyperparameters": self.config,
             "cases": {"labeled": len(self.roles.labeled), "rated": len(self.roles.rated),
-                      "unlabeled": len(self.roles.unlabeled), "val": len(self.roles.val)},
+                      "unlabeled": len(self.unlabeled_cases_used()), "val": len(self.roles.val)},
+            "data_use": self.data_use(),
             "versions": {"sampref": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "monai": monai.__version__, "python": platform.python_version()},
         }
@@ -366,8 +383,9 @@ class BaseTrainer:
         steps: list[dict[str, float]] = []
         lrs = {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
         desc = f"epoch {self.epoch + 1}/{self.config['epochs']}"
-        for batch in tqdm(list(self.train_batches(self.epoch)), desc=desc, unit="batch", leave=False,
-                          disable=not self.progress):
+        # streamed: a trainer may yield batches from a DataLoader instead of materialising the epoch
+        for batch in tqdm(self.train_batches(self.epoch), desc=desc, unit="batch", leave=False,
+                          total=int(self.config["iterations_per_epoch"]), disable=not self.progress):
             steps.append(self.train_step(batch))
         for scheduler in self.schedulers.values():
             if scheduler is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,9 @@ class CaseRoles:
     labeled: list[str]
     rated: list[str]
     unlabeled: list[str]
+    #: Images that never had labels (``imagesTrUnlabeled/``, preprocessed by the planner): in no fold, usable by
+    #: every fold's semi-supervised trainers.
+    extra_unlabeled: list[str] = field(default_factory=list)
 
 
 def _dpo_fractions(entry: dict[str, Any]) -> list[str]:
