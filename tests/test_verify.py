@@ -94,3 +94,32 @@ def test_cli_verify_exit_codes(good, sampref_roots, capsys):
     _break(good, sampref_roots["raw"])
     assert main(["verify", "-d", "8"]) == 1
     assert "numTraining is 42" in capsys.readouterr().out
+
+
+def test_unlabeled_images_are_checked(good):
+    """imagesTrUnlabeled: a good image passes; a 2D image in a 3D dataset, an extra channel, a missing channel and
+    a name taken by a labeled case are each named by their file."""
+    from sampref_bench.dataset_conversion.phantoms import make_phantom
+    from sampref_bench.utilities.imageio import write_image
+
+    folder = good / "imagesTrUnlabeled"
+    image, _, geometry = make_phantom(SHAPE, seed=11)
+    write_image(folder / "extra_good_0000.nii.gz", image, geometry)
+    write_image(folder / "extra_flat_0000.nii.gz", image[3])                       # 2D in a 3D dataset
+    write_image(folder / "extra_two_0000.nii.gz", image, geometry)                 # one channel too many
+    write_image(folder / "extra_two_0001.nii.gz", image, geometry)
+    write_image(folder / "extra_nochannel0_0001.nii.gz", image, geometry)          # channel 0 missing
+    write_image(folder / "Synthetic_003_0000.nii.gz", image, geometry)              # a labeled case's name
+    report = verify_raw_dataset(good)
+    found = [(p.path, p.message) for p in report.problems]
+
+    def has(file, phrase):
+        return any(path.endswith(file) and phrase in message for path, message in found)
+
+    assert report.n_unlabeled == 5
+    assert has("imagesTrUnlabeled/extra_flat_0000.nii.gz", "image has 2 dimensions but dataset.json says "
+                                                           "dimensionality 3")
+    assert has("imagesTrUnlabeled/extra_two_0001.nii.gz", "has channel(s) [1] but dataset.json names only 1")
+    assert has("imagesTrUnlabeled", "case extra_nochannel0 lacks channel(s) [0]")
+    assert has("imagesTrUnlabeled/Synthetic_003_0000.nii.gz", "is also the labeled case 'synthetic_003'")
+    assert len(report.problems) == 5, report.summary()   # extra_nochannel0 also has a channel beyond the one named

@@ -6,8 +6,9 @@ label or a label without an image, a missing channel, files with the wrong endin
 differs from their label or other channels, label values not declared in dataset.json, NaN/Inf
 intensities, a ``numTraining`` that does not match, and ``case_groups`` naming unknown cases. Images
 without labels (``imagesTrUnlabeled/``, ``imagesTs/``) are checked for their channel count,
-dimensionality, shape and spacing agreeing across a case's channels, and NaN/Inf. It also collects
-per-label statistics for the report.
+dimensionality, shape and spacing agreeing across a case's channels, and NaN/Inf; an ``imagesTrUnlabeled``
+case must not share its name (ignoring letter case) with a labeled case, since the planner preprocesses both
+into one folder. It also collects per-label statistics for the report.
 """
 
 from __future__ import annotations
@@ -176,7 +177,12 @@ def verify_raw_dataset(folder: Path, progress: bool = False) -> VerifyReport:
 
     unlabeled = _scan_channels(folder / "imagesTrUnlabeled", ending, report)
     report.n_unlabeled = len(unlabeled)
+    labeled_names = {case.lower(): case for case in sorted(set(images) | set(labels))}
     for case, channels in sorted(unlabeled.items()):
+        if case.lower() in labeled_names:
+            report.problems.append(Problem(str(channels[min(channels)]),
+                                           f"case name {case!r} is also the labeled case "
+                                           f"{labeled_names[case.lower()]!r}; rename the unlabeled image"))
         _verify_image_only(folder / "imagesTrUnlabeled", case, channels, n_channels, meta["dimensionality"], report)
     test = _scan_channels(folder / "imagesTs", ending, report)
     report.n_test = len(test)

@@ -17,6 +17,13 @@ What each step's digest covers:
   never rebuild ``samprefPlans_2d/``. ``preprocessing.json`` also records ``signature_hash``
   (:func:`signature_hash` of the plan it was built with) so that a reader can tell whether a preprocessed
   folder belongs to the plan at hand.
+
+Images that never had labels (``imagesTrUnlabeled/``, optional) are fingerprinted into
+``fingerprint_unlabeled.json`` (digest: dataset.json and that folder's listing) and preprocessed with the
+labeled cases; ``preprocessing.json`` names them under ``unlabeled_cases`` (``[]`` without any; a folder written
+before this key existed has none). They are in no fold and take no part in the plan: the fingerprint, plans
+and splits digests never see them, and the preprocessing digest covers their names and listing only when the
+folder holds images, so a dataset without them (folder absent or empty) keeps every digest it had.
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ from typing import Any
 
 from sampref_bench import __version__, paths
 from sampref_bench.dataset_conversion.dataset_json import load_dataset_json
-from sampref_bench.planners.fingerprint import FINGERPRINT_FORMAT, compute_fingerprint, list_raw_cases
+from sampref_bench.planners.fingerprint import (
+    FINGERPRINT_FORMAT,
+    UNLABELED_FINGERPRINT_FORMAT,
+    UNLABELED_FOLDER,
+    compute_fingerprint,
+    compute_unlabeled_fingerprint,
+    list_raw_cases,
+    list_unlabeled_cases,
+)
 from sampref_bench.planners.plans import (
     DEFAULT_DPO_LABELED_FRACTION,
     DEFAULT_FRACTIONS,
@@ -49,6 +64,9 @@ from sampref_bench.prompts.settings import DEFAULT_PROMPTS
 from sampref_bench.utilities.atomic import load_json, staged_directory, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 from sampref_bench.utilities.hashing import digest
+
+#: The fingerprint of the ``imagesTrUnlabeled`` images, beside ``fingerprint.json`` (only when there are any).
+UNLABELED_FINGERPRINT_FILE = "fingerprint_unlabeled.json"
 
 
 def signature_hash(plans: dict[str, Any]) -> str:
@@ -161,6 +179,21 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
         write_json_atomic(fp_path, {"inputs_hash": fp_hash, **fingerprint})
     fingerprint = load_json(fp_path)
 
+    unlabeled = list_unlabeled_cases(raw_dir, dataset_json, cases)
+    unlabeled_listing = _listing(raw_dir / UNLABELED_FOLDER) if unlabeled else []
+    ufp_path = out / UNLABELED_FINGERPRINT_FILE
+    if unlabeled:
+        ufp_hash = digest([UNLABELED_FINGERPRINT_FORMAT, dataset_json, unlabeled_listing])
+        if step("fingerprint_unlabeled", ufp_path, ufp_hash):
+            try:
+                ufp = compute_unlabeled_fingerprint(raw_dir, dataset_json, unlabeled, num_processes, progress)
+            except SamprefError as err:
+                hint = f"Run `sampref_convert verify -d {raw_dir.name}` to list every problem."
+                raise SamprefError(f"{err}\n{hint}") from None
+            write_json_atomic(ufp_path, {"inputs_hash": ufp_hash, **ufp})
+    else:
+        ufp_path.unlink(missing_ok=True)  # the folder was emptied or removed: no stale fingerprint
+
     options = {"image_size": image_size, "fractions": list(fractions), "thresholds": list(thresholds),
                "dpo_labeled_fraction": dpo_labeled_fraction}
     plans_hash = digest([PLANS_FORMAT, fp_hash, options, DEFAULT_PROMPTS])  # new prompt defaults replan
@@ -194,14 +227,20 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
                                       "dpo_labeled_fraction": plans["dpo_labeled_fraction"]})
 
     data_dir = data_folder(out, plans)
-    pre_hash = digest([preprocessing_signature(plans), cases, *raw_listing])
+    pre_inputs = [preprocessing_signature(plans), cases, *raw_listing]
+    if unlabeled:  # only then: a dataset without unlabeled images keeps the digest it always had
+        pre_inputs += [unlabeled, unlabeled_listing]
+    pre_hash = digest(pre_inputs)
     marker = data_dir / "preprocessing.json"
     if step("preprocessing", marker, pre_hash):
         with staged_directory(data_dir, overwrite=True) as stage:
-            metas = preprocess_dataset(raw_dir, dataset_json, plans, cases, stage, num_processes, progress)
+            metas = preprocess_dataset(raw_dir, dataset_json, plans, cases, stage, num_processes, progress,
+                                       unlabeled_cases=unlabeled)
             write_json_atomic(stage / "preprocessing.json",
                               {"inputs_hash": pre_hash, "signature_hash": signature_hash(plans), "cases": cases,
-                               "n_slices": sum(m["n_slices"] for m in metas)})
+                               "n_slices": sum(m["n_slices"] for m in metas[:len(cases)]),
+                               "unlabeled_cases": unlabeled,
+                               "unlabeled_n_slices": sum(m["n_slices"] for m in metas[len(cases):])})
     return outcome
 
 

@@ -12,6 +12,10 @@ Per case, in the plan's data folder (``samprefPlans_2d/``):
 - ``{case}_seg.npy`` ``(S, size, size)`` uint8 and ``{case}_labels.json`` (``labels_per_slice``: the label
   values present in each slice), only for cases with a label file.
 
+Images of ``imagesTrUnlabeled/`` (never labeled) go through the same transform and normalization into the same
+folder, with ``{case}.npy`` and ``{case}.json`` (``has_label`` false) only; ``preprocessing.json`` lists them
+under ``unlabeled_cases``.
+
 Image and label files are separate so that whatever runs on images (prediction, embedding) cannot read
 labels by accident: :class:`~sampref_bench.trainers.data.LabelStore` is the only reader of the label files.
 Which slices a run trains on is not decided here: trainers choose them from the per-case files and each
@@ -21,13 +25,14 @@ case's role, so a case can change role between runs without preprocessing again.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sampref_bench.planners.fingerprint import raw_case_files, read_raw_image
+from sampref_bench.planners.fingerprint import raw_case_files, read_raw_image, unlabeled_case_files
 from sampref_bench.planners.plans import CONTENT_LEVEL
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.utilities.arrays import save_npy_atomic
@@ -131,17 +136,28 @@ def preprocess_case(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str
     return preprocess_image(channel_files, label_file if label_file.is_file() else None, plans, case, out_dir)
 
 
+def preprocess_unlabeled_case(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], case: str,
+                              out_dir: Path) -> dict[str, Any]:
+    """Preprocess one image of ``raw_dir/imagesTrUnlabeled`` (it has no label) into ``out_dir``."""
+    return preprocess_image(unlabeled_case_files(raw_dir, dataset_json, case), None, plans, case, out_dir)
+
+
 def _preprocess_job(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], case: str,
-                    out_dir: Path) -> dict[str, Any]:
+                    out_dir: Path, unlabeled: bool = False) -> dict[str, Any]:
     torch.set_num_threads(1)
+    if unlabeled:
+        return preprocess_unlabeled_case(raw_dir, dataset_json, plans, case, out_dir)
     return preprocess_case(raw_dir, dataset_json, plans, case, out_dir)
 
 
 def preprocess_dataset(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], cases: list[str],
-                       out_dir: Path, num_processes: int = 2, progress: bool = True) -> list[dict[str, Any]]:
-    """Preprocess ``cases`` into ``out_dir`` with ``num_processes`` workers; returns image metadata in case order."""
+                       out_dir: Path, num_processes: int = 2, progress: bool = True,
+                       unlabeled_cases: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Preprocess ``cases`` (``imagesTr``) and then ``unlabeled_cases`` (``imagesTrUnlabeled``) into ``out_dir``
+    with ``num_processes`` workers; returns image metadata in that order (``cases`` first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(raw_dir, dataset_json, plans, case, out_dir) for case in cases]
+    jobs = [(raw_dir, dataset_json, plans, case, out_dir, False) for case in cases]
+    jobs += [(raw_dir, dataset_json, plans, case, out_dir, True) for case in unlabeled_cases]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per-slice ops are small: waking a second intra-op thread costs more than it saves
     try:

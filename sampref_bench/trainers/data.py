@@ -5,7 +5,10 @@ labels present gives two samples, each with its own prompts.
 
 Case roles for a fold and annotation fraction: ``labeled`` (pixel labels visible to the trainer),
 ``rated`` (labels visible only to the simulated annotator of DPO trainers), ``unlabeled`` (the rest of the
-fold's training cases) and ``val``.
+fold's training cases) and ``val``. Beside the folds, ``extra_unlabeled`` holds the images of
+``imagesTrUnlabeled/`` (never labeled, preprocessed by the planner, listed in ``preprocessing.json`` as
+``unlabeled_cases``): :func:`case_roles` leaves it empty and :func:`with_extra_unlabeled` fills it from a
+:class:`PreprocessedData`.
 
 Labels are reachable only through a :class:`LabelStore`, which is built for a named set of cases and
 refuses every other case. :class:`PreprocessedData` serves images and image metadata and has no label
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,18 @@ def case_roles(splits: list[dict[str, Any]], fold: int, fraction: float, budget:
                      [c for c in entry["permutation"] if c not in used])
 
 
+def with_extra_unlabeled(roles: CaseRoles, data: PreprocessedData) -> CaseRoles:
+    """``roles`` with ``extra_unlabeled`` set to ``data``'s :meth:`~PreprocessedData.extra_unlabeled_cases`
+    (a copy; ``roles`` is unchanged). A name that is also one of the fold's cases is a :class:`SamprefError`:
+    the planner never writes such a folder, so it was edited by hand."""
+    extra = data.extra_unlabeled_cases()
+    clash = sorted(set(extra) & (set(roles.train) | set(roles.val)))
+    if clash:
+        raise SamprefError(f"{data.data_dir / 'preprocessing.json'} lists {clash} as unlabeled images, but they are "
+                           f"cases of the folds too; rerun `sampref_plan -d {data.plans['dataset_name']} --clean`")
+    return replace(roles, extra_unlabeled=extra)
+
+
 class LabelAccessError(SamprefError):
     """A label was asked for a case outside the set a :class:`LabelStore` was opened for."""
 
@@ -114,6 +129,7 @@ class PreprocessedData:
         self.rgb_channels = list(plans["channels_to_rgb"])
         self._meta: dict[str, dict[str, Any]] = {}
         self._images: dict[str, np.ndarray] = {}
+        self._extra_unlabeled: list[str] | None = None
 
     def meta(self, case: str) -> dict[str, Any]:
         """Per-case image metadata written by preprocessing (transform, geometry, slice content ...)."""
@@ -142,6 +158,23 @@ class PreprocessedData:
     def label_store(self, cases: Iterable[str], purpose: str) -> LabelStore:
         """A :class:`LabelStore` that reads the labels of ``cases`` only; ``purpose`` names it in errors."""
         return LabelStore(self.data_dir, cases, purpose, self.plans["dataset_name"])
+
+    def extra_unlabeled_cases(self) -> list[str]:
+        """Names of the preprocessed ``imagesTrUnlabeled`` images (``preprocessing.json``'s ``unlabeled_cases``),
+        sorted; ``[]`` for a dataset without any, or a folder preprocessed before the key existed."""
+        if self._extra_unlabeled is None:
+            path = self.data_dir / "preprocessing.json"
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise SamprefError(f"{path} is unreadable ({err}); rerun `sampref_plan -d "
+                                   f"{self.plans['dataset_name']} --clean`") from None
+            cases = record.get("unlabeled_cases", []) if isinstance(record, dict) else None
+            if not isinstance(cases, list) or not all(isinstance(c, str) for c in cases):
+                raise SamprefError(f"{path}: 'unlabeled_cases' must be a list of case names; rerun `sampref_plan "
+                                   f"-d {self.plans['dataset_name']} --clean`")
+            self._extra_unlabeled = sorted(cases)
+        return list(self._extra_unlabeled)
 
     def all_slices(self, case: str) -> list[int]:
         """Every slice index of a case (validation and prediction read all of them)."""
