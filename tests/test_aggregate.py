@@ -6,6 +6,7 @@ import ast
 import csv
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -17,13 +18,16 @@ import sampref_bench.evaluation as evaluation_package
 from sampref_bench.cli.evaluate import main as evaluate_main
 from sampref_bench.evaluation.aggregate import (
     FOREGROUND,
+    DataUse,
     RunConfig,
     build_table,
+    data_use_range,
     fold_stat,
     merge_prompt_sources,
     paired_test,
     parse_baseline,
     parse_run_name,
+    read_data_use,
     read_run_config,
     scan_runs,
 )
@@ -479,8 +483,9 @@ def test_prompt_source_in_text_csv_json(sourced, tmp_path):
     write_outputs(table, tmp_path)
     with (tmp_path / "summary_table.csv").open() as handle:
         header = next(csv.reader(handle))
-    # each new column appended: older columns keep their place
-    assert header[-3:] == ["paired_note", "prompt_source", "baseline_fraction"]
+    # each new column appended: older columns keep their place (the data-use columns came last)
+    assert header[-7:] == ["paired_note", "prompt_source", "baseline_fraction", "pixel_labeled", "pixel_label_share",
+                           "rated", "unlabeled_used"]
     assert header[:9] == ["trainer", "oracle", "plans", "configuration", "configuration_base", "run_tag",
                           "fraction", "n_folds", "folds"]
     records = list(csv.DictReader((tmp_path / "summary_table.csv").open()))
@@ -497,7 +502,7 @@ def test_no_prompt_source_mark_without_sources(results, tmp_path):
     assert "[saliency" not in text and "saliency source" not in text
     write_outputs(table, tmp_path)
     records = list(csv.DictReader((tmp_path / "summary_table.csv").open()))
-    assert list(records[0])[-1] == "prompt_source" and {r["prompt_source"] for r in records} == {""}
+    assert list(records[0])[-5] == "prompt_source" and {r["prompt_source"] for r in records} == {""}
     data = json.loads((tmp_path / "summary_table.json").read_text())
     assert all("prompt_source" in r and r["prompt_source"] is None for r in data["rows"])
 
@@ -777,3 +782,98 @@ def test_a_preset_run_falls_back_to_its_family_configuration(sampref_roots):
     assert found.p_value == pytest.approx(wilcoxon(diffs).pvalue, rel=1e-12)
     # a run written before configuration_family existed has no fallback beyond its base configuration
     assert paired[("DPORanking", "2d-paper-old", "0.2")].n_pairs == 0
+
+
+# ------------------------------------------------------------------------------------------------- data use
+def use_cfg(labeled, share, rated, unlabeled, n_train):
+    """A config.json as trainers write it now: ``cases`` (unlabeled = images used) and ``data_use``."""
+    return {"trainer": "x", "oracle": False, "configuration_base": "2d", "run_tag": None,
+            "cases": {"labeled": labeled, "rated": rated, "unlabeled": unlabeled, "val": 10},
+            "data_use": {"pixel_labeled": labeled, "pixel_label_share": share, "rated": rated,
+                         "unlabeled_used": unlabeled}, "n_train_for_the_test": n_train}
+
+
+def old_cfg(labeled, rated, unused):
+    """A config.json written before data_use: ``cases.unlabeled`` counted the fold's unused training cases."""
+    return {"trainer": "x", "oracle": False, "configuration_base": "2d", "run_tag": None,
+            "cases": {"labeled": labeled, "rated": rated, "unlabeled": unused, "val": 10}}
+
+
+# (trainer, fold) -> config.json; all at 2d f0.2
+USED = {
+    ("MeanTeacher", 0): use_cfg(8, 0.2, 0, 42, 40),          # 32 fold cases without labels + 10 imagesTrUnlabeled
+    ("MeanTeacher", 1): use_cfg(9, 0.2143, 0, 41, 42),
+    ("UNet", 0): use_cfg(8, 0.2, 0, 0, 40),
+    ("DPORanking", 0): old_cfg(4, 4, 32),                    # old run: 32 is not what it used
+    ("SAMBaseline", 0): None,                                # no config.json at all
+    ("SAMNoPrompt", 0): use_cfg(8, 0.2, 0, 0, 40),           # folds disagree in what they record
+    ("SAMNoPrompt", 1): old_cfg(8, 0, 32),
+}
+
+
+@pytest.fixture
+def used(sampref_roots):
+    root = sampref_roots["results"]
+    for (trainer, fold), config in USED.items():
+        write_fold(root, trainer, "2d", "0.2", fold, [0.5] * 5, [0.5] * 5, config=config)
+    return root
+
+
+def test_read_data_use_new_old_and_malformed_records():
+    assert read_data_use(use_cfg(8, 0.2, 0, 42, 40)) == DataUse(8, 0.2, 0, 42)
+    assert read_data_use(old_cfg(4, 4, 32)) == DataUse(4, 0.1, 4, None)      # share 4 / (4 + 4 + 32)
+    assert read_data_use(old_cfg(3, 0, 0)) == DataUse(3, 1.0, 0, None)
+    assert read_data_use({"cases": {"labeled": 3, "rated": 0}}) == DataUse(3, None, 0, None)
+    assert read_data_use({}) == DataUse() and read_data_use({"cases": [1, 2]}) == DataUse()
+    bad = {"data_use": {"pixel_labeled": "8", "pixel_label_share": 1.5, "rated": True, "unlabeled_used": -1},
+           "cases": {"labeled": 8, "rated": 0, "unlabeled": 3}}   # data_use wins, every value ill-typed
+    assert read_data_use(bad) == DataUse()
+    assert data_use_range([DataUse(8, 0.2, 0, 42), DataUse(9, 0.2143, 0, 41)], "pixel_labeled") == (8, 9)
+    assert data_use_range([DataUse(8, 0.2, 0, 42), DataUse(9, 0.2143, 0, None)], "unlabeled_used") is None
+    assert data_use_range([], "rated") is None
+
+
+def test_data_use_in_text_csv_json(used, tmp_path):
+    table = build_table(scan_runs(DATASET))
+    assert {r.key.trainer: r.data_use for r in table.rows}["MeanTeacher"] == [DataUse(8, 0.2, 0, 42),
+                                                                           DataUse(9, 0.2143, 0, 41)]
+    lines = format_table(table).splitlines()
+    head, body = lines[1], lines[2:2 + len(table.rows)]
+    assert re.split(r"\s{2,}", head.strip())[:7] == ["trainer", "configuration", "fraction", "folds", "pixel labels",
+                                                   "ratings", "unlabeled used"]
+    cells = {line.split()[0]: line.split("0.5000")[0].split()[3:] for line in body}
+    assert cells == {"DPORanking": ["1", "4", "(10%)", "4", "?"],
+                     "MeanTeacher": ["2", "8-9", "(20-21%)", "0", "41-42"],
+                     "SAMBaseline": ["1", "?", "?", "?"],
+                     "SAMNoPrompt": ["2", "8", "(20%)", "0", "?"],
+                     "UNet": ["1", "8", "(20%)", "0", "0"]}
+    assert len({line.index("±") for line in body}) == 1
+    assert any(line.startswith("  pixel labels (share of the fold's training cases), ratings, unlabeled used")
+               for line in lines)
+    assert any(line.startswith("  ?: not recorded in some fold's config.json") for line in lines)
+
+    write_outputs(table, tmp_path)
+    records = {r["trainer"]: r for r in csv.DictReader((tmp_path / "summary_table.csv").open())}
+    fields = ("pixel_labeled", "pixel_label_share", "rated", "unlabeled_used")
+    assert {t: tuple(r[f] for f in fields) for t, r in records.items()} == {
+        "DPORanking": ("4", "0.1", "4", ""), "MeanTeacher": ("8-9", "0.2-0.2143", "0", "41-42"),
+        "SAMBaseline": ("", "", "", ""), "SAMNoPrompt": ("8", "0.2", "0", ""), "UNet": ("8", "0.2", "0", "0")}
+    data = json.loads((tmp_path / "summary_table.json").read_text())
+    uses = {r["trainer"]: r["data_use"] for r in data["rows"]}
+    assert uses["MeanTeacher"] == {"pixel_labeled": [8, 9], "pixel_label_share": [0.2, 0.2143], "rated": [0, 0],
+                                   "unlabeled_used": [42, 41]}
+    assert uses["DPORanking"] == {"pixel_labeled": [4], "pixel_label_share": [0.1], "rated": [4],
+                                  "unlabeled_used": [None]}
+    assert uses["SAMNoPrompt"]["unlabeled_used"] == [0, None]
+
+
+def test_all_recorded_data_use_needs_no_unknown_note(sampref_roots):
+    write_fold(sampref_roots["results"], "UNet", "2d", "0.2", 0, [0.5] * 5, [0.5] * 5, config=use_cfg(8, 0.2, 0, 0, 40))
+    text = format_table(build_table(scan_runs(DATASET)))
+    assert "?" not in text and "pixel labels (share" in text
+
+
+def test_cli_prints_data_use_columns(used, capsys):
+    assert evaluate_main(["-d", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "pixel labels" in out and "unlabeled used" in out and "8-9 (20-21%)" in out

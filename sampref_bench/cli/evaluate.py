@@ -16,6 +16,10 @@ not a method; marked [oracle] in every output) and, for a tagged run (configurat
 configuration; a tagged run without a baseline run at its exact configuration is paired with the baseline
 at its base configuration. A prompt-sourced trainer's config.json names its saliency source
 (hyperparameters.saliency): rows show it as [saliency: dark-basin], folds that disagree as a+b.
+Each row also says what its runs spent and used (config.json data_use): pixel labels (cases, and their share of
+the fold's training cases), ratings (cases rated for DPO) and unlabeled images used (semi-supervised trainers;
+0 for the others); a-b where folds differ, ? (text) or empty (CSV) where a run predates data_use: such a run's
+pixel labels and ratings come from its 'cases', the unlabeled images it used are unknown.
 
 --baseline TRAINER pairs each row with TRAINER's run at the row's own fraction. --baseline TRAINER@FRACTION
 (e.g. SAMBaseline@0.1) pairs every row, at every fraction, with TRAINER's run at FRACTION (TRAINER's own rows
@@ -29,9 +33,10 @@ writes (atomically, into the dataset's results folder or -o DIR):
                        with one fold), number of folds, and with --baseline the baseline's configuration, the
                        mean paired difference, pairs and Wilcoxon p-value, then prompt_source
                        (the saliency source; empty for trainers without one), and with --baseline last
-                       baseline_fraction (the fraction of the baseline run each row is compared with)
-  summary_table.json   the same, plus the unfinished folds and the top-level baseline_fraction
-                       (null: each row against the baseline at its own fraction)
+                       baseline_fraction (the fraction of the baseline run each row is compared with), and
+                       last pixel_labeled, pixel_label_share, rated, unlabeled_used
+  summary_table.json   the same (data_use: one value per fold, null when unknown), plus the unfinished folds and
+                       the top-level baseline_fraction (null: each row against the baseline at its own fraction)
   dice_vs_fraction.png the foreground mean (or --label) against the fraction, error bars = std over folds,
                        oracle lines dashed and labelled (oracle)
 

@@ -22,6 +22,14 @@ a value that is not a non-empty string. A row's ``prompt_source`` is its folds' 
 should its folds disagree, it is their distinct values in fold order joined with ``+`` (``dark-basin+biomedclip``),
 see :func:`merge_prompt_sources`.
 
+Each fold's ``config.json`` also says what the run spent and used (:class:`DataUse`): ``data_use``
+(``pixel_labeled`` cases, their ``pixel_label_share`` of the fold's training cases, ``rated`` cases and
+``unlabeled_used``, the images without labels or ratings the trainer actually trained on). A run written before
+``data_use`` existed has only ``cases``: its ``labeled`` and ``rated`` counts are taken from there (and the share
+as ``labeled / (labeled + rated + unlabeled)``, the fold's training cases at the time), but its ``unlabeled``
+count was the fold's unused training cases, not what the trainer used, so ``unlabeled_used`` stays unknown. A
+row keeps its folds' values in fold order (:attr:`TableRow.data_use`); :func:`data_use_range` summarizes them.
+
 The paired test compares per-case values of a row with the baseline trainer's row at the same plans,
 configuration and fraction or, when the baseline has no run at that exact configuration and the row's
 ``configuration_base`` differs from it, at the row's base configuration (a tagged run against the untagged
@@ -87,6 +95,25 @@ class RunKey:
         return f"{self.trainer}__{self.plans}__{self.configuration}__f{self.fraction}"
 
 
+#: The :class:`DataUse` fields, in table order.
+DATA_USE_FIELDS = ("pixel_labeled", "pixel_label_share", "rated", "unlabeled_used")
+
+
+@dataclass(frozen=True)
+class DataUse:
+    """What one fold's run spent and used, from its ``config.json``; ``None`` where the record does not say.
+
+    ``pixel_labeled``: cases whose pixel labels the trainer saw; ``pixel_label_share``: their share of the fold's
+    training cases (0..1); ``rated``: cases whose labels only the simulated annotator saw (DPO); ``unlabeled_used``:
+    images (fold cases without labels and ``imagesTrUnlabeled`` images) the trainer trained on without labels.
+    """
+
+    pixel_labeled: int | None = None
+    pixel_label_share: float | None = None
+    rated: int | None = None
+    unlabeled_used: int | None = None
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """What the table needs from a fold's ``config.json``; the defaults stand for a missing file or key.
@@ -97,6 +124,7 @@ class RunConfig:
     prompt-sourced trainer's prompts (``hyperparameters.saliency``), ``None`` for any other trainer or when
     unknown. ``configuration_family``: the configuration of the runs it is compared with when neither its
     configuration nor its base configuration has a baseline run (a DPO run's ``2d-paper`` compares with ``2d``).
+    ``data_use``: see :class:`DataUse` and :func:`read_data_use`.
     """
 
     oracle: bool = False
@@ -104,6 +132,7 @@ class RunConfig:
     run_tag: str | None = None
     prompt_source: str | None = None
     configuration_family: str | None = None
+    data_use: DataUse = DataUse()
 
 
 @dataclass
@@ -176,6 +205,8 @@ class TableRow:
     run_tag: str | None = None
     prompt_source: str | None = None
     configuration_family: str | None = None
+    #: One :class:`DataUse` per fold, in the order of :attr:`folds`.
+    data_use: list[DataUse] = field(default_factory=list)
 
 
 @dataclass
@@ -230,12 +261,44 @@ def _optional_name(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _count(value: Any) -> int | None:
+    """A case count as config.json records it: a non-negative JSON integer (not a bool), else ``None``."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def read_data_use(record: Mapping[str, Any]) -> DataUse:
+    """The :class:`DataUse` of a parsed ``config.json``: from ``data_use`` when present, else the labeled and rated
+    counts of an older run's ``cases`` (share = labeled over labeled + rated + unlabeled, the fold's training cases
+    then; ``unlabeled_used`` unknown: that record's ``unlabeled`` counted the fold's unused cases). Ill-typed
+    values (not a non-negative integer; a share outside 0..1) are unknown."""
+    use = record.get("data_use")
+    if isinstance(use, dict):
+        share = use.get("pixel_label_share")
+        valid_share = isinstance(share, (int, float)) and not isinstance(share, bool) and 0.0 <= share <= 1.0
+        return DataUse(_count(use.get("pixel_labeled")), float(share) if valid_share else None,
+                       _count(use.get("rated")), _count(use.get("unlabeled_used")))
+    cases = record.get("cases")
+    if not isinstance(cases, dict):
+        return DataUse()
+    labeled, rated, unused = (_count(cases.get(k)) for k in ("labeled", "rated", "unlabeled"))
+    n_train = labeled + rated + unused if None not in (labeled, rated, unused) else 0
+    return DataUse(labeled, round(labeled / n_train, 4) if n_train and labeled is not None else None, rated, None)
+
+
+def data_use_range(uses: Sequence[DataUse], name: str) -> tuple[float, float] | None:
+    """``(min, max)`` of field ``name`` over a row's folds; ``None`` when any fold does not know it (or none)."""
+    values = [getattr(use, name) for use in uses]
+    if not values or any(v is None for v in values):
+        return None
+    return min(values), max(values)
+
+
 def read_run_config(fold_dir: Path) -> RunConfig:
-    """The oracle flag, base configuration, run tag and prompt source of ``fold_dir/config.json``.
+    """The oracle flag, base configuration, run tag, prompt source and data use of ``fold_dir/config.json``.
 
     A missing, unreadable or malformed file, or a missing or ill-typed key, gives the :class:`RunConfig`
-    default for it (not oracle, unknown base configuration, tag and prompt source); only a JSON ``true`` marks
-    an oracle, and only a non-empty string at ``hyperparameters.saliency`` names a prompt source.
+    default for it (not oracle, unknown base configuration, tag, prompt source and data use); only a JSON
+    ``true`` marks an oracle, and only a non-empty string at ``hyperparameters.saliency`` names a prompt source.
     """
     try:
         record = load_json(Path(fold_dir) / "config.json")
@@ -247,7 +310,7 @@ def read_run_config(fold_dir: Path) -> RunConfig:
     saliency = hyperparameters.get("saliency") if isinstance(hyperparameters, dict) else None
     return RunConfig(record.get("oracle") is True, _optional_name(record.get("configuration_base")),
                      _optional_name(record.get("run_tag")), _optional_name(saliency),
-                     _optional_name(record.get("configuration_family")))
+                     _optional_name(record.get("configuration_family")), read_data_use(record))
 
 
 def merge_prompt_sources(sources: Iterable[str | None]) -> str | None:
@@ -440,7 +503,8 @@ def build_table(scan: RunScan, metric: str = "Dice", label: str = "all", baselin
                              run_tag=next((c.run_tag for c in configs if c.run_tag is not None), None),
                              prompt_source=merge_prompt_sources(c.prompt_source for c in configs),
                              configuration_family=next((c.configuration_family for c in configs
-                                                        if c.configuration_family is not None), None)))
+                                                        if c.configuration_family is not None), None),
+                             data_use=[c.data_use for c in configs]))
     if baseline is not None:
         _add_paired_tests(rows, groups, baseline, paired_labels, metric, baseline_fraction)
     return ResultTable(scan.dataset, metric, label, baseline, columns, rows, scan.unfinished, scan.skipped,

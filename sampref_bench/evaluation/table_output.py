@@ -15,6 +15,16 @@ table's ``diff vs SAMBoxOracle`` (each row at its own fraction) or ``diff vs SAM
 that fraction) column and its ``paired:`` note; the CSV's ``baseline`` (the trainer) and ``baseline_fraction``
 columns (the last one, after ``prompt_source``, so every older column keeps its place); the JSON's top-level
 ``baseline`` and ``baseline_fraction`` (``null``: each row's own) and each row's ``paired.baseline_fraction``.
+
+Every row says what its runs spent and used, read from each fold's ``config.json`` (see
+:class:`~sampref_bench.evaluation.aggregate.DataUse`): the cases with pixel labels (and their share of the fold's
+training cases), the rated cases and the unlabeled images trained on. The text table shows them after ``folds``
+as ``pixel labels`` (``8 (20%)``), ``ratings`` and ``unlabeled used``; folds that differ show a range (``8-9``),
+and ``?`` marks a count some fold's config.json does not record (a run written before ``data_use``: its pixel
+labels and ratings come from ``cases``, the unlabeled images it used are unknown). The CSV appends
+``pixel_labeled``, ``pixel_label_share``, ``rated`` and ``unlabeled_used`` after every older column (a number,
+``lo-hi`` when folds differ, empty when unknown); the JSON gives each row ``data_use``, one value per fold (in
+``folds`` order, ``null`` when unknown).
 """
 
 from __future__ import annotations
@@ -25,7 +35,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sampref_bench.evaluation.aggregate import ResultTable, TableRow, merge_prompt_sources
+from sampref_bench.evaluation.aggregate import (
+    DATA_USE_FIELDS,
+    ResultTable,
+    TableRow,
+    data_use_range,
+    merge_prompt_sources,
+)
 from sampref_bench.evaluation.plots import Point, plot_vs_fraction
 from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
 
@@ -39,6 +55,39 @@ ORACLE_NOTE = f"{ORACLE_MARK}: prompts come from the ground truth; an upper boun
 #: What the ``[saliency: SOURCE]`` mark means, as the text table's note says it.
 PROMPT_SOURCE_NOTE = ("[saliency: SOURCE]: the saliency source that made a prompt-sourced trainer's prompts "
                       "(config.json hyperparameters.saliency); a+b: its folds used different sources")
+
+#: The text table's data-use columns, after ``folds``.
+DATA_USE_HEAD = ["pixel labels", "ratings", "unlabeled used"]
+DATA_USE_NOTE = ("pixel labels (share of the fold's training cases), ratings, unlabeled used: per fold, as each run's "
+                 "config.json records them, the pixel-labeled cases, the rated cases and the images trained on "
+                 "without labels or ratings; a-b: the folds differ")
+UNKNOWN_USE_NOTE = ("?: not recorded in some fold's config.json (a run written before config.json had data_use "
+                    "does not say how many unlabeled images it used; an older one nothing at all)")
+
+
+def _span_text(span: tuple[float, float] | None, percent: bool = False) -> str:
+    """``8``, ``8-9`` (folds differ), ``20%``/``20-22%`` with ``percent`` (a share 0..1), ``?`` when unknown."""
+    if span is None:
+        return "?"
+    lo, hi = (round(v * 100) if percent else v for v in span)
+    text = f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+    return text + "%" if percent else text
+
+
+def data_use_cells(row: TableRow) -> list[str]:
+    """The text table's data-use cells of ``row`` (see :data:`DATA_USE_HEAD`)."""
+    labeled = data_use_range(row.data_use, "pixel_labeled")
+    share = data_use_range(row.data_use, "pixel_label_share")
+    pixel = _span_text(labeled) + (f" ({_span_text(share, percent=True)})" if labeled and share else "")
+    return [pixel, _span_text(data_use_range(row.data_use, "rated")),
+            _span_text(data_use_range(row.data_use, "unlabeled_used"))]
+
+
+def _csv_span(span: tuple[float, float] | None) -> Any:
+    """A data-use CSV cell: the value, ``lo-hi`` when folds differ, empty when unknown."""
+    if span is None:
+        return ""
+    return span[0] if span[0] == span[1] else f"{span[0]}-{span[1]}"
 
 
 def prompt_source_mark(source: str) -> str:
@@ -70,13 +119,14 @@ def _paired_scope(table: ResultTable) -> str:
 def format_table(table: ResultTable) -> str:
     """The table as aligned text, followed by notes on paired tests, unfinished and skipped folders."""
     head = ["trainer", *(["plans"] if _show_plans(table) else []), "configuration", "fraction", "folds"]
+    head += DATA_USE_HEAD
     head += table.columns
     if table.baseline:
         head += [f"diff vs {table.baseline_name}", "pairs", "p"]
     body = []
     for row in table.rows:
         cells = [_trainer_cell(row), *([row.key.plans] if _show_plans(table) else []), row.key.configuration,
-                 row.key.fraction, str(len(row.folds))]
+                 row.key.fraction, str(len(row.folds)), *data_use_cells(row)]
         cells += [f"{_num(row.values[c].mean):>6} ± {_num(row.values[c].std):<6}" for c in table.columns]
         if table.baseline:
             p = row.paired
@@ -97,6 +147,9 @@ def _notes(table: ResultTable) -> list[str]:
     notes = [ORACLE_NOTE] if any(row.oracle for row in table.rows) else []
     if any(row.prompt_source is not None for row in table.rows):
         notes.append(PROMPT_SOURCE_NOTE)
+    notes.append(DATA_USE_NOTE)
+    if any("?" in cell for row in table.rows for cell in data_use_cells(row)):
+        notes.append(UNKNOWN_USE_NOTE)
     if table.baseline:
         if table.baseline_fraction is not None:
             notes.append(f"paired: Wilcoxon signed-rank on {_paired_scope(table)}, row (any fraction) minus "
@@ -120,7 +173,9 @@ def _row_record(table: ResultTable, row: TableRow) -> dict[str, Any]:
                               "configuration_base": row.configuration_base, "run_tag": row.run_tag,
                               "fraction": row.key.fraction, "n_folds": len(row.folds), "folds": row.folds,
                               "values": {c: {"mean": row.values[c].mean, "std": row.values[c].std}
-                                         for c in table.columns}}
+                                         for c in table.columns},
+                              "data_use": {name: [getattr(use, name) for use in row.data_use]
+                                           for name in DATA_USE_FIELDS}}
     if table.baseline:
         p = row.paired
         record["paired"] = None if p is None else {
@@ -133,9 +188,11 @@ def _row_record(table: ResultTable, row: TableRow) -> dict[str, Any]:
 def table_to_json(table: ResultTable) -> dict[str, Any]:
     """The table as a JSON-ready dict (std ``null`` with one fold; NaN where a statistic is undefined); each row
     has ``oracle`` (bool), ``prompt_source``, ``configuration_base`` and ``run_tag`` (``null`` when its
-    config.json does not say). ``baseline`` is the baseline trainer, ``baseline_fraction`` the fraction every row
-    is compared at (``null``: each row at its own); a row's ``paired.baseline_fraction`` is the fraction of the
-    baseline run that row is compared with."""
+    config.json does not say) and ``data_use`` (``{pixel_labeled, pixel_label_share, rated, unlabeled_used}``, each
+    a list with one value per fold in ``folds`` order, ``null`` where that fold's config.json does not say).
+    ``baseline`` is the baseline trainer, ``baseline_fraction`` the fraction every row is compared at (``null``:
+    each row at its own); a row's ``paired.baseline_fraction`` is the fraction of the baseline run that row is
+    compared with."""
     return {"dataset": table.dataset, "metric": table.metric, "label": table.label, "baseline": table.baseline,
             "baseline_fraction": table.baseline_fraction,
             "paired_test": (f"scipy.stats.wilcoxon on {_paired_scope(table)}" if table.baseline else None),
@@ -150,7 +207,9 @@ def table_to_csv(table: ResultTable) -> str:
     test's columns with a baseline, then ``prompt_source`` (empty when unknown; appended after every older
     column so that readers by position still find those where they were), and with a baseline last
     ``baseline_fraction`` (the fraction of the baseline run the row is compared with; a baseline row's own),
-    appended after it for the same reason."""
+    appended after it for the same reason, and last the data use (:data:`~sampref_bench.evaluation.aggregate.
+    DATA_USE_FIELDS`: ``pixel_labeled``, ``pixel_label_share``, ``rated``, ``unlabeled_used``; the folds' common
+    value, ``lo-hi`` when they differ, empty when some fold's config.json does not say)."""
     head = ["trainer", "oracle", "plans", "configuration", "configuration_base", "run_tag", "fraction", "n_folds",
             "folds"]
     head += [f"{c}_{s}" for c in table.columns for s in ("mean", "std")]
@@ -159,6 +218,7 @@ def table_to_csv(table: ResultTable) -> str:
     head.append("prompt_source")
     if table.baseline:
         head.append("baseline_fraction")
+    head += list(DATA_USE_FIELDS)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(head)
@@ -175,6 +235,7 @@ def table_to_csv(table: ResultTable) -> str:
         cells.append(row.prompt_source or "")
         if table.baseline:
             cells.append(row.key.fraction if row.paired is None else row.paired.baseline_fraction or "")
+        cells += [_csv_span(data_use_range(row.data_use, name)) for name in DATA_USE_FIELDS]
         writer.writerow(cells)
     return buffer.getvalue()
 
