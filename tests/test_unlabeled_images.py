@@ -189,3 +189,18 @@ def test_bad_unlabeled_image_is_named_before_preprocessing(sampref_roots, bad, p
     assert str(culprit) in str(err.value) and phrase in str(err.value)
     assert "sampref_convert verify" in str(err.value)
     assert not (sampref_roots["preprocessed"] / raw.name / "samprefPlans_2d").exists()
+
+
+def test_hand_edited_unlabeled_list_is_refused():
+    _raw()
+    out = _plan()
+    plans = json.loads(out.plans_file.read_text())
+    marker = data_folder(out.folder, plans) / "preprocessing.json"
+    record = json.loads(marker.read_text())
+    roles = case_roles(json.loads((out.folder / "splits_final.json").read_text()), 0, 1.0)
+    marker.write_text(json.dumps({**record, "unlabeled_cases": [roles.val[0]]}))
+    with pytest.raises(SamprefError, match=f"lists \\['{roles.val[0]}'\\] as unlabeled images.*--clean"):
+        with_extra_unlabeled(roles, PreprocessedData(marker.parent, plans))
+    marker.write_text(json.dumps({**record, "unlabeled_cases": "extra_a"}))
+    with pytest.raises(SamprefError, match="'unlabeled_cases' must be a list of case names"):
+        PreprocessedData(marker.parent, plans).extra_unlabeled_cases()
