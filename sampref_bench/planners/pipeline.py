@@ -44,6 +44,7 @@ from sampref_bench.planners.fingerprint import (
     list_unlabeled_cases,
 )
 from sampref_bench.planners.plans import (
+    ADDED_PLAN_KEYS,
     DEFAULT_DPO_LABELED_FRACTION,
     DEFAULT_FRACTIONS,
     DEFAULT_IMAGE_SIZE,
@@ -84,11 +85,13 @@ def _listing(folder: Path) -> list[list[Any]]:
             if not p.name.startswith(".")]
 
 
-def _current(path: Path, inputs_hash: str) -> bool:
+def _current(path: Path, inputs_hash: str, required: tuple[str, ...] = ()) -> bool:
+    """Whether ``path`` records ``inputs_hash`` and holds every ``required`` key (keys added later)."""
     if not path.is_file():
         return False
     try:
-        return load_json(path).get("inputs_hash") == inputs_hash
+        content = load_json(path)
+        return content.get("inputs_hash") == inputs_hash and all(key in content for key in required)
     except (SamprefError, AttributeError):
         return False
 
@@ -160,8 +163,8 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
     write_json_atomic(out / "dataset.json", dataset_json)
     cases = list_raw_cases(raw_dir, dataset_json)
 
-    def step(name: str, path: Path, inputs_hash: str) -> bool:
-        if not clean and _current(path, inputs_hash):
+    def step(name: str, path: Path, inputs_hash: str, required: tuple[str, ...] = ()) -> bool:
+        if not clean and _current(path, inputs_hash, required):
             outcome.skipped.append(name)
             return False
         outcome.ran.append(name)
@@ -198,7 +201,9 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
                "dpo_labeled_fraction": dpo_labeled_fraction}
     plans_hash = digest([PLANS_FORMAT, fp_hash, options, DEFAULT_PROMPTS])  # new prompt defaults replan
     plans_path = out / "plans.json"
-    if step("plans", plans_path, plans_hash):
+    # a plans.json without a key added since (ADDED_PLAN_KEYS) is re-planned under the same hash: finished runs
+    # record the hash, and the preprocessing signature is unchanged, so nothing else is redone
+    if step("plans", plans_path, plans_hash, ADDED_PLAN_KEYS):
         plans = make_plans(dataset_json, fingerprint, image_size=image_size, fractions=fractions,
                            thresholds=thresholds, dpo_labeled_fraction=dpo_labeled_fraction)
         write_json_atomic(plans_path, {"inputs_hash": plans_hash, **plans})

@@ -5,9 +5,11 @@ Values sit at the top level (``plans["image_size"]``); the reason for each sits 
 
 Training length is planned here and is the same at every annotation fraction, as nnU-Net fixes 250
 iterations per epoch: ``batch_size`` (slices per step), ``epochs`` and ``iterations_per_epoch`` for stage 1,
-``dpo_epochs`` and ``dpo_iterations_per_epoch`` for stage 2. A budget changes which cases a trainer sees,
-never how long it trains. ``fractions`` always holds ``dpo_labeled_fraction`` (the DPO trainers' stage-1
-budget); ``dpo_fractions`` lists the planned fractions above it, where a DPO trainer has cases to rate.
+``dpo_epochs`` and ``dpo_iterations_per_epoch`` for stage 2, ``unet_epochs`` and ``unet_iterations_per_epoch``
+for the U-Net trainers (supervised and semi-supervised), whose architecture is planned as ``unet``. A budget
+changes which cases a trainer sees, never how long it trains. ``fractions`` always holds
+``dpo_labeled_fraction`` (the DPO trainers' stage-1 budget); ``dpo_fractions`` lists the planned fractions above
+it, where a DPO trainer has cases to rate.
 
 Only some keys change the preprocessed arrays; :func:`preprocessing_signature` returns exactly those, so
 re-planning with other fractions, thresholds or training lengths keeps the preprocessed folder.
@@ -57,6 +59,20 @@ ITERATIONS_PER_EPOCH = 10
 #: Measured CPU seconds per image per training step of LiteMedSAM's mask decoder on 2 CPU cores
 #: (image embeddings cached), used to state the CPU time a planned training length implies.
 CPU_SECONDS_PER_IMAGE_STEP = 0.34
+#: U-Net (supervised and semi-supervised baselines) epochs and batches per epoch: 50 x 50 = 2,500 SGD steps of
+#: ``BATCH_SIZE`` labeled slices, a GPU run's length (SSL4MIS trains its 2D baselines for 30,000 iterations, nnU-Net
+#: for 1000 x 250; both far beyond a CPU budget). A CPU benchmark may shorten it and must say so.
+UNET_EPOCHS = 50
+UNET_ITERATIONS_PER_EPOCH = 50
+#: Feature widths of the U-Net levels, as SSL4MIS's 2D UNet (16, 32, 64, 128, 256); fewer levels for small images.
+UNET_CHANNELS = (16, 32, 64, 128, 256)
+#: The U-Net halves the image until its bottleneck would fall below this many pixels per side.
+UNET_MIN_BOTTLENECK = 16
+#: Residual units per U-Net block (MONAI UNet's ``num_res_units``).
+UNET_RES_UNITS = 2
+#: Keys added to plans.json after :data:`PLANS_FORMAT` 4 without changing its inputs hash (finished runs record
+#: the hash and are reused by it): ``sampref_plan`` re-plans a plans.json that lacks one, under the same hash.
+ADDED_PLAN_KEYS = ("unet_epochs", "unet_iterations_per_epoch", "unet")
 #: Plan keys that change the preprocessed arrays (see :func:`preprocessing_signature`).
 PREPROCESSING_KEYS = ("dimensionality", "labels", "slicing_axis", "normalization", "channels_to_rgb",
                       "storage_dtype", "image_size", "transform")
@@ -117,6 +133,30 @@ def choose_slicing_axis(fingerprint: dict[str, Any]) -> tuple[int, str]:
     axis = int(np.argmin(shapes))
     return axis, (f"median spacing {spacings.round(3).tolist()} mm is isotropic within {ANISOTROPY_RATIO}x, so the "
                   f"axis with fewest voxels (median shape {shapes.astype(int).tolist()}) is sliced: axis {axis}")
+
+
+def plan_unet(image_size: int, in_channels: int, out_channels: int) -> dict[str, Any]:
+    """The 2D U-Net of the U-Net trainers for ``image_size`` px slices: MONAI ``UNet`` arguments and a reason.
+
+    Returns ``{"spatial_dims": 2, "in_channels", "out_channels", "channels", "strides", "num_res_units",
+    "reason"}``: stride-2 levels are added (widths from :data:`UNET_CHANNELS`, SSL4MIS's UNet) while the bottleneck
+    keeps at least :data:`UNET_MIN_BOTTLENECK` px per side, at most four downsamplings as SSL4MIS's UNet.
+    ``out_channels`` counts background (number of labels + 1, softmax).
+    """
+    depth = 0
+    while (depth < len(UNET_CHANNELS) - 1 and image_size % 2 ** (depth + 1) == 0
+           and image_size // 2 ** (depth + 1) >= UNET_MIN_BOTTLENECK):
+        depth += 1
+    depth = max(depth, 1)
+    channels = list(UNET_CHANNELS[:depth + 1])
+    bottleneck = image_size // 2 ** depth
+    reason = (f"MONAI 2D UNet on {in_channels}-channel {image_size} px slices (the stored channels the SAM trainers "
+              f"see), {out_channels} softmax outputs (background + {out_channels - 1} label(s)): widths {channels} "
+              f"(SSL4MIS's UNet widths, first {depth + 1}), {depth} stride-2 downsamplings so the bottleneck is "
+              f"{bottleneck} px (halving stops before it falls below {UNET_MIN_BOTTLENECK} px, at most 4 as in "
+              f"SSL4MIS), {UNET_RES_UNITS} residual units per block (MONAI's residual UNet, instance norm, PReLU)")
+    return {"spatial_dims": 2, "in_channels": int(in_channels), "out_channels": int(out_channels),
+            "channels": channels, "strides": [2] * depth, "num_res_units": UNET_RES_UNITS, "reason": reason}
 
 
 def _normalization(modality: str, fingerprint: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -246,6 +286,19 @@ def make_plans(dataset_json: dict[str, Any], fingerprint: dict[str, Any], *, ima
     plans["dpo_iterations_per_epoch"] = ITERATIONS_PER_EPOCH
     reasons["dpo_iterations_per_epoch"] = (f"{ITERATIONS_PER_EPOCH} batches per stage-2 epoch, as in stage 1 and the "
                                            "same at every fraction")
+    plans["unet_epochs"] = UNET_EPOCHS
+    unet_steps = UNET_EPOCHS * UNET_ITERATIONS_PER_EPOCH
+    reasons["unet_epochs"] = (f"{UNET_EPOCHS} U-Net epochs at every fraction: {UNET_EPOCHS} x "
+                              f"{UNET_ITERATIONS_PER_EPOCH} = {unet_steps} SGD steps of {BATCH_SIZE} labeled slices "
+                              "(semi-supervised trainers add unlabeled slices), a GPU run's length; SSL4MIS trains "
+                              "its 2D baselines for 30,000 iterations and nnU-Net for 1000 x 250, far beyond a CPU "
+                              "budget. A CPU benchmark may shorten it (--epochs, iterations_per_epoch) and must say so")
+    plans["unet_iterations_per_epoch"] = UNET_ITERATIONS_PER_EPOCH
+    reasons["unet_iterations_per_epoch"] = (f"{UNET_ITERATIONS_PER_EPOCH} batches per U-Net epoch at every fraction: "
+                                            "a U-Net learns from scratch and needs more steps than SAM's pretrained "
+                                            "decoder; the poly learning-rate decay steps once per epoch")
+    plans["unet"] = plan_unet(int(image_size), n_channels, len(plans["labels"]))
+    reasons["unet"] = plans["unet"]["reason"]
     plans["fractions"] = fractions
     reasons["fractions"] = "fraction f labels the first ceil(f*n) cases of each fold's permutation (nested budgets)"
     if dpo_labeled_fraction not in requested:
