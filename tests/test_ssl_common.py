@@ -17,9 +17,9 @@ from sampref_bench.trainers.ssl_common import (
     linear_rampup,
     masked_consistency,
     sigmoid_rampup,
+    uncertainty_mask,
     uncertainty_threshold,
 )
-from sampref_bench.trainers.ssl_trainers import uncertainty_mask
 
 
 def test_rampups_hand_values():

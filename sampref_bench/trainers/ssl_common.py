@@ -116,6 +116,12 @@ def uncertainty_threshold(step: int, total_steps: int, n_classes: int) -> float:
     return (0.75 + 0.25 * sigmoid_rampup(step, total_steps)) * math.log(n_classes)
 
 
+def uncertainty_mask(passes: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``(T, B, C, H, W)`` softmax probabilities of T stochastic passes -> ``(B, 1, H, W)`` float mask, 1 where the
+    entropy of their mean is below ``threshold`` (nats)."""
+    return (entropy_uncertainty(passes.mean(dim=0)) < threshold).float()
+
+
 def masked_consistency(distance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``(B, C, H, W)`` per-class ``distance`` over the pixels where the ``(B, 1, H, W)`` ``mask`` is 1
     (class-averaged, so an all-ones mask gives the plain mean); 0 when no pixel is kept."""
