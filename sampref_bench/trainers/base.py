@@ -33,7 +33,7 @@ from tqdm import tqdm
 from sampref_bench import __version__, paths
 from sampref_bench.planners.pipeline import data_folder, load_splits, signature_hash
 from sampref_bench.planners.plans import fraction_key
-from sampref_bench.trainers.data import CaseRoles, LabelStore, PreprocessedData, case_roles
+from sampref_bench.trainers.data import CaseRoles, LabelStore, PreprocessedData, case_roles, with_extra_unlabeled
 from sampref_bench.trainers.run_folder import load_checkpoint, plot_progress, run_folder, save_checkpoint, write_log
 from sampref_bench.trainers.run_identity import config_differences, run_tag, sibling_runs, validate_run_name
 from sampref_bench.utilities.atomic import load_json, write_json_atomic
@@ -138,6 +138,7 @@ class BaseTrainer:
         self.output_dir = run_folder(self.dataset_name, type(self).__name__, self.plans["plans_name"],
                                      self.run_configuration_name(), fraction_key(self.fraction), self.fold)
         self.data = PreprocessedData(data_folder(self.preprocessed_dir, self.plans), self.plans)
+        self.roles = with_extra_unlabeled(self.roles, self.data)
         self.labels = [v for v in sorted(self.plans["labels"].values()) if v != 0]
         self.epoch = 0
         self.log: list[dict[str, Any]] = []
