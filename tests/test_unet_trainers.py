@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sampref_bench.dataset_conversion.phantoms import write_synthetic_raw_dataset
+from sampref_bench.dataset_conversion.phantoms import make_phantom, write_synthetic_raw_dataset
 from sampref_bench.planners.pipeline import plan_dataset
 from sampref_bench.trainers.registry import get_trainer
 from sampref_bench.trainers.run_folder import load_checkpoint
@@ -19,6 +19,7 @@ from sampref_bench.trainers.unet_data import (
     weak_transforms,
 )
 from sampref_bench.utilities.errors import SamprefError
+from sampref_bench.utilities.imageio import write_image
 
 #: Test size: 2 epochs of 2 steps of 2 labeled (+ 2 unlabeled) slices, a three-level U-Net of 4-16 channels.
 TINY = {"epochs": 2, "iterations_per_epoch": 2, "batch_size": 2, "channels": [4, 8, 16], "num_workers": 0}
@@ -157,11 +158,23 @@ def test_weights_do_not_depend_on_loader_workers():
     assert _trainer("UNet", dataset, num_workers=2).output_dir == _trainer("UNet", dataset).output_dir
 
 
-def test_semi_supervised_needs_unlabeled_images():
+def test_semi_supervised_needs_unlabeled_images(sampref_roots):
     dataset = _planned_phantoms()
     with pytest.raises(SamprefError, match="no unlabeled image.*imagesTrUnlabeled"):
         _trainer("MeanTeacher", dataset, fraction=1.0)
     trainer = _trainer("CPS", dataset)
     assert trainer.unlabeled_cases_used() == trainer.roles.unlabeled
+    # an image without a label in imagesTrUnlabeled/ makes fraction 1.0 semi-supervised
+    image, _, geometry = make_phantom((12, 40, 32), seed=31)
+    write_image(sampref_roots["raw"] / "Dataset007_Phantom" / "imagesTrUnlabeled" / "extra_a_0000.nii.gz", image,
+                geometry)
+    plan_dataset(7, image_size=64, fractions=[0.5, 1.0], num_processes=1, progress=False)
+    full = _trainer("MeanTeacher", dataset, fraction=1.0, epochs=1, iterations_per_epoch=1)
+    assert full.unlabeled_cases_used() == ["extra_a"]
+    full.run_training()
+    assert {case for case, _ in full.unlabeled_slices} == {"extra_a"}
+    assert "extra_a" not in full.train_labels.cases
+    with pytest.raises(SamprefError, match="use_unlabeled_images is off"):
+        _trainer("MeanTeacher", dataset, fraction=1.0, use_unlabeled_images=False)
     with pytest.raises(SamprefError, match="channels"):
         _trainer("UNet", dataset, channels=[8]).architecture()
