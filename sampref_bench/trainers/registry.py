@@ -27,7 +27,8 @@ from sampref_bench.utilities.errors import SamprefError
 #: Modules whose trainers are built in.
 BUILTIN_MODULES = ("sampref_bench.trainers.sam_trainers", "sampref_bench.trainers.prompt_trainers",
                    "sampref_bench.trainers.two_stage", "sampref_bench.trainers.dpo_trainers",
-                   "sampref_bench.trainers.unet_trainer", "sampref_bench.trainers.ssl_trainers")
+                   "sampref_bench.trainers.pseudo_label", "sampref_bench.trainers.unet_trainer",
+                   "sampref_bench.trainers.ssl_trainers")
 
 
 def import_trainer_module(spec: str) -> None:
