@@ -7,12 +7,13 @@ indices (0 background, k for the k-th foreground label value; all labels jointly
 seed and its key alone (:func:`~sampref_bench.trainers.ssl_common.item_seed`), so a batch is the same whichever
 worker process builds it and however many there are.
 
-Augmentation defaults follow nnU-Net's 2D pipeline (Isensee et al., Nature Methods 2021; probabilities and ranges
-of its ``default_2D_augmentation_params``): mirroring along both axes (p 0.5 each), rotation in [-180, 180]
-degrees and scaling by 0.7-1.3 (one affine resampling, p 0.2), Gaussian noise (p 0.1), multiplicative
-brightness 0.75-1.25 (p 0.15) and gamma 0.7-1.5 (p 0.3). Elastic deformation (off in nnU-Net's 2D default,
-p 0.2 in older nnU-Net versions) runs with p 0.1. Labels are resampled with nearest-neighbour interpolation so
-they stay class indices aligned with the image.
+Augmentation defaults are a subset of nnU-Net's 2D pipeline (Isensee et al., Nature Methods 2021; probabilities
+and ranges of its ``default_2D_augmentation_params``): mirroring along both axes (p 0.5 each), rotation in
+[-180, 180] degrees and scaling (one affine resampling, p 0.2; scale 0.7-1.3, MONAI's symmetric range, where
+nnU-Net draws 0.7-1.4), Gaussian noise (p 0.1), multiplicative brightness 0.75-1.25 (p 0.15) and gamma 0.7-1.5
+(p 0.3); nnU-Net's blur, contrast and low-resolution simulation are left out. Elastic deformation (off in
+nnU-Net's 2D default, p 0.2 in older nnU-Net versions) runs with p 0.1. Labels are resampled with
+nearest-neighbour interpolation so they stay class indices aligned with the image.
 
 FixMatch's views (Sohn et al. 2020): the *weak* view flips (p 0.5 per axis) and rotates by up to 20 degrees
 (p 0.5, SSL4MIS's ``random_rotate`` range); the *strong* view is the weak view (same geometry, pixel for pixel)
