@@ -36,7 +36,7 @@ def _trainer(dataset, fraction=FRACTION, run_name=None, **overrides):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """Planned phantoms (dataset 7, 4 slices of 64 px per case) with the finished stage 1 and one finished
+    """Planned phantoms (dataset 7, 8 slices of 64 px per case) with the finished stage 1 and one finished
     SAMPseudoLabel run at :data:`TINY`, built once for this module."""
     from sampref_bench.dataset_conversion.phantoms import write_synthetic_raw_dataset
     from sampref_bench.planners.pipeline import plan_dataset
@@ -45,7 +45,7 @@ def prepared(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         for key in ("raw", "preprocessed", "results"):
             patch.setenv(f"SAMPREF_{key}", str(root / key))
-        write_synthetic_raw_dataset(7, "Phantom", 5, n_labels=1, shape_zyx=(4, 40, 32), spacing_xyz=(0.8, 0.8, 3.0))
+        write_synthetic_raw_dataset(7, "Phantom", 5, n_labels=1, shape_zyx=(8, 40, 32), spacing_xyz=(0.8, 0.8, 3.0))
         plan_dataset(7, fractions=[0.5, 1.0], image_size=64, num_processes=1, progress=False)
         _trainer("7").run_training()
     return root
@@ -116,17 +116,8 @@ def test_run_writes_validation_pseudo_labels_and_trains_what_stage1_trains(datas
     for prefix in ("mask_decoder.", "prompt_encoder.", "text_projection."):
         assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix
 
-    # batches mix one labeled and one kept pseudo-labeled sample, seeded
-    trainer.initialize()
-    assert trainer.batch_sizes() == (2, 2)
-    batches = trainer.train_batches(0)
-    assert len(batches) == TINY["iterations_per_epoch"] and batches == trainer.train_batches(0)
-    for _, labeled, pseudo_idx in batches:
-        assert len(labeled) == 2 and {s.case for s in labeled} <= set(trainer.roles.labeled)
-        assert len(pseudo_idx) == 2 and all(trainer.pseudo[i].kept for i in pseudo_idx)
 
-
-def test_interrupted_run_continues_to_identical_weights_and_log(dataset, monkeypatch):
+def test_interrupted_run_continues_to_identical_weights_and_log_and_batches_mix(dataset, monkeypatch):
     straight = _trainer(dataset).output_dir
     victim = _trainer(dataset, run_name="killed")
 
@@ -148,6 +139,13 @@ def test_interrupted_run_continues_to_identical_weights_and_log(dataset, monkeyp
     a = json.loads((straight / "validation" / "summary.json").read_text())
     b = json.loads((resumed.output_dir / "validation" / "summary.json").read_text())
     assert [c["metrics"] for c in a["metric_per_case"]] == [c["metrics"] for c in b["metric_per_case"]]
+    # batches mix two labeled and two kept pseudo-labeled samples, seeded
+    assert resumed.batch_sizes() == (2, 2)
+    batches = resumed.train_batches(0)
+    assert len(batches) == TINY["iterations_per_epoch"] and batches == resumed.train_batches(0)
+    for _, labeled, pseudo_idx in batches:
+        assert len(labeled) == 2 and {s.case for s in labeled} <= set(resumed.roles.labeled)
+        assert len(pseudo_idx) == 2 and all(resumed.pseudo[i].kept for i in pseudo_idx)
 
 
 def test_labels_of_unlabeled_cases_are_never_read(dataset, monkeypatch):
@@ -231,9 +229,22 @@ def test_masked_loss_is_the_stage1_loss_on_counted_pixels():
 
 
 # ------------------------------------------------------------------------------------------- guards
-def test_no_unlabeled_image_and_bad_options_are_errors(dataset):
+def test_no_unlabeled_image_and_bad_options_are_errors(dataset, sampref_roots):
+    from sampref_bench.dataset_conversion.phantoms import make_phantom
+    from sampref_bench.planners.pipeline import plan_dataset
+    from sampref_bench.utilities.imageio import write_image
+
     with pytest.raises(SamprefError, match="no unlabeled image .* imagesTrUnlabeled holds none"):
         _trainer(dataset, fraction=1.0)
+    # an image without a label in imagesTrUnlabeled/ is pseudo-labeled too (and makes fraction 1.0 possible)
+    image, _, geometry = make_phantom((8, 40, 32), seed=31)
+    write_image(sampref_roots["raw"] / "Dataset007_Phantom" / "imagesTrUnlabeled" / "extra_a_0000.nii.gz", image,
+                geometry)
+    plan_dataset(7, fractions=[0.5, 1.0], image_size=64, num_processes=1, progress=False)
+    assert _trainer(dataset, fraction=1.0).unlabeled_cases_used() == ["extra_a"]
+    half = _trainer(dataset)
+    assert half.unlabeled_cases_used() == [*half.roles.unlabeled, "extra_a"]
+    assert _trainer(dataset, use_unlabeled_images=False).unlabeled_cases_used() == half.roles.unlabeled
     with pytest.raises(SamprefError, match=r"imagesTrUnlabeled is not used \(use_unlabeled_images=False\)"):
         _trainer(dataset, fraction=1.0, use_unlabeled_images=False)
     with pytest.raises(SamprefError, match="confidence_score='entropy' is unknown"):
