@@ -66,7 +66,7 @@ STAGE2_PARAMETERS = ("stage1", "mask_decoder")
 #: (the labeled samples use stream 0, as in ``SAMBaselineContinued``; train steps use 1 + batch index).
 PSEUDO_STREAM = 20_000
 #: Samples decoded at once when pseudo-labeling (inference only: larger than a training batch saves the per-call
-#: cost of the prompt and text encoders; the probabilities do not depend on it).
+#: cost of the prompt and text encoders; a constant, so a resumed run decodes exactly as the first one did).
 PSEUDO_LABEL_CHUNK = 32
 #: Smoothing of the Dice term, as MONAI's ``DiceLoss`` defaults (numerator and denominator).
 DICE_SMOOTH = 1e-5
