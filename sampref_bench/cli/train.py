@@ -23,6 +23,9 @@ examples:
   sampref_train 003 DPORanking 0 --fraction 0.2 --set settings=paper  # the paper's DPO settings
   sampref_train 003 DPORating 0 --fraction 0.2 --set annotator=file --set ratings_file=ratings.json
   sampref_train 003 DPORanking 0 --fraction 0.2 --set rating_noise=0.3 --set candidates=jitter
+  sampref_train 003 UNet 0 --fraction 0.1 --device cuda --set num_workers=8  # supervised U-Net (MONAI)
+  sampref_train 003 MeanTeacher 0 --fraction 0.1                      # + every unlabeled training image
+  sampref_train 003 SAMPseudoLabel 0 --fraction 0.1                   # SAMBaseline self-training
 
 The run goes to $SAMPREF_results/DatasetXXX_Name/{Trainer}__{plans}__{configuration}__f{fraction}/fold_{k}/
 with checkpoint_latest.pth (every epoch), checkpoint_final.pth, config.json, training_log.csv,
@@ -44,6 +47,12 @@ file + ratings_file; sampref_candidates writes a template), rating_noise, loss (
 mean, disagreement_mean), anchor_weight, kl_weight, b1, b2, beta, dpo_lr, selection (last, inner),
 settings (sampref, paper). SAMBaselineContinued --fraction 0.1 is their control (the same extra steps on
 the labels alone).
+U-Net trainers (UNet, and the semi-supervised MeanTeacher, UAMT, CPS, FixMatch) train the plan's MONAI U-Net
+(plans.json: unet) from scratch for unet_epochs x unet_iterations_per_epoch batches, with MONAI augmentation
+streamed by num_workers loader processes (a run-time setting: the weights do not depend on it). The
+semi-supervised ones and SAMPseudoLabel also read every training case of the fold without a label at this
+fraction, and the raw dataset's imagesTrUnlabeled/ images (--set use_unlabeled_images=false to leave those
+out); config.json records the pixel labels, ratings and unlabeled images each run used.
 Validation and prediction read images only; an oracle trainer (SAMBoxOracle: ground-truth boxes) says
 so in config.json and is marked in every table.
 """
