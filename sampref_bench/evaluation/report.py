@@ -20,7 +20,7 @@ def evaluate_dataset(dataset: str | int, metric: str = "Dice", label: str = "all
     ``TRAINER@FRACTION`` (see :func:`~sampref_bench.evaluation.aggregate.parse_baseline`). Returns the table and
     the written paths (``summary_table.csv``, ``summary_table.json``, ``dice_vs_fraction.png``). Every row carries
     its runs' data use (pixel labels, ratings, unlabeled images used) from their ``config.json``, see
-    :class:`~sampref_bench.evaluation.aggregate.DataUse`."""
+    :class:`~sampref_bench.evaluation.data_use.DataUse`."""
     name = paths.resolve_dataset(dataset, paths.raw_root(), paths.preprocessed_root(), paths.results_root())
     scan = scan_runs(name)
     table = build_table(scan, metric=metric, label=label, baseline=baseline)

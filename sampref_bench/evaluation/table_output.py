@@ -17,7 +17,7 @@ columns (the last one, after ``prompt_source``, so every older column keeps its 
 ``baseline`` and ``baseline_fraction`` (``null``: each row's own) and each row's ``paired.baseline_fraction``.
 
 Every row says what its runs spent and used, read from each fold's ``config.json`` (see
-:class:`~sampref_bench.evaluation.aggregate.DataUse`): the cases with pixel labels (and their share of the fold's
+:class:`~sampref_bench.evaluation.data_use.DataUse`): the cases with pixel labels (and their share of the fold's
 training cases), the rated cases and the unlabeled images trained on. The text table shows them after ``folds``
 as ``pixel labels`` (``8 (20%)``), ``ratings`` and ``unlabeled used``; folds that differ show a range (``8-9``),
 and ``?`` marks a count some fold's config.json does not record (a run written before ``data_use``: its pixel
@@ -35,13 +35,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sampref_bench.evaluation.aggregate import (
-    DATA_USE_FIELDS,
-    ResultTable,
-    TableRow,
-    data_use_range,
-    merge_prompt_sources,
-)
+from sampref_bench.evaluation.aggregate import ResultTable, TableRow, merge_prompt_sources
+from sampref_bench.evaluation.data_use import DATA_USE_FIELDS, data_use_range
 from sampref_bench.evaluation.plots import Point, plot_vs_fraction
 from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
 
