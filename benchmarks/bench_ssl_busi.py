@@ -44,7 +44,7 @@ UNET_TRAINERS = ["UNet", "MeanTeacher", "UAMT", "CPS", "FixMatch"]
 TRAINERS = [*UNET_TRAINERS, "SAMPseudoLabel"]
 #: The shortened U-Net schedule of a 2-core CPU run (epochs, iterations per epoch); batch sizes stay planned.
 #: Half the planned 2500 steps: at 8 x 20 = 160 steps every U-Net trainer was still at the all-background
-#: solution (validation Dice 0.0; ssl_busi_cpu_160steps.json), and a GPU check on the bundled subset saw the
+#: solution (validation Dice 0.0; ssl_busi_short160.json), and a GPU check on the bundled subset saw the
 #: U-Net's pseudo Dice level off after 750-1500 steps.
 CPU_SCHEDULE = {"epochs": 25, "iterations_per_epoch": 50}
 #: Rows taken from dpo_busi.json (key there -> row name here) for the comparison.
@@ -185,10 +185,12 @@ def write_report() -> None:
     """ssl_busi.md: one table per schedule present (Dice per fraction, paired against UNet), timing, data use."""
     sections = []
     for schedule in ("planned", "cpu"):
-        path = RESULTS / f"ssl_busi_{schedule}.json"
-        if not path.is_file():
+        parts = sorted(RESULTS.glob(f"ssl_busi_{schedule}*.json"))  # runs trained by separate commands
+        if not parts:
             continue
-        results = json.loads(path.read_text())
+        loaded = [json.loads(path.read_text()) for path in parts]
+        results = {**loaded[0], "runs": [run for part in loaded for run in part["runs"]],
+                   "command": " ; ".join(dict.fromkeys(part["command"] for part in loaded))}
         runs = results["runs"] + dpo_rows()
         fractions = sorted({r["fraction"] for r in results["runs"]})
         names = list(dict.fromkeys([*TRAINERS, *(r["trainer"] for r in runs)]))
@@ -231,8 +233,15 @@ def write_report() -> None:
             f"; the U-Net schedule is shortened to {results['cpu_schedule']['epochs']} x "
             f"{results['cpu_schedule']['iterations_per_epoch']} (planned: {results['planned']['unet_epochs']} x "
             f"{results['planned']['unet_iterations_per_epoch']})" if schedule == "cpu" else ""))
-        sections.append(f"## Schedule `{schedule}` ({where})\n\nCommand: `{results['command']}`\n\n"
+        sections.append(f"## Schedule `{schedule}` ({where})\n\nCommand(s): `{results['command']}`\n\n"
                         + markdown_table(head, rows))
+    short = RESULTS / "ssl_busi_short160.json"
+    if short.is_file():
+        runs = json.loads(short.read_text())["runs"]
+        sections.append("A first CPU schedule of 8 x 20 = 160 steps left the U-Net trainers at the all-background "
+                        "solution (validation Dice " + ", ".join(
+                            f"{r['trainer']} {nanmean(r['dice'].values()):.3f}" for r in runs)
+                        + "); hence the 25 x 50 CPU schedule.")
     body = (
         "Full BUSI (647 images; Al-Dhabyani et al., Data in Brief 2020), fold(s) as listed, the same splits and "
         "labeled cases as the SAM trainers. Dice per validation case at the original resolution, mean over the "
