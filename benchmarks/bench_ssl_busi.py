@@ -177,7 +177,8 @@ def dpo_rows() -> list[dict[str, Any]]:
         if run["key"] in DPO_ROWS:
             rows.append({**run, "trainer": DPO_ROWS[run["key"]][0], "source": "dpo_busi"})
         elif run["key"] == default:
-            rows.append({**run, "trainer": f"DPORanking ({default.split(',')[-1].strip()})", "source": "dpo_busi"})
+            rows.append({**run, "trainer": f"DPORanking default ({default.removeprefix('DPORanking ')})",
+                         "source": "dpo_busi"})
     return rows
 
 
@@ -192,7 +193,7 @@ def write_report() -> None:
         results = {**loaded[0], "runs": [run for part in loaded for run in part["runs"]],
                    "command": " ; ".join(dict.fromkeys(part["command"] for part in loaded))}
         runs = results["runs"] + dpo_rows()
-        fractions = sorted({r["fraction"] for r in results["runs"]})
+        fractions = sorted({r["fraction"] for r in runs})
         names = list(dict.fromkeys([*TRAINERS, *(r["trainer"] for r in runs)]))
         rows = []
         for name in names:
