@@ -482,8 +482,8 @@ def test_prompt_source_in_text_csv_json(sourced, tmp_path):
     with (tmp_path / "summary_table.csv").open() as handle:
         header = next(csv.reader(handle))
     # each new column appended: older columns keep their place (the data-use columns came last)
-    assert header[-7:] == ["paired_note", "prompt_source", "baseline_fraction", "pixel_labeled", "pixel_label_share",
-                           "rated", "unlabeled_used"]
+    assert header[-11:] == ["paired_note", "prompt_source", "baseline_fraction", "pixel_labeled", "pixel_label_share",
+                            "rated", "unlabeled_used", "p_holm", "complete", "missing_folds", "missing_fractions"]
     assert header[:9] == ["trainer", "oracle", "plans", "configuration", "configuration_base", "run_tag",
                           "fraction", "n_folds", "folds"]
     records = list(csv.DictReader((tmp_path / "summary_table.csv").open()))
@@ -500,7 +500,7 @@ def test_no_prompt_source_mark_without_sources(results, tmp_path):
     assert "[saliency" not in text and "saliency source" not in text
     write_outputs(table, tmp_path)
     records = list(csv.DictReader((tmp_path / "summary_table.csv").open()))
-    assert list(records[0])[-5] == "prompt_source" and {r["prompt_source"] for r in records} == {""}
+    assert list(records[0])[-8] == "prompt_source" and {r["prompt_source"] for r in records} == {""}
     data = json.loads((tmp_path / "summary_table.json").read_text())
     assert all("prompt_source" in r and r["prompt_source"] is None for r in data["rows"])
 

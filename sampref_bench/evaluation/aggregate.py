@@ -30,8 +30,13 @@ configuration and fraction or, when the baseline has no run at that exact config
 ``configuration_base`` differs from it, at the row's base configuration (a tagged run against the untagged
 baseline), over the cases (keyed by fold and case) both scored. The per-case value is the NaN-ignoring mean
 over the foreground labels (``label="all"``) or the named label's value; cases that are NaN on either side
-are dropped. The test is :func:`scipy.stats.wilcoxon` (two-sided); with fewer than :data:`MIN_PAIRS` pairs or
-only zero differences the p-value is NaN and a note says why.
+are dropped. The test is :func:`scipy.stats.wilcoxon` (two-sided; :mod:`.statistics`); with fewer than
+``MIN_PAIRS`` pairs or only zero differences the p-value is NaN and a note says why. Every defined p-value
+of the table is also given Holm-adjusted over all the table's comparisons (:func:`.statistics.holm_adjust`;
+NaN p-values stay NaN and are not counted in the family).
+
+Each row also keeps, for the paper tables, the per-fold values of its summary column (``foreground_mean``, or the
+one ``--label``) and their mean and std for each of :data:`PAPER_METRICS` the summaries hold.
 
 The baseline is a trainer (``SAMBoxOracle``: each row against the baseline at the row's own fraction, as above)
 or a trainer and a fraction, ``SAMBaseline@0.1`` (see :func:`parse_baseline`): every row, at every fraction, is
@@ -46,21 +51,21 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sampref_bench import paths
 from sampref_bench.evaluation.data_use import DataUse, read_data_use
+from sampref_bench.evaluation.statistics import FoldStat, PairedTest, fold_stat, holm_adjust, paired_test
 from sampref_bench.evaluation.summary import case_values, load_summary, nanmean
 from sampref_bench.utilities.atomic import load_json
 from sampref_bench.utilities.errors import SamprefError
 
-MIN_PAIRS = 5
 FOREGROUND = "foreground_mean"
+#: The metrics the paper tables show, each where the summaries have it.
+PAPER_METRICS = ("Dice", "IoU", "HD95")
 _FOLD_RE = re.compile(r"fold_(\d+)")
 _FRACTION_RE = re.compile(r"f(\d+(?:\.\d*)?|\.\d+)")
 _BASELINE_FRACTION_RE = re.compile(r"f?(\d+(?:\.\d*)?|\.\d+)")
@@ -142,30 +147,6 @@ class RunScan:
     skipped: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class FoldStat:
-    """Mean and std (ddof=1; ``None`` with fewer than two values) over the non-NaN fold values."""
-
-    mean: float
-    std: float | None
-    n: int
-
-
-@dataclass(frozen=True)
-class PairedTest:
-    """Row minus baseline over paired cases: mean difference, number of pairs, Wilcoxon p-value, note, the
-    configuration of the baseline row it was paired with (``None`` when there was none) and the fraction of the
-    baseline it is against (the row's own without ``@fraction``; the one asked for, as the run folder spells it,
-    with it; set even when no baseline row was found, to say which was looked for)."""
-
-    mean_difference: float
-    n_pairs: int
-    p_value: float
-    note: str = ""
-    baseline_configuration: str | None = None
-    baseline_fraction: str | None = None
-
-
 @dataclass
 class TableRow:
     """One (trainer, configuration, fraction) row; ``oracle``, ``configuration_base``, ``run_tag`` and
@@ -184,6 +165,10 @@ class TableRow:
     configuration_family: str | None = None
     #: One :class:`DataUse` per fold, in the order of :attr:`folds`.
     data_use: list[DataUse] = field(default_factory=list)
+    #: The summary column's (the table's last) value of the table's metric per fold, in :attr:`folds` order.
+    fold_values: list[float] = field(default_factory=list)
+    #: The summary column's mean and std over folds for each of :data:`PAPER_METRICS` the summaries hold.
+    metrics: dict[str, FoldStat] = field(default_factory=dict)
 
 
 @dataclass
@@ -332,32 +317,6 @@ def _baseline_fraction(keys: Iterable[RunKey], trainer: str, fraction: str, data
     return matching[0]
 
 
-# ------------------------------------------------------------------------------------------------ statistics
-def fold_stat(values: Sequence[float]) -> FoldStat:
-    """Mean and std (ddof=1) of the non-NaN ``values``; std is ``None`` with fewer than two of them."""
-    array = np.asarray(values, dtype=np.float64)
-    kept = array[~np.isnan(array)]
-    if kept.size == 0:
-        return FoldStat(math.nan, None, 0)
-    return FoldStat(float(kept.mean()), float(kept.std(ddof=1)) if kept.size >= 2 else None, int(kept.size))
-
-
-def paired_test(values: Mapping[Hashable, float], reference: Mapping[Hashable, float]) -> PairedTest:
-    """Wilcoxon signed-rank test of ``values - reference`` over the keys both hold with non-NaN values."""
-    from scipy.stats import wilcoxon
-
-    common = [k for k in values if k in reference and not math.isnan(values[k]) and not math.isnan(reference[k])]
-    diffs = np.array([values[k] - reference[k] for k in common], dtype=np.float64)
-    if diffs.size == 0:
-        return PairedTest(math.nan, 0, math.nan, "no case scored by both; no test")
-    mean, n = float(diffs.mean()), int(diffs.size)
-    if n < MIN_PAIRS:
-        return PairedTest(mean, n, math.nan, f"only {n} paired cases (< {MIN_PAIRS}); no p-value")
-    if not np.any(diffs):
-        return PairedTest(mean, n, math.nan, "all paired differences are zero; no p-value")
-    return PairedTest(mean, n, float(wilcoxon(diffs).pvalue))
-
-
 # ------------------------------------------------------------------------------------------------ the table
 def _summary_labels(summary: Mapping[str, Any]) -> dict[str, int]:
     """Foreground label name -> value of a summary (an nnU-Net summary without names uses the values)."""
@@ -373,12 +332,17 @@ def _dataset_labels(folds: Sequence[FoldResult]) -> dict[str, int]:
     return dict(sorted(found.items(), key=lambda kv: kv[1]))
 
 
-def _check_metric(folds: Sequence[FoldResult], metric: str) -> None:
+def _metric_names(folds: Sequence[FoldResult]) -> set[str]:
     names: set[str] = set()
     for result in folds:
         names.update(result.summary.get("foreground_mean", {}))
         for means in result.summary.get("mean", {}).values():
             names.update(means)
+    return names
+
+
+def _check_metric(folds: Sequence[FoldResult], metric: str) -> None:
+    names = _metric_names(folds)
     if metric not in names:
         raise SamprefError(f"metric {metric!r} is in no summary.json; metrics found: {', '.join(sorted(names))}. "
                            "HD95 and NSD exist only when the evaluation asked for them.")
@@ -437,10 +401,12 @@ def build_table(scan: RunScan, metric: str = "Dice", label: str = "all", baselin
         if asked_fraction is not None:
             baseline_fraction = _baseline_fraction(groups, baseline, asked_fraction, scan.dataset)
     rows = []
+    paper_metrics = [m for m in PAPER_METRICS if m in _metric_names(scan.finished)]
     for key in sorted(groups, key=RunKey.sort_key):
         folds = sorted(groups[key], key=lambda r: r.fold)
         values = {column: fold_stat([_fold_value(r.summary, column, labels, metric) for r in folds])
                   for column in columns}
+        per_metric = {m: [_fold_value(r.summary, columns[-1], labels, m) for r in folds] for m in paper_metrics}
         configs = [r.config for r in folds]
         rows.append(TableRow(key, [r.fold for r in folds], values, oracle=any(c.oracle for c in configs),
                              configuration_base=next((c.configuration_base for c in configs
@@ -449,9 +415,14 @@ def build_table(scan: RunScan, metric: str = "Dice", label: str = "all", baselin
                              prompt_source=merge_prompt_sources(c.prompt_source for c in configs),
                              configuration_family=next((c.configuration_family for c in configs
                                                         if c.configuration_family is not None), None),
-                             data_use=[c.data_use for c in configs]))
+                             data_use=[c.data_use for c in configs],
+                             fold_values=[_fold_value(r.summary, columns[-1], labels, metric) for r in folds],
+                             metrics={m: fold_stat(v) for m, v in per_metric.items()}))
     if baseline is not None:
         _add_paired_tests(rows, groups, baseline, paired_labels, metric, baseline_fraction)
+        tested = [row for row in rows if row.paired is not None]
+        for row, p_holm in zip(tested, holm_adjust([row.paired.p_value for row in tested])):
+            row.paired = replace(row.paired, p_holm=p_holm)
     return ResultTable(scan.dataset, metric, label, baseline, columns, rows, scan.unfinished, scan.skipped,
                        baseline_fraction)
 

@@ -25,6 +25,15 @@ labels and ratings come from ``cases``, the unlabeled images it used are unknown
 ``pixel_labeled``, ``pixel_label_share``, ``rated`` and ``unlabeled_used`` after every older column (a number,
 ``lo-hi`` when folds differ, empty when unknown); the JSON gives each row ``data_use``, one value per fold (in
 ``folds`` order, ``null`` when unknown).
+
+With a baseline, the p-values are also given Holm-adjusted over every defined p-value of the table (NaN ones stay
+NaN, outside the family): the text's ``p Holm`` column after ``p``, the CSV's ``p_holm`` (appended after the data
+use), the JSON's ``paired.p_holm`` and top-level ``paired_correction``.
+
+Every output says whether the grid is complete (:mod:`~sampref_bench.evaluation.grid`): the text table's last
+column ``complete`` (``yes``/``no``) and its ``grid:``/``incomplete`` notes; the CSV's last columns ``complete``
+(``true``/``false``), ``missing_folds`` and ``missing_fractions`` (``;``-separated); the JSON's per-row
+``complete``, ``missing_folds``, ``missing_fractions`` and top-level ``grid`` (the plan, its source, the notes).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from typing import Any
 
 from sampref_bench.evaluation.aggregate import ResultTable, TableRow, merge_prompt_sources
 from sampref_bench.evaluation.data_use import DATA_USE_FIELDS, data_use_range
+from sampref_bench.evaluation.grid import GridCheck, check_grid, grid_notes
 from sampref_bench.evaluation.plots import Point, plot_vs_fraction
 from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
 
@@ -111,13 +121,16 @@ def _paired_scope(table: ResultTable) -> str:
     return f"per-case {what}"
 
 
-def format_table(table: ResultTable) -> str:
-    """The table as aligned text, followed by notes on paired tests, unfinished and skipped folders."""
+def format_table(table: ResultTable, grid: GridCheck | None = None) -> str:
+    """The table as aligned text, followed by notes on paired tests, the grid (``grid``, default
+    :func:`~sampref_bench.evaluation.grid.check_grid`), unfinished and skipped folders."""
+    grid = grid if grid is not None else check_grid(table)
     head = ["trainer", *(["plans"] if _show_plans(table) else []), "configuration", "fraction", "folds"]
     head += DATA_USE_HEAD
     head += table.columns
     if table.baseline:
-        head += [f"diff vs {table.baseline_name}", "pairs", "p"]
+        head += [f"diff vs {table.baseline_name}", "pairs", "p", "p Holm"]
+    head.append("complete")
     body = []
     for row in table.rows:
         cells = [_trainer_cell(row), *([row.key.plans] if _show_plans(table) else []), row.key.configuration,
@@ -125,8 +138,9 @@ def format_table(table: ResultTable) -> str:
         cells += [f"{_num(row.values[c].mean):>6} ± {_num(row.values[c].std):<6}" for c in table.columns]
         if table.baseline:
             p = row.paired
-            cells += ["(baseline)", "", ""] if p is None else [_num(p.mean_difference, "+.4f"), str(p.n_pairs),
-                                                               _num(p.p_value, ".4g")]
+            cells += ["(baseline)", "", "", ""] if p is None else [
+                _num(p.mean_difference, "+.4f"), str(p.n_pairs), _num(p.p_value, ".4g"), _num(p.p_holm, ".4g")]
+        cells.append("yes" if grid.of(row).complete else "no")
         body.append(cells)
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     text_cols = 2 + _show_plans(table)
@@ -134,11 +148,11 @@ def format_table(table: ResultTable) -> str:
     for cells in [head, *body]:
         lines.append("  ".join(c.ljust(w) if i < text_cols else c.rjust(w)
                                for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
-    lines += [f"  {note}" for note in _notes(table)]
+    lines += [f"  {note}" for note in _notes(table, grid)]
     return "\n".join(lines)
 
 
-def _notes(table: ResultTable) -> list[str]:
+def _notes(table: ResultTable, grid: GridCheck) -> list[str]:
     notes = [ORACLE_NOTE] if any(row.oracle for row in table.rows) else []
     if any(row.prompt_source is not None for row in table.rows):
         notes.append(PROMPT_SOURCE_NOTE)
@@ -154,14 +168,16 @@ def _notes(table: ResultTable) -> list[str]:
             notes.append(f"paired: Wilcoxon signed-rank on {_paired_scope(table)}, row minus {table.baseline} at "
                          "the same configuration (else a tagged run's base configuration) and fraction, over the "
                          "cases both scored")
+        notes.append("p Holm: the p-values Holm-adjusted over every defined p-value of this table (NaN ones left out)")
         notes += [f"{r.key.trainer} {r.key.configuration} f{r.key.fraction}: {r.paired.note}"
                   for r in table.rows if r.paired is not None and r.paired.note]
+    notes += grid_notes(table, grid)
     notes += [f"unfinished (left out): {u.run}/fold_{u.fold}: {u.reason}" for u in table.unfinished]
     notes += [f"not a run folder (skipped): {name}" for name in table.skipped]
     return notes
 
 
-def _row_record(table: ResultTable, row: TableRow) -> dict[str, Any]:
+def _row_record(table: ResultTable, row: TableRow, grid: GridCheck) -> dict[str, Any]:
     record: dict[str, Any] = {"trainer": row.key.trainer, "oracle": row.oracle,
                               "prompt_source": row.prompt_source, "plans": row.key.plans,
                               "configuration": row.key.configuration,
@@ -170,33 +186,46 @@ def _row_record(table: ResultTable, row: TableRow) -> dict[str, Any]:
                               "values": {c: {"mean": row.values[c].mean, "std": row.values[c].std}
                                          for c in table.columns},
                               "data_use": {name: [getattr(use, name) for use in row.data_use]
-                                           for name in DATA_USE_FIELDS}}
+                                           for name in DATA_USE_FIELDS},
+                              "fold_values": row.fold_values,
+                              "metrics": {m: {"mean": s.mean, "std": s.std} for m, s in row.metrics.items()},
+                              "complete": grid.of(row).complete, "missing_folds": list(grid.of(row).missing_folds),
+                              "missing_fractions": list(grid.of(row).missing_fractions)}
     if table.baseline:
         p = row.paired
         record["paired"] = None if p is None else {
             "baseline": table.baseline, "baseline_configuration": p.baseline_configuration,
             "baseline_fraction": p.baseline_fraction, "mean_difference": p.mean_difference, "n_pairs": p.n_pairs,
-            "p_value": p.p_value, "note": p.note}
+            "p_value": p.p_value, "p_holm": p.p_holm, "note": p.note}
     return record
 
 
-def table_to_json(table: ResultTable) -> dict[str, Any]:
+def table_to_json(table: ResultTable, grid: GridCheck | None = None) -> dict[str, Any]:
     """The table as a JSON-ready dict (std ``null`` with one fold; NaN where a statistic is undefined); each row
     has ``oracle`` (bool), ``prompt_source``, ``configuration_base`` and ``run_tag`` (``null`` when its
     config.json does not say) and ``data_use`` (``{pixel_labeled, pixel_label_share, rated, unlabeled_used}``, each
     a list with one value per fold in ``folds`` order, ``null`` where that fold's config.json does not say).
     ``baseline`` is the baseline trainer, ``baseline_fraction`` the fraction every row is compared at (``null``:
     each row at its own); a row's ``paired.baseline_fraction`` is the fraction of the baseline run that row is
-    compared with."""
+    compared with. ``paired.p_holm`` is the Holm-adjusted p-value. Each row has ``fold_values`` (the summary
+    column's value per fold), ``metrics`` (mean and std of Dice, IoU, HD95 where present), ``complete``,
+    ``missing_folds`` and ``missing_fractions``; ``grid`` is the plan they are checked against (default
+    :func:`~sampref_bench.evaluation.grid.check_grid`) and its notes."""
+    grid = grid if grid is not None else check_grid(table)
+    plan = grid.plan
     return {"dataset": table.dataset, "metric": table.metric, "label": table.label, "baseline": table.baseline,
             "baseline_fraction": table.baseline_fraction,
             "paired_test": (f"scipy.stats.wilcoxon on {_paired_scope(table)}" if table.baseline else None),
-            "columns": table.columns, "rows": [_row_record(table, row) for row in table.rows],
+            "paired_correction": "holm" if table.baseline else None,
+            "columns": table.columns, "rows": [_row_record(table, row, grid) for row in table.rows],
+            "grid": {"folds": list(plan.folds), "fractions": list(plan.fractions),
+                     "dpo_fractions": list(plan.dpo_fractions), "source": plan.source, "complete": grid.complete,
+                     "notes": grid_notes(table, grid)},
             "unfinished": [{"run": u.run, "fold": u.fold, "reason": u.reason} for u in table.unfinished],
             "skipped": table.skipped}
 
 
-def table_to_csv(table: ResultTable) -> str:
+def table_to_csv(table: ResultTable, grid: GridCheck | None = None) -> str:
     """The table as CSV: one line per row, ``oracle`` as ``true``/``false``, ``configuration_base`` and
     ``run_tag`` (empty when unknown), ``{column}_mean``/``{column}_std`` (std empty with one fold), the paired
     test's columns with a baseline, then ``prompt_source`` (empty when unknown; appended after every older
@@ -204,7 +233,11 @@ def table_to_csv(table: ResultTable) -> str:
     ``baseline_fraction`` (the fraction of the baseline run the row is compared with; a baseline row's own),
     appended after it for the same reason, and last the data use (:data:`~sampref_bench.evaluation.aggregate.
     DATA_USE_FIELDS`: ``pixel_labeled``, ``pixel_label_share``, ``rated``, ``unlabeled_used``; the folds' common
-    value, ``lo-hi`` when they differ, empty when some fold's config.json does not say)."""
+    value, ``lo-hi`` when they differ, empty when some fold's config.json does not say), then with a baseline
+    ``p_holm`` (the Holm-adjusted p-value), and last ``complete`` (``true``/``false``), ``missing_folds`` and
+    ``missing_fractions`` (``;``-separated) against ``grid`` (default
+    :func:`~sampref_bench.evaluation.grid.check_grid`)."""
+    grid = grid if grid is not None else check_grid(table)
     head = ["trainer", "oracle", "plans", "configuration", "configuration_base", "run_tag", "fraction", "n_folds",
             "folds"]
     head += [f"{c}_{s}" for c in table.columns for s in ("mean", "std")]
@@ -214,6 +247,7 @@ def table_to_csv(table: ResultTable) -> str:
     if table.baseline:
         head.append("baseline_fraction")
     head += list(DATA_USE_FIELDS)
+    head += (["p_holm"] if table.baseline else []) + ["complete", "missing_folds", "missing_fractions"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(head)
@@ -231,6 +265,11 @@ def table_to_csv(table: ResultTable) -> str:
         if table.baseline:
             cells.append(row.key.fraction if row.paired is None else row.paired.baseline_fraction or "")
         cells += [_csv_span(data_use_range(row.data_use, name)) for name in DATA_USE_FIELDS]
+        if table.baseline:
+            cells.append("" if row.paired is None else row.paired.p_holm)
+        state = grid.of(row)
+        cells += ["true" if state.complete else "false", ";".join(map(str, state.missing_folds)),
+                  ";".join(state.missing_fractions)]
         writer.writerow(cells)
     return buffer.getvalue()
 
@@ -273,6 +312,7 @@ def write_outputs(table: ResultTable, out_dir: Path) -> list[Path]:
     ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     csv_path, json_path = out_dir / TABLE_CSV, out_dir / TABLE_JSON
-    write_bytes_atomic(csv_path, table_to_csv(table).encode("utf-8"))
-    write_json_atomic(json_path, table_to_json(table))
+    grid = check_grid(table)
+    write_bytes_atomic(csv_path, table_to_csv(table, grid).encode("utf-8"))
+    write_json_atomic(json_path, table_to_json(table, grid))
     return [csv_path, json_path, plot_table(table, out_dir / PLOT_PNG)]

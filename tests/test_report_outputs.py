@@ -1,0 +1,167 @@
+"""The paper-ready report of sampref_evaluate: Holm-adjusted p-values, the incomplete-grid flag, Markdown and
+LaTeX tables, plot sidecars (on the hand-built results tree of test_aggregate)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+from test_aggregate import DATASET, FOLDS, row, write_fold
+
+from sampref_bench.evaluation.aggregate import FOREGROUND, build_table, scan_runs
+from sampref_bench.evaluation.grid import GridPlan, check_grid, read_plan
+from sampref_bench.evaluation.statistics import holm_adjust
+from sampref_bench.evaluation.table_output import format_table, write_outputs
+
+NAN = math.nan
+
+
+@pytest.fixture
+def results(sampref_roots):
+    """test_aggregate's FOLDS tree plus two unfinished folds of DPORanking 2d f1.0."""
+    root = sampref_roots["results"]
+    for (trainer, configuration, fraction, fold), (lesion, cyst) in FOLDS.items():
+        write_fold(root, trainer, configuration, fraction, fold, lesion, cyst)
+    write_fold(root, "DPORanking", "2d", "1.0", 1, [0.1] * 5, [0.1] * 5, final=False)
+    write_fold(root, "DPORanking", "2d", "1.0", 2, [], [], summary=False)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------------- Holm
+def test_holm_against_hand_computation():
+    # sorted: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> running max 0.06)
+    assert holm_adjust([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    # the cap at one, and the running maximum keeps the order of the raw values
+    assert holm_adjust([0.5, 0.2, 0.9]) == pytest.approx([1.0, 0.6, 1.0])
+    assert holm_adjust([0.04]) == [0.04] and holm_adjust([]) == []
+
+
+def test_holm_leaves_nan_out_of_the_family():
+    adjusted = holm_adjust([NAN, 0.01, NAN, 0.04])
+    assert math.isnan(adjusted[0]) and math.isnan(adjusted[2])
+    assert adjusted[1] == pytest.approx(0.02) and adjusted[3] == pytest.approx(0.04)  # m = 2, not 4
+    assert all(math.isnan(p) for p in holm_adjust([NAN, NAN]))
+    with pytest.raises(ValueError):
+        holm_adjust([1.5])
+
+
+def test_holm_matches_statsmodels_when_installed():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    raw = [0.001, 0.3, 0.02, 0.049, 0.5, 0.0001]
+    assert holm_adjust(raw) == pytest.approx(list(multitest.multipletests(raw, method="holm")[1]))
+
+
+def test_table_p_values_holm_adjusted_over_the_table(results):
+    table = build_table(scan_runs(DATASET), baseline="SAMBoxOracle")
+    tested = [r for r in table.rows if r.paired is not None]
+    raw = [r.paired.p_value for r in tested]
+    defined = sorted(p for p in raw if not math.isnan(p))
+    assert len(defined) == 2 and sum(math.isnan(p) for p in raw) >= 2  # the NaN rows are not in the family
+    low, high = defined
+    expected = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), min(1.0, high))}
+    for r in tested:
+        if math.isnan(r.paired.p_value):
+            assert math.isnan(r.paired.p_holm)
+        else:
+            assert r.paired.p_holm == pytest.approx(expected[r.paired.p_value])
+
+
+def test_holm_in_text_csv_json(results, tmp_path):
+    table = build_table(scan_runs(DATASET), baseline="SAMBoxOracle")
+    text = format_table(table)
+    assert "p Holm" in text.splitlines()[1] and "p Holm: the p-values Holm-adjusted" in text
+    write_outputs(table, tmp_path)
+    lines = {(r["trainer"], r["configuration"], r["fraction"]): r
+             for r in csv.DictReader((tmp_path / "summary_table.csv").open())}
+    dpo = row(table, "DPORanking", "0.2")
+    assert float(lines[("DPORanking", "2d", "0.2")]["p_holm"]) == pytest.approx(dpo.paired.p_holm)
+    assert lines[("SAMBoxOracle", "2d", "0.2")]["p_holm"] == ""  # the baseline's own row
+    data = json.loads((tmp_path / "summary_table.json").read_text())
+    assert data["paired_correction"] == "holm"
+    assert data["rows"][0]["paired"]["p_holm"] == pytest.approx(dpo.paired.p_holm)
+
+
+# ------------------------------------------------------------------------------------------- paper metrics
+def test_rows_keep_fold_values_and_every_paper_metric(results):
+    table = build_table(scan_runs(DATASET))
+    dpo = row(table, "DPORanking", "0.2")
+    assert dpo.fold_values == pytest.approx([0.55, 0.75, 0.65])  # foreground mean per fold, by hand
+    assert set(dpo.metrics) == {"Dice", "IoU"}  # no HD95 in these summaries
+    assert dpo.metrics["Dice"].mean == pytest.approx(dpo.values[FOREGROUND].mean)
+    assert dpo.metrics["Dice"].std == pytest.approx(0.1)
+    assert dpo.metrics["IoU"].mean == pytest.approx(0.5) and dpo.metrics["IoU"].std == pytest.approx(0.0)
+    lesion = build_table(scan_runs(DATASET), label="lesion")
+    assert row(lesion, "DPORanking", "0.2").fold_values == pytest.approx([0.7, 0.9, 0.8])
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+def write_splits(roots, n_folds, fractions, dpo_labeled=1):
+    """A splits_final.json with ``n_folds`` folds; fraction f budgets ``round(10 f)`` of ten training cases."""
+    folder = roots["preprocessed"] / DATASET
+    folder.mkdir(parents=True, exist_ok=True)
+    train = [f"t{i}" for i in range(10)]
+    folds = [{"train": train, "val": [], "permutation": train,
+              "labeled": {f: train[:round(10 * float(f))] for f in fractions}, "dpo_labeled": train[:dpo_labeled]}
+             for _ in range(n_folds)]
+    (folder / "splits_final.json").write_text(json.dumps(folds))
+
+
+def test_grid_from_splits_flags_missing_folds_and_fractions(results, sampref_roots):
+    write_splits(sampref_roots, 3, ["0.1", "0.2", "0.5", "1.0"])
+    table = build_table(scan_runs(DATASET))
+    plan = read_plan(table)
+    assert (plan.folds, plan.fractions) == ((0, 1, 2), ("0.1", "0.2", "0.5", "1.0"))
+    assert plan.dpo_fractions == ("0.2", "0.5", "1.0")  # 0.1 buys only the one dpo_labeled case
+    grid = check_grid(table, plan)
+    dpo02, dpo10 = grid.of(row(table, "DPORanking", "0.2")), grid.of(row(table, "DPORanking", "1.0"))
+    assert dpo02.missing_folds == () and dpo10.missing_folds == (1, 2)
+    # no row of these runs records ratings, so every group is planned at all four fractions
+    assert dpo02.missing_fractions == dpo10.missing_fractions == ("0.1", "0.5")
+    assert grid.of(row(table, "SAMNoPrompt", "0.5", "2d__big")).missing_fractions == ("0.1", "0.2", "1.0")
+    assert not dpo02.complete and not grid.complete
+
+
+def test_grid_complete_and_dpo_fractions(sampref_roots):
+    write_splits(sampref_roots, 2, ["0.1", "0.2"])
+    root = sampref_roots["results"]
+    rated = {"data_use": {"pixel_labeled": 1, "pixel_label_share": 0.1, "rated": 1, "unlabeled_used": 0}}
+    for fold in (0, 1):
+        write_fold(root, "DPORanking", "2d", "0.2", fold, [0.5] * 5, [0.5] * 5, config=rated)
+        for fraction in ("0.1", "0.2"):
+            write_fold(root, "SAMBaseline", "2d", fraction, fold, [0.4] * 5, [0.4] * 5)
+    table = build_table(scan_runs(DATASET))
+    grid = check_grid(table)
+    assert grid.complete  # DPO is planned only at 0.2, where it buys a rated case
+    text = format_table(table, grid)
+    assert "incomplete" not in text and all(line.rstrip().endswith("yes") for line in text.splitlines()[2:5])
+
+
+def test_grid_without_splits_uses_what_the_results_hold(results):
+    table = build_table(scan_runs(DATASET))
+    plan = read_plan(table)
+    assert plan.folds == (0, 1, 2) and plan.fractions == ("0.2", "0.5", "1.0") and "results folder" in plan.source
+    grid = check_grid(table, GridPlan((0,), ("0.2", "1.0"), ("0.2", "1.0"), "test"))
+    assert grid.of(row(table, "SAMNoPrompt", "0.2")).complete
+    assert grid.of(row(table, "SAMNoPrompt", "0.5", "2d__big")).complete  # none of its fractions is planned
+
+
+def test_incomplete_grid_in_text_csv_json(results, sampref_roots, tmp_path):
+    write_splits(sampref_roots, 3, ["0.2", "0.5", "1.0"])
+    table = build_table(scan_runs(DATASET))
+    text = format_table(table)
+    assert "complete" in text.splitlines()[1].split()
+    assert "incomplete: DPORanking 2d f1.0: 1 of 3 folds (missing fold 1, 2)" in text
+    assert "incomplete grid: DPORanking 2d: fraction 0.5 not finished (finished: 0.2, 1.0)" in text
+    assert "grid: folds 0, 1, 2, fractions 0.2, 0.5, 1.0 planned (" in text
+    write_outputs(table, tmp_path)
+    lines = {(r["trainer"], r["configuration"], r["fraction"]): r
+             for r in csv.DictReader((tmp_path / "summary_table.csv").open())}
+    assert [lines[("DPORanking", "2d", "1.0")][k] for k in ("complete", "missing_folds", "missing_fractions")] == [
+        "false", "1;2", "0.5"]
+    data = json.loads((tmp_path / "summary_table.json").read_text())
+    first = data["rows"][0]
+    assert (first["complete"], first["missing_folds"], first["missing_fractions"]) == (False, [], ["0.5"])
+    assert data["grid"]["folds"] == [0, 1, 2] and data["grid"]["complete"] is False
+    assert any(n.startswith("incomplete: DPORanking 2d f1.0") for n in data["grid"]["notes"])
