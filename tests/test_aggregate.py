@@ -240,7 +240,8 @@ def test_paired_test_function_directly():
 def test_written_csv_json_and_plot(results, tmp_path):
     table = build_table(scan_runs(DATASET), baseline="SAMBoxOracle")
     written = write_outputs(table, tmp_path / "out")
-    assert [p.name for p in written] == ["summary_table.csv", "summary_table.json", "dice_vs_fraction.png"]
+    assert [p.name for p in written][:2] == ["summary_table.csv", "summary_table.json"]
+    assert "dice_vs_fraction.png" in [p.name for p in written]
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary files left
 
     lines = list(csv.DictReader((tmp_path / "out" / "summary_table.csv").open()))

@@ -12,6 +12,7 @@ from test_aggregate import DATASET, FOLDS, row, write_fold
 
 from sampref_bench.evaluation.aggregate import FOREGROUND, build_table, scan_runs
 from sampref_bench.evaluation.grid import GridPlan, check_grid, read_plan
+from sampref_bench.evaluation.paper_tables import PaperTable, latex_escape, to_latex, to_markdown
 from sampref_bench.evaluation.statistics import holm_adjust
 from sampref_bench.evaluation.table_output import format_table, write_outputs
 
@@ -165,3 +166,78 @@ def test_incomplete_grid_in_text_csv_json(results, sampref_roots, tmp_path):
     assert (first["complete"], first["missing_folds"], first["missing_fractions"]) == (False, [], ["0.5"])
     assert data["grid"]["folds"] == [0, 1, 2] and data["grid"]["complete"] is False
     assert any(n.startswith("incomplete: DPORanking 2d f1.0") for n in data["grid"]["notes"])
+
+
+# ------------------------------------------------------------------------------------------ Markdown, LaTeX
+def md_rows(text):
+    """The body rows of a Markdown pipe table as lists of cells (the header and rule left out)."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[2:]], lines[0]
+
+
+def test_latex_escape():
+    assert latex_escape("2d__big") == r"2d\_\_big"
+    assert latex_escape("10% & #1 $x$") == r"10\% \& \#1 \$x\$"
+    assert latex_escape(r"a\b{c}~^") == r"a\textbackslash{}b\{c\}\textasciitilde{}\textasciicircum{}"
+    assert latex_escape("0.5 ± 0.1 (< 5)") == r"0.5 $\pm$ 0.1 (\textless{} 5)"
+
+
+def test_markdown_and_latex_rendering_of_a_small_table():
+    table = PaperTable("T_1: 20%", ["Trainer", "Dice"], [["A_b", "0.5 ± 0.1"], ["c|d", "0.7"]], {1}, ["n_1"])
+    md = to_markdown(table)
+    assert md.splitlines()[:5] == ["**T_1: 20%**", "", "| Trainer | Dice |", "| :--- | ---: |",
+                                   "| A_b | 0.5 ± 0.1 |"]
+    assert "| c\\|d | 0.7 |" in md and md.rstrip().endswith("- n_1")
+    tex = to_latex(table)
+    assert "\\begin{tabular}{lr}" in tex and "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "A\\_b & 0.5 $\\pm$ 0.1 \\\\" in tex and "% T_1: 20%" in tex.splitlines()[0]
+    assert "\\multicolumn{2}{l}{\\footnotesize n\\_1} \\\\" in tex
+    assert tex.index("\\toprule") < tex.index("\\midrule") < tex.index("\\bottomrule") < tex.index("end{tabular}")
+
+
+def test_summary_md_and_tex_hold_the_rows(results, sampref_roots, tmp_path):
+    write_splits(sampref_roots, 3, ["0.2", "0.5", "1.0"])
+    table = build_table(scan_runs(DATASET), baseline="SAMBoxOracle")
+    written = write_outputs(table, tmp_path)
+    assert {"summary_table.md", "summary_table.tex"} <= {p.name for p in written}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    md = (tmp_path / "summary_table.md").read_text()
+    rows, head = md_rows(md)
+    assert head.startswith("| Trainer | Configuration | Fraction | Folds | Pixel labels | Ratings | Unlabeled used | "
+                           "Dice | IoU | ΔDice vs SAMBoxOracle | p | p (Holm) | Complete |")
+    assert len(rows) == len(table.rows) == 7
+    dpo = row(table, "DPORanking", "0.2")
+    assert rows[0][:9] == ["DPORanking", "2d", "0.2", "3/3", "?", "?", "?", "0.6500 ± 0.1000", "0.5000 ± 0.0000"]
+    assert rows[0][9:] == ["+0.0875", f"{dpo.paired.p_value:.4g}", f"{dpo.paired.p_holm:.4g}", "no"]
+    assert rows[1][2:4] == ["1.0", "1/3"] and rows[1][7] == "0.8500"  # one fold: the mean alone
+    assert rows[2][9] == "(baseline)" and rows[4][10:12] == ["n/a", "n/a"]
+    assert "- incomplete: DPORanking 2d f1.0: 1 of 3 folds (missing fold 1, 2)" in md
+    assert "- incomplete grid: SAMNoPrompt 2d__big: fraction 0.2, 1.0 not finished (finished: 0.5)" in md
+
+    tex = (tmp_path / "summary_table.tex").read_text()
+    assert "\\begin{tabular}{llrrrrrrrrrrl}" in tex
+    assert ("DPORanking & 2d & 0.2 & 3/3 & ? & ? & ? & 0.6500 $\\pm$ 0.1000 & 0.5000 $\\pm$ 0.0000 & +0.0875 & "
+            f"{dpo.paired.p_value:.4g} & {dpo.paired.p_holm:.4g} & no \\\\") in tex
+    assert "SAMNoPrompt & 2d\\_\\_big & 0.5 & 1/3 &" in tex
+    assert "$\\Delta$Dice vs SAMBoxOracle" in tex and "(\\textless{} 5)" in tex
+    assert "incomplete: DPORanking 2d f1.0: 1 of 3 folds" in tex
+
+
+def test_paper_tables_mark_oracle_and_show_hd95(sampref_roots, tmp_path):
+    from sampref_bench.evaluation.summary import CaseResult, build_summary, write_summary
+
+    root = sampref_roots["results"]
+    for fold, hd in ((0, 4.0), (1, 6.0)):
+        folder = write_fold(root, "SAMBoxOracle", "2d-lr_0.1%", "0.2", fold, [0.5] * 5, [0.5] * 5,
+                            config={"oracle": True})
+        cases = [CaseResult(f"c{i}", "r", "p", {1: {"Dice": 0.5, "IoU": 0.4, "HD95": hd},
+                                                2: {"Dice": 0.5, "IoU": 0.4, "HD95": hd}}) for i in range(5)]
+        write_summary(folder / "validation" / "summary.json", build_summary(cases, {"lesion": 1, "cyst": 2}))
+    table = build_table(scan_runs(DATASET))
+    write_outputs(table, tmp_path)
+    rows, head = md_rows((tmp_path / "summary_table.md").read_text())
+    assert "| Dice | IoU | HD95 | Complete |" in head
+    assert rows[0][0] == "SAMBoxOracle [oracle]" and rows[0][1] == "2d-lr_0.1%"
+    assert rows[0][7:10] == ["0.5000 ± 0.0000", "0.4000 ± 0.0000", f"5.00 ± {math.sqrt(2):.2f}"]
+    tex = (tmp_path / "summary_table.tex").read_text()
+    assert "SAMBoxOracle [oracle] & 2d-lr\\_0.1\\% & 0.2 & 2/2 &" in tex

@@ -44,15 +44,19 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sampref_bench.evaluation.aggregate import ResultTable, TableRow, merge_prompt_sources
+from sampref_bench.evaluation.aggregate import PAPER_METRICS, ResultTable, TableRow, merge_prompt_sources
 from sampref_bench.evaluation.data_use import DATA_USE_FIELDS, data_use_range
 from sampref_bench.evaluation.grid import GridCheck, check_grid, grid_notes
+from sampref_bench.evaluation.paper_tables import PaperTable, to_latex, to_markdown
 from sampref_bench.evaluation.plots import Point, plot_vs_fraction
+from sampref_bench.evaluation.statistics import FoldStat
 from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
 
 #: The files :func:`write_outputs` writes into a dataset's results folder (or ``sampref_evaluate -o DIR``).
 TABLE_CSV = "summary_table.csv"
 TABLE_JSON = "summary_table.json"
+TABLE_MD = "summary_table.md"
+TABLE_TEX = "summary_table.tex"
 PLOT_PNG = "dice_vs_fraction.png"
 #: What the ``[oracle]`` mark means, as the text table's note says it.
 ORACLE_MARK = "[oracle]"
@@ -274,6 +278,52 @@ def table_to_csv(table: ResultTable, grid: GridCheck | None = None) -> str:
     return buffer.getvalue()
 
 
+def _mean_std(stat: FoldStat | None, spec: str) -> str:
+    """``0.8000 ± 0.1000``; the mean alone with one fold, ``n/a`` without a value."""
+    if stat is None or math.isnan(stat.mean):
+        return "n/a"
+    return format(stat.mean, spec) + ("" if stat.std is None else f" ± {format(stat.std, spec)}")
+
+
+def paper_metrics(table: ResultTable) -> list[str]:
+    """The metric columns of the paper tables: the table's metric, then the other :data:`PAPER_METRICS` the rows
+    have (in that order)."""
+    found = {m for row in table.rows for m in row.metrics}
+    return [table.metric, *(m for m in PAPER_METRICS if m in found and m != table.metric)]
+
+
+def paper_table(table: ResultTable, grid: GridCheck | None = None) -> PaperTable:
+    """The rows of ``summary_table.md`` and ``.tex``: trainer (with its marks), configuration, fraction, folds
+    (found/planned), data use, mean ± std over folds of each :func:`paper_metrics` in the summary column
+    (``foreground_mean`` or ``--label``; HD95 with two decimals, the others with four), with a baseline the mean
+    paired difference, p and Holm-adjusted p (``n/a`` where undefined), and ``Complete``; the text table's notes
+    below."""
+    grid = grid if grid is not None else check_grid(table)
+    metrics, column, n_planned = paper_metrics(table), table.columns[-1], len(grid.plan.folds)
+    head = ["Trainer", *(["Plans"] if _show_plans(table) else []), "Configuration", "Fraction", "Folds",
+            "Pixel labels", "Ratings", "Unlabeled used", *metrics]
+    if table.baseline:
+        head += [f"Δ{table.metric} vs {table.baseline_name}", "p", "p (Holm)"]
+    head.append("Complete")
+    rows = []
+    for row in table.rows:
+        cells = [_trainer_cell(row), *([row.key.plans] if _show_plans(table) else []), row.key.configuration,
+                 row.key.fraction, f"{len(row.folds)}/{n_planned}" if n_planned else str(len(row.folds)),
+                 *data_use_cells(row)]
+        cells += [_mean_std(row.values[column] if m == table.metric else row.metrics.get(m),
+                            ".2f" if m == "HD95" else ".4f") for m in metrics]
+        if table.baseline:
+            p = row.paired
+            cells += ["(baseline)", "", ""] if p is None else [
+                _num(p.mean_difference, "+.4f"), _num(p.p_value, ".4g"), _num(p.p_holm, ".4g")]
+        cells = ["n/a" if cell == "nan" else cell for cell in cells]
+        cells.append("yes" if grid.of(row).complete else "no")
+        rows.append(cells)
+    first_numeric = 2 + _show_plans(table)
+    title = f"{table.dataset}: {column}, mean ± std over folds (the mean alone with one fold)"
+    return PaperTable(title, head, rows, set(range(first_numeric, len(head) - 1)), _notes(table, grid))
+
+
 def plot_series(table: ResultTable) -> tuple[dict[str, list[Point]], set[str]]:
     """The lines of ``dice_vs_fraction.png``: ``{legend name: [(fraction, mean, std or None), ...]}`` of the
     foreground mean (or the chosen label), one per (trainer, configuration[, plans]), and the names of the oracle
@@ -307,12 +357,16 @@ def plot_table(table: ResultTable, path: Path) -> Path:
                             ylabel=f"{table.metric} ({column})", dashed=oracle)
 
 
-def write_outputs(table: ResultTable, out_dir: Path) -> list[Path]:
-    """Write ``summary_table.csv``, ``summary_table.json`` and ``dice_vs_fraction.png`` atomically into
-    ``out_dir``; returns their paths."""
+def write_outputs(table: ResultTable, out_dir: Path, grid: GridCheck | None = None) -> list[Path]:
+    """Write ``summary_table.csv``, ``.json``, ``.md``, ``.tex`` and ``dice_vs_fraction.png`` atomically into
+    ``out_dir``, the grid checked against ``grid`` (default :func:`~sampref_bench.evaluation.grid.check_grid`);
+    returns their paths."""
     out_dir = Path(out_dir)
-    csv_path, json_path = out_dir / TABLE_CSV, out_dir / TABLE_JSON
-    grid = check_grid(table)
-    write_bytes_atomic(csv_path, table_to_csv(table, grid).encode("utf-8"))
-    write_json_atomic(json_path, table_to_json(table, grid))
-    return [csv_path, json_path, plot_table(table, out_dir / PLOT_PNG)]
+    grid = grid if grid is not None else check_grid(table)
+    paper = paper_table(table, grid)
+    texts = {TABLE_CSV: table_to_csv(table, grid), TABLE_MD: to_markdown(paper), TABLE_TEX: to_latex(paper)}
+    for name, text in texts.items():
+        write_bytes_atomic(out_dir / name, text.encode("utf-8"))
+    write_json_atomic(out_dir / TABLE_JSON, table_to_json(table, grid))
+    return [*(out_dir / name for name in (TABLE_CSV, TABLE_JSON, TABLE_MD, TABLE_TEX)),
+            plot_table(table, out_dir / PLOT_PNG)]
