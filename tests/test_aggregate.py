@@ -361,7 +361,7 @@ def test_plot_draws_oracle_dashed_and_labelled(marked):
     fig = figure_vs_fraction(series, "t", "Dice", dashed)
     ax = fig.axes[0]
     assert {t.get_text() for t in ax.get_legend().get_texts()} == set(series)
-    styles = {bars.get_label(): bars.lines[0].get_linestyle() for bars in ax.containers}  # the data line of each
+    styles = {line.get_label(): line.get_linestyle() for line in ax.lines}  # the data line of each series
     assert styles["SAMBoxOracle 2d (oracle)"] == "--" and styles["SAMBoxOracle 2d-lr0.001 (oracle)"] == "--"
     assert styles["DPORanking 2d"] == "-" and styles["SAMNoPrompt 2d"] == "-"
 

@@ -241,3 +241,57 @@ def test_paper_tables_mark_oracle_and_show_hd95(sampref_roots, tmp_path):
     assert rows[0][7:10] == ["0.5000 ± 0.0000", "0.4000 ± 0.0000", f"5.00 ± {math.sqrt(2):.2f}"]
     tex = (tmp_path / "summary_table.tex").read_text()
     assert "SAMBoxOracle [oracle] & 2d-lr\\_0.1\\% & 0.2 & 2/2 &" in tex
+
+
+# ------------------------------------------------------------------------------------------------- the plots
+def test_plot_sidecars_match_the_table(results, tmp_path):
+    table = build_table(scan_runs(DATASET))
+    written = {p.name for p in write_outputs(table, tmp_path)}
+    assert {"dice_vs_fraction.png", "dice_vs_fraction.json", "dice_boxplots.png", "dice_boxplots.json"} <= written
+    for name in ("dice_vs_fraction.png", "dice_boxplots.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    lines = json.loads((tmp_path / "dice_vs_fraction.json").read_text())
+    by_name = {s["name"]: s for s in lines["series"]}
+    assert set(by_name) == {"DPORanking 2d", "SAMBoxOracle 2d", "SAMNoPrompt 2d", "SAMNoPrompt 2d__big"}
+    for r in table.rows:
+        entry = by_name[f"{r.key.trainer} {r.key.configuration}"]
+        i = entry["fraction"].index(r.key.fraction_value)
+        stat = r.values[FOREGROUND]
+        assert entry["y"][i] == pytest.approx(stat.mean)
+        assert entry["std"][i] == (None if stat.std is None else pytest.approx(stat.std))
+        width = stat.std or 0.0
+        assert (entry["band_low"][i], entry["band_high"][i]) == pytest.approx((stat.mean - width, stat.mean + width))
+    # dodged: the series at fraction 0.2 sit at distinct x near 0.2, within 30 % of the smallest gap (0.3)
+    at_02 = [s["x"][s["fraction"].index(0.2)] for s in lines["series"] if 0.2 in s["fraction"]]
+    assert len(set(at_02)) == len(at_02) == 3 and all(abs(x - 0.2) <= 0.3 * 0.3 / 2 + 1e-12 for x in at_02)
+    assert lines["dodge_offsets"] == pytest.approx([-0.045, -0.015, 0.015, 0.045])
+
+    boxes = json.loads((tmp_path / "dice_boxplots.json").read_text())
+    assert boxes["fractions"] == [0.2, 0.5, 1.0]
+    dpo = {b["fraction"]: b for b in {s["name"]: s for s in boxes["series"]}["DPORanking 2d"]["boxes"]}
+    assert dpo[0.2]["values"] == pytest.approx([0.55, 0.75, 0.65])   # per-fold foreground mean, by hand
+    assert dpo[0.2]["median"] == pytest.approx(0.65) and dpo[0.2]["q1"] == pytest.approx(0.6)
+    assert dpo[0.2]["mean"] == pytest.approx(row(table, "DPORanking", "0.2").values[FOREGROUND].mean)
+    for series in boxes["series"]:
+        for box in series["boxes"]:
+            assert box["position"] == pytest.approx(boxes["fractions"].index(box["fraction"]), abs=0.4)
+
+
+def test_vs_fraction_figure_draws_bands_dashed_oracle_and_dodged_lines():
+    from sampref_bench.evaluation.plots import box_data, figure_boxplots, figure_vs_fraction, vs_fraction_data
+
+    series = {"A": [(0.1, 0.5, 0.1), (0.5, 0.7, None)], "B (oracle)": [(0.1, 0.9, 0.05), (0.5, NAN, None)],
+              "C": [(0.1, NAN, None)]}
+    fig = figure_vs_fraction(series, "t", "Dice", {"B (oracle)"})
+    ax = fig.axes[0]
+    styles = {line.get_label(): line.get_linestyle() for line in ax.lines}
+    assert styles == {"A": "-", "B (oracle)": "--"}  # C has no point; B's NaN point is left out
+    assert len(ax.collections) == 2  # one band per drawn series
+    xs = {line.get_label(): list(line.get_xdata()) for line in ax.lines}
+    assert xs["A"][0] != xs["B (oracle)"][0] and abs(xs["A"][0] - 0.1) < 0.1
+    data = vs_fraction_data(series, "t", "Dice", {"B (oracle)"})
+    assert [s["x"] for s in data["series"]] == [pytest.approx(xs["A"]), pytest.approx(xs["B (oracle)"])]
+    boxes = {"A": [(0.1, [0.4, 0.5, 0.6]), (0.5, [NAN])], "B": [(0.5, [0.7, 0.8])]}
+    drawn = box_data(boxes, "t", "Dice")
+    assert [len(s["boxes"]) for s in drawn["series"]] == [1, 1] and drawn["fractions"] == [0.1, 0.5]
+    assert figure_boxplots(boxes, "t", "Dice").axes[0].get_legend() is not None

@@ -1,4 +1,18 @@
-"""Plots of aggregated results, drawn off-screen (Agg) and written atomically."""
+"""Plots of aggregated results, drawn off-screen (Agg) and written atomically, each with a JSON sidecar.
+
+``dice_vs_fraction.png``: one line per series (trainer and configuration) through its mean over folds at each
+annotation fraction, a shaded band of mean ± std over folds (no width where a point has one fold), dashed lines
+for the series named ``dashed`` (oracle upper bounds). Series are dodged: series ``i`` of ``n`` is drawn shifted
+by :func:`dodge_offsets` along x (a fraction of the smallest gap between fractions) so points at one fraction do
+not hide each other; the true fractions stay the tick labels.
+
+``dice_boxplots.png``: for each fraction, one box per series over its per-fold values (median, quartiles,
+whiskers at 1.5 IQR as matplotlib draws them), boxes of one fraction side by side.
+
+The sidecars (``dice_vs_fraction.json``, ``dice_boxplots.json``, see :func:`vs_fraction_data` and
+:func:`box_data`) hold exactly what was drawn, per series, so tests and readers can check the figure against the
+table without reading pixels.
+"""
 
 from __future__ import annotations
 
@@ -6,43 +20,77 @@ import io
 import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sampref_bench.utilities.atomic import write_bytes_atomic
+from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 #: One point of a series: (fraction, mean, std or None).
 Point = tuple[float, float, float | None]
+#: One box of a series: (fraction, the per-fold values).
+Box = tuple[float, Sequence[float]]
+#: Share of the smallest gap between two fractions the dodged points of one fraction spread over.
+DODGE_SHARE = 0.3
 
 
-def figure_vs_fraction(series: Mapping[str, Sequence[Point]], title: str, ylabel: str,
-                       dashed: Collection[str] = ()) -> Figure:
-    """A figure with one line per series (x = annotation fraction, error bars = std over folds); the series
-    named in ``dashed`` are drawn with dashed lines (oracle upper bounds, say).
+def dodge_offsets(n_series: int, fractions: Collection[float]) -> list[float]:
+    """x shifts of ``n_series`` series, centred on zero, spread over :data:`DODGE_SHARE` of the smallest gap
+    between the distinct ``fractions`` (of 0.1 with one fraction); all zero for a single series."""
+    if n_series <= 1:
+        return [0.0] * n_series
+    distinct = sorted(set(fractions))
+    gap = min((b - a for a, b in zip(distinct, distinct[1:])), default=0.1)
+    step = DODGE_SHARE * gap / (n_series - 1)
+    return [(i - (n_series - 1) / 2) * step for i in range(n_series)]
 
-    A point without a std (a single fold) gets no error bar; NaN means are left out of their line.
-    """
+
+def vs_fraction_data(series: Mapping[str, Sequence[Point]], title: str, ylabel: str,
+                     dashed: Collection[str] = ()) -> dict[str, Any]:
+    """What :func:`figure_vs_fraction` draws: per series its ``fraction``, dodged ``x``, ``y`` (mean), ``std``
+    (``None`` with one fold), ``band_low``/``band_high`` (mean ∓ std, the mean itself without a std) and
+    ``dashed``. NaN means are left out; a series without any point is left out."""
+    kept = {name: sorted(p for p in points if not math.isnan(p[1])) for name, points in series.items()}
+    kept = {name: points for name, points in kept.items() if points}
+    offsets = dodge_offsets(len(kept), [p[0] for points in kept.values() for p in points])
+    drawn = []
+    for (name, points), offset in zip(kept.items(), offsets):
+        stds = [p[2] for p in points]
+        drawn.append({"name": name, "dashed": name in dashed, "fraction": [p[0] for p in points],
+                      "x": [p[0] + offset for p in points], "y": [p[1] for p in points], "std": stds,
+                      "band_low": [p[1] - (s or 0.0) for p, s in zip(points, stds)],
+                      "band_high": [p[1] + (s or 0.0) for p, s in zip(points, stds)]})
+    return {"title": title, "xlabel": "annotation fraction", "ylabel": ylabel,
+            "band": "mean ± std over folds (no width with one fold)", "dodge_offsets": offsets, "series": drawn}
+
+
+def _new_figure() -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_vs_fraction(series: Mapping[str, Sequence[Point]], title: str, ylabel: str,
+                       dashed: Collection[str] = ()) -> Figure:
+    """A figure with one dodged line and mean ± std band per series (see the module docstring); the line's label
+    is the series name, dashed for the series in ``dashed``."""
+    data = vs_fraction_data(series, title, ylabel, dashed)
+    fig = _new_figure()
     ax = fig.add_subplot()
-    fractions: set[float] = set()
-    for name, points in series.items():
-        kept = sorted(p for p in points if not math.isnan(p[1]))
-        if not kept:
-            continue
-        xs = [p[0] for p in kept]
-        fractions.update(xs)
-        ax.errorbar(xs, [p[1] for p in kept], yerr=[p[2] if p[2] is not None else 0.0 for p in kept],
-                    marker="o", capsize=3, label=name, linestyle="--" if name in dashed else "-")
+    for entry in data["series"]:
+        [line] = ax.plot(entry["x"], entry["y"], marker="o", markersize=4, label=entry["name"],
+                         linestyle="--" if entry["dashed"] else "-")
+        ax.fill_between(entry["x"], entry["band_low"], entry["band_high"], color=line.get_color(), alpha=0.15,
+                        linewidth=0)
+    fractions = sorted({f for entry in data["series"] for f in entry["fraction"]})
     if fractions:
-        ax.set_xticks(sorted(fractions))
+        ax.set_xticks(fractions)
         ax.legend(fontsize=8, loc="best")
-    ax.set_xlabel("annotation fraction")
+    ax.set_xlabel(data["xlabel"])
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -50,10 +98,90 @@ def figure_vs_fraction(series: Mapping[str, Sequence[Point]], title: str, ylabel
     return fig
 
 
+def _save(fig: Figure, path: Path, data: Mapping[str, Any]) -> Path:
+    """Write ``fig`` as PNG (100 dpi) to ``path`` and ``data`` to its ``.json`` sidecar, both atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_bytes_atomic(Path(path), buffer.getvalue())
+    write_json_atomic(Path(path).with_suffix(".json"), data)
+    return Path(path)
+
+
 def plot_vs_fraction(series: Mapping[str, Sequence[Point]], path: Path, title: str, ylabel: str,
                      dashed: Collection[str] = ()) -> Path:
-    """Draw :func:`figure_vs_fraction` into the PNG ``path`` (100 dpi, written atomically); returns ``path``."""
-    buffer = io.BytesIO()
-    figure_vs_fraction(series, title, ylabel, dashed).savefig(buffer, format="png", dpi=100)
-    write_bytes_atomic(Path(path), buffer.getvalue())
-    return Path(path)
+    """Draw :func:`figure_vs_fraction` into the PNG ``path`` and :func:`vs_fraction_data` into ``path`` with
+    ``.json``; returns ``path``."""
+    return _save(figure_vs_fraction(series, title, ylabel, dashed), path,
+                 vs_fraction_data(series, title, ylabel, dashed))
+
+
+def box_data(boxes: Mapping[str, Sequence[Box]], title: str, ylabel: str,
+             dashed: Collection[str] = ()) -> dict[str, Any]:
+    """What :func:`figure_boxplots` draws: the fractions (one slot each on x, in order) and per series its boxes,
+    each with ``fraction``, ``position`` (slot plus the series' offset), the non-NaN ``values``, ``mean`` and
+    matplotlib's box statistics (``median``, ``q1``, ``q3``, ``whisker_low``, ``whisker_high``, ``fliers``). A box
+    without values is left out."""
+    from matplotlib.cbook import boxplot_stats
+
+    fractions = sorted({f for entries in boxes.values() for f, _ in entries})
+    slot = {f: i for i, f in enumerate(fractions)}
+    width = 0.8 / max(len(boxes), 1)
+    drawn = []
+    for i, (name, entries) in enumerate(boxes.items()):
+        items = []
+        for fraction, values in sorted(entries, key=lambda e: e[0]):
+            kept = [float(v) for v in values if not math.isnan(v)]
+            if not kept:
+                continue
+            [stats] = boxplot_stats(kept)
+            items.append({"fraction": fraction, "position": slot[fraction] + (i - (len(boxes) - 1) / 2) * width,
+                          "values": kept, "mean": float(sum(kept) / len(kept)), "median": float(stats["med"]),
+                          "q1": float(stats["q1"]), "q3": float(stats["q3"]),
+                          "whisker_low": float(stats["whislo"]), "whisker_high": float(stats["whishi"]),
+                          "fliers": [float(v) for v in stats["fliers"]]})
+        drawn.append({"name": name, "dashed": name in dashed, "boxes": items})
+    return {"title": title, "xlabel": "annotation fraction", "ylabel": ylabel, "fractions": fractions,
+            "box_width": width, "series": drawn}
+
+
+def figure_boxplots(boxes: Mapping[str, Sequence[Box]], title: str, ylabel: str,
+                    dashed: Collection[str] = ()) -> Figure:
+    """Per-fraction box plots of each series' per-fold values (see :func:`box_data`); a series in ``dashed``
+    gets dashed box edges."""
+    from matplotlib.patches import Patch
+
+    data = box_data(boxes, title, ylabel, dashed)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    colors = [f"C{i % 10}" for i in range(len(data["series"]))]
+    handles = []
+    for entry, color in zip(data["series"], colors):
+        stats = [{"med": b["median"], "q1": b["q1"], "q3": b["q3"], "whislo": b["whisker_low"],
+                  "whishi": b["whisker_high"], "fliers": b["fliers"], "mean": b["mean"], "label": entry["name"]}
+                 for b in entry["boxes"]]
+        style = "--" if entry["dashed"] else "-"
+        if stats:
+            ax.bxp(stats, positions=[b["position"] for b in entry["boxes"]], widths=data["box_width"] * 0.9,
+                   patch_artist=True, showmeans=True, manage_ticks=False,
+                   boxprops={"facecolor": color, "alpha": 0.5, "linestyle": style},
+                   medianprops={"color": "black"}, meanprops={"marker": "^", "markerfacecolor": "white",
+                                                              "markeredgecolor": "black", "markersize": 4})
+        handles.append(Patch(facecolor=color, alpha=0.5, linestyle=style, edgecolor="black", label=entry["name"]))
+    ax.set_xticks(range(len(data["fractions"])), [f"{f:g}" for f in data["fractions"]])
+    if data["fractions"]:
+        ax.set_xlim(-0.6, len(data["fractions"]) - 0.4)
+    if handles:
+        ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.set_xlabel(data["xlabel"])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def plot_boxplots(boxes: Mapping[str, Sequence[Box]], path: Path, title: str, ylabel: str,
+                  dashed: Collection[str] = ()) -> Path:
+    """Draw :func:`figure_boxplots` into the PNG ``path`` and :func:`box_data` into ``path`` with ``.json``;
+    returns ``path``."""
+    return _save(figure_boxplots(boxes, title, ylabel, dashed), path, box_data(boxes, title, ylabel, dashed))

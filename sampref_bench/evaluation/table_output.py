@@ -48,7 +48,7 @@ from sampref_bench.evaluation.aggregate import PAPER_METRICS, ResultTable, Table
 from sampref_bench.evaluation.data_use import DATA_USE_FIELDS, data_use_range
 from sampref_bench.evaluation.grid import GridCheck, check_grid, grid_notes
 from sampref_bench.evaluation.paper_tables import PaperTable, to_latex, to_markdown
-from sampref_bench.evaluation.plots import Point, plot_vs_fraction
+from sampref_bench.evaluation.plots import Box, Point, plot_boxplots, plot_vs_fraction
 from sampref_bench.evaluation.statistics import FoldStat
 from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
 
@@ -58,6 +58,7 @@ TABLE_JSON = "summary_table.json"
 TABLE_MD = "summary_table.md"
 TABLE_TEX = "summary_table.tex"
 PLOT_PNG = "dice_vs_fraction.png"
+BOXPLOT_PNG = "dice_boxplots.png"
 #: What the ``[oracle]`` mark means, as the text table's note says it.
 ORACLE_MARK = "[oracle]"
 ORACLE_NOTE = f"{ORACLE_MARK}: prompts come from the ground truth; an upper bound, not a method"
@@ -324,17 +325,13 @@ def paper_table(table: ResultTable, grid: GridCheck | None = None) -> PaperTable
     return PaperTable(title, head, rows, set(range(first_numeric, len(head) - 1)), _notes(table, grid))
 
 
-def plot_series(table: ResultTable) -> tuple[dict[str, list[Point]], set[str]]:
-    """The lines of ``dice_vs_fraction.png``: ``{legend name: [(fraction, mean, std or None), ...]}`` of the
-    foreground mean (or the chosen label), one per (trainer, configuration[, plans]), and the names of the oracle
-    lines (a line is oracle when any of its rows is; its name ends in ``(oracle)``). A line whose rows name a
-    prompt source carries its mark before that (``SAMBaseline 2d [saliency: dark-basin]``; rows that disagree
-    merged as in :func:`~sampref_bench.evaluation.aggregate.merge_prompt_sources`)."""
-    column = table.columns[-1]
+def _series_rows(table: ResultTable) -> tuple[dict[str, list[TableRow]], set[str]]:
+    """The rows of each plotted series (one per trainer, configuration[, plans]) by legend name, and the oracle
+    series' names (see :func:`plot_series`)."""
     groups: dict[tuple[str, str, str], list[TableRow]] = {}
     for row in table.rows:
         groups.setdefault((row.key.trainer, row.key.configuration, row.key.plans), []).append(row)
-    series: dict[str, list[Point]] = {}
+    named: dict[str, list[TableRow]] = {}
     oracle: set[str] = set()
     for (trainer, configuration, plans), rows in groups.items():
         name = f"{trainer} {configuration}" + (f" {plans}" if _show_plans(table) else "")
@@ -344,23 +341,51 @@ def plot_series(table: ResultTable) -> tuple[dict[str, list[Point]], set[str]]:
         if any(row.oracle for row in rows):
             name += " (oracle)"
             oracle.add(name)
-        series[name] = [(row.key.fraction_value, row.values[column].mean, row.values[column].std) for row in rows]
-    return series, oracle
+        named[name] = rows
+    return named, oracle
+
+
+def plot_series(table: ResultTable) -> tuple[dict[str, list[Point]], set[str]]:
+    """The lines of ``dice_vs_fraction.png``: ``{legend name: [(fraction, mean, std or None), ...]}`` of the
+    foreground mean (or the chosen label), one per (trainer, configuration[, plans]), and the names of the oracle
+    lines (a line is oracle when any of its rows is; its name ends in ``(oracle)``). A line whose rows name a
+    prompt source carries its mark before that (``SAMBaseline 2d [saliency: dark-basin]``; rows that disagree
+    merged as in :func:`~sampref_bench.evaluation.aggregate.merge_prompt_sources`)."""
+    column = table.columns[-1]
+    named, oracle = _series_rows(table)
+    return {name: [(row.key.fraction_value, row.values[column].mean, row.values[column].std) for row in rows]
+            for name, rows in named.items()}, oracle
+
+
+def box_series(table: ResultTable) -> tuple[dict[str, list[Box]], set[str]]:
+    """The boxes of ``dice_boxplots.png``: per series of :func:`plot_series` (same names) its rows' per-fold
+    values of the summary column, ``[(fraction, [value per fold]), ...]``, and the oracle series' names."""
+    named, oracle = _series_rows(table)
+    return {name: [(row.key.fraction_value, list(row.fold_values)) for row in rows]
+            for name, rows in named.items()}, oracle
 
 
 def plot_table(table: ResultTable, path: Path) -> Path:
-    """``dice_vs_fraction.png``: the lines of :func:`plot_series`, error bars = std over folds, oracle lines
-    dashed."""
+    """``dice_vs_fraction.png`` (and its ``.json`` sidecar): the lines of :func:`plot_series`, a band of mean ±
+    std over folds, points at one fraction dodged, oracle lines dashed."""
     column = table.columns[-1]
     series, oracle = plot_series(table)
     return plot_vs_fraction(series, path, title=f"{table.dataset}: {column} {table.metric} vs annotation fraction",
                             ylabel=f"{table.metric} ({column})", dashed=oracle)
 
 
+def plot_boxes(table: ResultTable, path: Path) -> Path:
+    """``dice_boxplots.png`` (and its ``.json`` sidecar): per fraction, a box per series of :func:`box_series`."""
+    column = table.columns[-1]
+    boxes, oracle = box_series(table)
+    return plot_boxplots(boxes, path, title=f"{table.dataset}: per-fold {column} {table.metric} by annotation "
+                         "fraction", ylabel=f"{table.metric} ({column}) per fold", dashed=oracle)
+
+
 def write_outputs(table: ResultTable, out_dir: Path, grid: GridCheck | None = None) -> list[Path]:
-    """Write ``summary_table.csv``, ``.json``, ``.md``, ``.tex`` and ``dice_vs_fraction.png`` atomically into
-    ``out_dir``, the grid checked against ``grid`` (default :func:`~sampref_bench.evaluation.grid.check_grid`);
-    returns their paths."""
+    """Write ``summary_table.csv``, ``.json``, ``.md``, ``.tex``, ``dice_vs_fraction.png`` and
+    ``dice_boxplots.png`` (each plot with its ``.json`` sidecar) atomically into ``out_dir``, the grid checked
+    against ``grid`` (default :func:`~sampref_bench.evaluation.grid.check_grid`); returns their paths."""
     out_dir = Path(out_dir)
     grid = grid if grid is not None else check_grid(table)
     paper = paper_table(table, grid)
@@ -368,5 +393,6 @@ def write_outputs(table: ResultTable, out_dir: Path, grid: GridCheck | None = No
     for name, text in texts.items():
         write_bytes_atomic(out_dir / name, text.encode("utf-8"))
     write_json_atomic(out_dir / TABLE_JSON, table_to_json(table, grid))
+    plots = [plot_table(table, out_dir / PLOT_PNG), plot_boxes(table, out_dir / BOXPLOT_PNG)]
     return [*(out_dir / name for name in (TABLE_CSV, TABLE_JSON, TABLE_MD, TABLE_TEX)),
-            plot_table(table, out_dir / PLOT_PNG)]
+            *(path for plot in plots for path in (plot, plot.with_suffix(".json")))]
