@@ -295,3 +295,29 @@ def test_vs_fraction_figure_draws_bands_dashed_oracle_and_dodged_lines():
     drawn = box_data(boxes, "t", "Dice")
     assert [len(s["boxes"]) for s in drawn["series"]] == [1, 1] and drawn["fractions"] == [0.1, 0.5]
     assert figure_boxplots(boxes, "t", "Dice").axes[0].get_legend() is not None
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def test_cli_help_describes_the_report(capsys):
+    from sampref_bench.cli.evaluate import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("summary_table.md", "summary_table.tex", "dice_boxplots.png", "dice_vs_fraction.json", "p_holm",
+                 "Holm-adjusted", "splits_final.json", "missing_fractions"):
+        assert name in out, name
+
+
+def test_cli_writes_the_whole_report(results, sampref_roots, capsys):
+    from sampref_bench.cli.evaluate import main
+
+    write_splits(sampref_roots, 3, ["0.2", "0.5", "1.0"])
+    assert main(["-d", "3", "--baseline", "SAMBoxOracle"]) == 0
+    out = capsys.readouterr().out
+    folder = results / DATASET
+    for name in ("summary_table.csv", "summary_table.json", "summary_table.md", "summary_table.tex",
+                 "dice_vs_fraction.png", "dice_vs_fraction.json", "dice_boxplots.png", "dice_boxplots.json"):
+        assert (folder / name).is_file() and f"wrote {folder / name}" in out, name
+    assert "incomplete: DPORanking 2d f1.0: 1 of 3 folds (missing fold 1, 2)" in out
+    assert "splits_final.json" in json.loads((folder / "summary_table.json").read_text())["grid"]["source"]

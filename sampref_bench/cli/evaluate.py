@@ -25,20 +25,39 @@ pixel labels and ratings come from its 'cases', the unlabeled images it used are
 (e.g. SAMBaseline@0.1) pairs every row, at every fraction, with TRAINER's run at FRACTION (TRAINER's own rows
 at other fractions included); a FRACTION at which TRAINER has no finished run is an error that lists TRAINER's.
 Either way pairs are the validation cases (per fold) both runs scored, and the outputs name the baseline
-trainer and fraction each p-value is against.
+trainer and fraction each p-value is against. The p-values are also given Holm-adjusted (step-down, over all
+comparisons of the table; a NaN p-value, from fewer than 5 pairs, stays NaN and is not counted).
+
+The grid is checked against $SAMPREF_preprocessed/DatasetXXX_Name/splits_final.json (its folds, and its planned
+fractions; a DPO trainer only where a fraction buys rated cases), or without it against the folds and fractions
+found in the results folder: a row with fewer folds, or a trainer/configuration that finished some planned
+fractions but not others, is flagged incomplete in every output, with notes listing what is missing.
 
 writes (atomically, into the dataset's results folder or -o DIR):
   summary_table.csv    one line per (trainer, configuration, fraction): oracle (true/false), base configuration
                        and run tag, per-label and foreground mean, each as mean and std over folds (std empty
                        with one fold), number of folds, and with --baseline the baseline's configuration, the
                        mean paired difference, pairs and Wilcoxon p-value, then prompt_source
-                       (the saliency source; empty for trainers without one), and with --baseline last
-                       baseline_fraction (the fraction of the baseline run each row is compared with), and
-                       last pixel_labeled, pixel_label_share, rated, unlabeled_used
-  summary_table.json   the same (data_use: one value per fold, null when unknown), plus the unfinished folds and
-                       the top-level baseline_fraction (null: each row against the baseline at its own fraction)
-  dice_vs_fraction.png the foreground mean (or --label) against the fraction, error bars = std over folds,
-                       oracle lines dashed and labelled (oracle)
+                       (the saliency source; empty for trainers without one), and with --baseline
+                       baseline_fraction (the fraction of the baseline run each row is compared with), then
+                       pixel_labeled, pixel_label_share, rated, unlabeled_used, with --baseline p_holm, and last
+                       complete (true/false), missing_folds, missing_fractions
+  summary_table.json   the same (data_use: one value per fold, null when unknown; per-fold values; Dice, IoU,
+                       HD95 mean and std where present; paired.p_holm), plus the unfinished folds, the top-level
+                       baseline_fraction (null: each row against the baseline at its own fraction) and grid
+                       (planned folds and fractions, their source, notes)
+  summary_table.md     GitHub Markdown: trainer [oracle] [saliency: ...], configuration, fraction, folds
+                       (found/planned), data use, mean ± std of Dice, IoU and HD95 (where the summaries have
+                       them) of the foreground mean (or --label), with --baseline the difference, p and p (Holm),
+                       Complete, then the notes
+  summary_table.tex    the same as a LaTeX tabular with booktabs rules (needs the booktabs package); names
+                       escaped (_ % & ...), notes as rows under the bottom rule
+  dice_vs_fraction.png the foreground mean (or --label) against the fraction: one line per trainer and
+                       configuration with a shaded band of mean ± std over folds, points at one fraction dodged,
+                       oracle lines dashed and labelled (oracle); dice_vs_fraction.json: every drawn series
+                       (fraction, dodged x, mean, std, band)
+  dice_boxplots.png    per fraction, one box per trainer and configuration over its per-fold values;
+                       dice_boxplots.json: each box's values, median, quartiles and whiskers
 
 examples:
   sampref_evaluate -d 003

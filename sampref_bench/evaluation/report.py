@@ -18,7 +18,10 @@ def evaluate_dataset(dataset: str | int, metric: str = "Dice", label: str = "all
     """Resolve ``dataset`` (3, 003 or Dataset003_BUSI), aggregate its runs and write the table and plot into
     ``output_dir`` (default ``$SAMPREF_results/DatasetXXX_Name``). ``baseline`` is ``TRAINER`` or
     ``TRAINER@FRACTION`` (see :func:`~sampref_bench.evaluation.aggregate.parse_baseline`). Returns the table and
-    the written paths (``summary_table.csv``, ``summary_table.json``, ``dice_vs_fraction.png``). Every row carries
+    the written paths (``summary_table.csv``, ``.json``, ``.md``, ``.tex``, ``dice_vs_fraction.png`` and
+    ``dice_boxplots.png`` with their ``.json`` sidecars; see
+    :func:`~sampref_bench.evaluation.table_output.write_outputs`), the grid checked against the dataset's
+    ``splits_final.json`` (:func:`~sampref_bench.evaluation.grid.check_grid`). Every row carries
     its runs' data use (pixel labels, ratings, unlabeled images used) from their ``config.json``, see
     :class:`~sampref_bench.evaluation.data_use.DataUse`."""
     name = paths.resolve_dataset(dataset, paths.raw_root(), paths.preprocessed_root(), paths.results_root())
