@@ -321,3 +321,12 @@ def test_cli_writes_the_whole_report(results, sampref_roots, capsys):
         assert (folder / name).is_file() and f"wrote {folder / name}" in out, name
     assert "incomplete: DPORanking 2d f1.0: 1 of 3 folds (missing fold 1, 2)" in out
     assert "splits_final.json" in json.loads((folder / "summary_table.json").read_text())["grid"]["source"]
+
+
+@pytest.mark.parametrize("content", [b"{", b"\xff\xfe\x00", b'{"folds": []}', b"[]", b"[1, 2]"])
+def test_unreadable_splits_fall_back_to_the_results(results, sampref_roots, content):
+    folder = sampref_roots["preprocessed"] / DATASET
+    folder.mkdir(parents=True)
+    (folder / "splits_final.json").write_bytes(content)
+    plan = read_plan(build_table(scan_runs(DATASET)))
+    assert plan.folds == (0, 1, 2) and "results folder" in plan.source

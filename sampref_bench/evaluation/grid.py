@@ -83,7 +83,7 @@ def _splits_plan(path: Path) -> GridPlan | None:
     """The plan of a ``splits_final.json``; ``None`` when it is missing or not a list of folds with budgets."""
     try:
         folds = load_json(path)
-    except (SamprefError, OSError):
+    except (SamprefError, OSError, ValueError):
         return None
     if not isinstance(folds, list) or not folds or not all(isinstance(f, dict) for f in folds):
         return None
