@@ -330,3 +330,12 @@ def test_unreadable_splits_fall_back_to_the_results(results, sampref_roots, cont
     (folder / "splits_final.json").write_bytes(content)
     plan = read_plan(build_table(scan_runs(DATASET)))
     assert plan.folds == (0, 1, 2) and "results folder" in plan.source
+
+
+def test_paper_cell_of_an_infinite_hd95():
+    from sampref_bench.evaluation.statistics import FoldStat
+    from sampref_bench.evaluation.table_output import _mean_std
+
+    assert _mean_std(FoldStat(math.inf, NAN, 2), ".2f") == "inf"   # a fold with an empty prediction
+    assert _mean_std(FoldStat(5.0, math.sqrt(2), 2), ".2f") == "5.00 ± 1.41"
+    assert _mean_std(FoldStat(NAN, None, 0), ".4f") == "n/a" and _mean_std(None, ".4f") == "n/a"

@@ -280,10 +280,12 @@ def table_to_csv(table: ResultTable, grid: GridCheck | None = None) -> str:
 
 
 def _mean_std(stat: FoldStat | None, spec: str) -> str:
-    """``0.8000 ± 0.1000``; the mean alone with one fold, ``n/a`` without a value."""
+    """``0.8000 ± 0.1000``; the mean alone with one fold or an undefined std (an infinite HD95 among the folds),
+    ``n/a`` without a value."""
     if stat is None or math.isnan(stat.mean):
         return "n/a"
-    return format(stat.mean, spec) + ("" if stat.std is None else f" ± {format(stat.std, spec)}")
+    shown = stat.std is not None and math.isfinite(stat.std)
+    return format(stat.mean, spec) + (f" ± {format(stat.std, spec)}" if shown else "")
 
 
 def paper_metrics(table: ResultTable) -> list[str]:
