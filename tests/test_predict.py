@@ -33,28 +33,31 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _train(root: Path, plan, trainer: str, folds: list[int], overrides: dict) -> dict[int, Path]:
-    """Plan a dataset under ``root`` and train tiny runs of ``trainer`` at fraction 1.0; fold -> run folder."""
+def _train(root: Path, plan, runs: list[tuple[str, int, dict]]) -> dict[tuple[str, int], Path]:
+    """Plan a dataset under ``root`` and train tiny ``(trainer, fold, overrides)`` runs at fraction 1.0;
+    ``(trainer, fold)`` -> run folder."""
     with pytest.MonkeyPatch.context() as patch:
         for key in KEYS:
             patch.setenv(f"SAMPREF_{key}", str(root / key))
         dataset = plan()
-        return {fold: get_trainer(trainer)(dataset, fold, 1.0, overrides=overrides, progress=False,
-                                           run_name=RUN).run_training() for fold in folds}
+        return {(trainer, fold): get_trainer(trainer)(dataset, fold, 1.0, overrides=overrides, progress=False,
+                                                      run_name=RUN).run_training()
+                for trainer, fold, overrides in runs}
 
 
 @pytest.fixture(scope="module")
-def phantom_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, Path]]:
-    """Planned 3D phantoms (dataset 7) with SAMNoPrompt runs of folds 0 and 1."""
+def phantom_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[str, int], Path]]:
+    """Planned 3D phantoms (dataset 7) with SAMNoPrompt runs of folds 0 and 1 and a SAMBoxOnly run of fold 0."""
     root = tmp_path_factory.mktemp("phantoms")
-    return root, _train(root, planned_phantoms, "SAMNoPrompt", [0, 1], SAM_TINY)
+    return root, _train(root, planned_phantoms, [("SAMNoPrompt", 0, SAM_TINY), ("SAMNoPrompt", 1, SAM_TINY),
+                                                 ("SAMBoxOnly", 0, SAM_TINY)])
 
 
 @pytest.fixture(scope="module")
-def busi_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, Path]]:
+def busi_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[str, int], Path]]:
     """The planned BUSI subset (dataset 3) with a UNet run of fold 0."""
     root = tmp_path_factory.mktemp("busi")
-    return root, _train(root, planned_busi, "UNet", [0], UNET_TINY)
+    return root, _train(root, planned_busi, [("UNet", 0, UNET_TINY)])
 
 
 def _use(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,7 +77,7 @@ def test_nifti_prediction_keeps_geometry_and_equals_validation(phantom_runs, mon
     """A volume with its own origin and direction comes back with them, and equals fold 0's validation mask."""
     root, runs = phantom_runs
     _use(root, monkeypatch)
-    case = _val_cases(runs[0])[0]
+    case = _val_cases(runs["SAMNoPrompt", 0])[0]
     source = sitk.ReadImage(str(_raw_image(root, "7", case, ".nii.gz")))
     moved = sitk.Image(source)
     moved.SetOrigin((10.5, -3.25, 7.0))
@@ -87,7 +90,7 @@ def test_nifti_prediction_keeps_geometry_and_equals_validation(phantom_runs, mon
     np.testing.assert_allclose(out.GetSpacing(), moved.GetSpacing(), atol=1e-5)
     np.testing.assert_allclose(out.GetOrigin(), moved.GetOrigin(), atol=1e-5)
     np.testing.assert_allclose(out.GetDirection(), moved.GetDirection(), atol=1e-5)
-    validation = sitk.GetArrayFromImage(sitk.ReadImage(str(runs[0] / "validation" / f"{case}.nii.gz")))
+    validation = sitk.GetArrayFromImage(sitk.ReadImage(str(runs["SAMNoPrompt", 0] / "validation" / f"{case}.nii.gz")))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(out), validation)
 
 
@@ -95,12 +98,12 @@ def test_two_folds_average_probabilities(phantom_runs, monkeypatch, tmp_path):
     """With folds 0 and 1 (here as ``-f all``) the mask is the thresholded mean of the two folds' probabilities."""
     root, runs = phantom_runs
     _use(root, monkeypatch)
-    case = _val_cases(runs[0])[0]
+    case = _val_cases(runs["SAMNoPrompt", 0])[0]
     (tmp_path / "in").mkdir()
     shutil.copy(_raw_image(root, "7", case, ".nii.gz"), tmp_path / "in")
     assert main(["-d", "7", "-t", "SAMNoPrompt", "-f", "all", "--run-name", RUN, "-i", str(tmp_path / "in"),
                  "-o", str(tmp_path / "out"), "--save-probabilities", "--no-progress"]) == 0
-    trainers = [load_trained_run(runs[fold]) for fold in (0, 1)]
+    trainers = [load_trained_run(runs["SAMNoPrompt", fold]) for fold in (0, 1)]
     probs = [t.predict_probabilities(case) for t in trainers]
     assert not np.array_equal(probs[0], probs[1])
     mean = (probs[0] + probs[1]) / 2
@@ -119,7 +122,8 @@ def test_png_unet_prediction_keeps_geometry_and_equals_validation(busi_runs, mon
     """PNG inputs of fold 0's validation cases: UNet masks of the same size and format as its validation masks."""
     root, runs = busi_runs
     _use(root, monkeypatch)
-    cases = _val_cases(runs[0])[:2]
+    run = runs["UNet", 0]
+    cases = _val_cases(run)[:2]
     (tmp_path / "in").mkdir()
     for case in cases:
         shutil.copy(_raw_image(root, "3", case, ".png"), tmp_path / "in")
@@ -131,8 +135,26 @@ def test_png_unet_prediction_keeps_geometry_and_equals_validation(busi_runs, mon
         out = sitk.ReadImage(str(tmp_path / "out" / f"{case}.png"))
         assert out.GetSize() == source.GetSize() and out.GetSpacing() == source.GetSpacing()
         assert out.GetOrigin() == source.GetOrigin()
-        validation = sitk.GetArrayFromImage(sitk.ReadImage(str(runs[0] / "validation" / f"{case}.png")))
+        validation = sitk.GetArrayFromImage(sitk.ReadImage(str(run / "validation" / f"{case}.png")))
         np.testing.assert_array_equal(sitk.GetArrayFromImage(out), validation)
+
+
+def test_prompt_trainer_computes_prompts_of_new_images_apart(phantom_runs, monkeypatch, tmp_path):
+    """A saliency-box trainer predicts a renamed volume from prompts it computes itself, outside the dataset's prompt
+    and embedding caches, and matches its validation mask."""
+    root, runs = phantom_runs
+    _use(root, monkeypatch)
+    run = runs["SAMBoxOnly", 0]
+    case = _val_cases(run)[0]
+    (tmp_path / "in").mkdir()
+    shutil.copy(_raw_image(root, "7", case, ".nii.gz"), tmp_path / "in" / "new_volume_0000.nii.gz")
+    caches = sorted(p for folder in ("prompts", "embeddings") for p in (root / "preprocessed").rglob(f"{folder}/**/*"))
+    predict_folder("7", "SAMBoxOnly", tmp_path / "in", tmp_path / "out", folds=[0], run_name=RUN, progress=False)
+    assert sorted(p for folder in ("prompts", "embeddings")
+                  for p in (root / "preprocessed").rglob(f"{folder}/**/*")) == caches
+    got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "new_volume.nii.gz")))
+    validation = sitk.GetArrayFromImage(sitk.ReadImage(str(run / "validation" / f"{case}.nii.gz")))
+    np.testing.assert_array_equal(got, validation)
 
 
 def _png(path: Path, channels: int = 1) -> Path:
