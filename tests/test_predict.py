@@ -191,6 +191,12 @@ def test_bad_inputs_are_refused(busi_runs, monkeypatch, tmp_path):
     _png(missing / "c_0001.png")
     with pytest.raises(SamprefError, match=r"c_0000\.png is missing"):
         _predict(missing, tmp_path / "out")
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    _png(twice / "f_0000.png")
+    sitk.WriteImage(sitk.ReadImage(str(twice / "f_0000.png")), str(twice / "f_0000.nii.gz"))
+    with pytest.raises(SamprefError, match=r"f_0000\.(png|nii\.gz) and .*f_0000\.(png|nii\.gz) are both channel 0"):
+        _predict(twice, tmp_path / "out")
     good = tmp_path / "good"
     good.mkdir()
     _png(good / "d_0000.png")

@@ -77,7 +77,7 @@ def resolve_run_dir(dataset_name: str, trainer: str, plans_name: str, fraction: 
         if root.is_dir() else []
     if run_name:
         matches = [c for c in existing if c in (run_name, f"{configuration}-{run_name}")
-                   or (c.startswith(configuration) and c.endswith(f"-{run_name}"))]
+                   or (c.startswith(f"{configuration}-") and c.endswith(f"-{run_name}"))]
     else:
         matches = [c for c in existing if c == configuration]
     if len(matches) > 1:

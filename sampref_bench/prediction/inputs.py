@@ -75,7 +75,12 @@ def find_input_cases(input_dir: Path, n_channels: int, dimensionality: int) -> l
         if match is None:
             raise SamprefError(f"{path}: input images must be named CASE_XXXX{ending} (XXXX = channel number, "
                                f"0000 for the first), as in a raw dataset's imagesTs; rename it")
-        found.setdefault(match["case"], {})[int(match["channel"])] = path
+        channels = found.setdefault(match["case"], {})
+        channel = int(match["channel"])
+        if channel in channels:
+            raise SamprefError(f"{path} and {channels[channel]} are both channel {channel} of case {match['case']}; "
+                               "keep one of them")
+        channels[channel] = path
     if not found:
         raise SamprefError(f"{input_dir} holds no input image: expected files named CASE_0000.png, CASE_0000.nii.gz "
                            "(one per channel) or another format SimpleITK reads")
