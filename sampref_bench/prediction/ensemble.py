@@ -111,8 +111,10 @@ def fold_dirs(run_dir: Path, folds: Sequence[int | str], dataset_name: str, trai
         folder = run_dir / f"fold_{fold}"
         command = _train_command(dataset_name, trainer, fold, fraction, configuration, run_name)
         if not folder.is_dir():
-            raise SamprefError(f"{folder} does not exist: fold {fold} was not trained. Train it with `{command}`, "
-                               "or leave it out of -f")
+            siblings = sorted(run_dir.glob("fold_*/config.json"))
+            same = f" and the hyperparameters of {siblings[0]} (--set KEY=VALUE)" if siblings else ""
+            raise SamprefError(f"{folder} does not exist: fold {fold} was not trained. Train it with `{command}`"
+                               f"{same}, or leave it out of -f")
         if not (folder / "checkpoint_final.pth").is_file():
             raise SamprefError(f"{folder / 'checkpoint_final.pth'} is missing: fold {fold} has not finished. Finish "
                                f"it with `{command} --continue`, or leave it out of -f")
