@@ -124,25 +124,9 @@ def fold_dirs(run_dir: Path, folds: Sequence[int | str], dataset_name: str, trai
 
 # ------------------------------------------------------------------------------------------------ the ensemble
 def rebind_data(trainer: Any, data: Any) -> None:
-    """Point a loaded trainer at another label-free :class:`PreprocessedData` (the prediction inputs).
-
-    Its image-embedding cache and prompt cache are rebuilt on ``data`` (so they write beside ``data``'s folder),
-    keeping already loaded prompt sources (saliency model, VQA backend, LLM answers) so nothing is loaded twice.
-    """
-    from sampref_bench.planners.embedding_cache import EmbeddingCache
-
-    trainer.data = data
-    cache = getattr(trainer, "cache", None)
-    if cache is not None:
-        trainer.cache = EmbeddingCache(data, cache.model, cache.device, cache.batch_size)
-    if "_prompts" in vars(trainer):
-        old = trainer._prompts
-        trainer._prompts = None
-        new = trainer.prompts  # the trainer's own store, on the new data
-        if old is not None:
-            for name in ("_saliency", "_vqa", "_llm"):
-                if getattr(new, name, None) is None and getattr(old, name, None) is not None:
-                    setattr(new, name, getattr(old, name))
+    """Point a loaded trainer at another label-free :class:`PreprocessedData` (the prediction inputs) through its
+    :meth:`~sampref_bench.trainers.base.BaseTrainer.use_data` hook (caches are rebuilt beside ``data``)."""
+    trainer.use_data(data)
 
 
 @dataclass

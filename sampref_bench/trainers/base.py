@@ -264,6 +264,11 @@ class BaseTrainer:
                                                        f"the ground-truth prompts of oracle {type(self).__name__}")
         return self._oracle_store
 
+    def use_data(self, data: PreprocessedData) -> None:
+        """Point a loaded trainer at another label-free preprocessed folder (new images to predict, preprocessed by
+        the same plan); subclasses rebuild what they cache beside the data (embeddings, prompts)."""
+        self.data = data
+
     def unlabeled_cases_used(self) -> list[str]:
         """Cases whose images this run trains on without their pixel labels or ratings (default: none; a
         semi-supervised trainer returns the fold's unlabeled training cases and any ``imagesTrUnlabeled``)."""

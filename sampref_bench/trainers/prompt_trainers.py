@@ -97,6 +97,18 @@ class SAMPromptTrainer(SAMTrainer):
             return [self.prompts.vqa(s.case, s.slice, s.label)["text"] for s in samples]
         return [self.prompts.llm(s.label)["text"] for s in samples]
 
+    def use_data(self, data: Any) -> None:
+        """As :meth:`SAMTrainer.use_data`; the prompt store is rebuilt on ``data``, keeping the prompt sources it
+        already loaded (saliency model, VQA backend, LLM answers) so nothing is loaded twice."""
+        super().use_data(data)
+        old = getattr(self, "_prompts", None)
+        self._prompts = None
+        if old is not None:
+            new = self.prompts
+            for name in ("_saliency", "_vqa", "_llm"):
+                if getattr(new, name, None) is None and getattr(old, name, None) is not None:
+                    setattr(new, name, getattr(old, name))
+
     def inference_prompts(self, samples: list[Sample]) -> dict[str, Any]:
         """``boxes`` (B, 4), ``points`` ((B, P, 2), (B, P)) and text tokens ``extra_sparse`` (B, K, 256), as the
         trainer uses them; all from the prompt cache (images and target texts only)."""

@@ -155,6 +155,13 @@ class SAMTrainer(BaseTrainer):
             self.cache = EmbeddingCache(self.data, self.network, self.device)
             self.cache.ensure(self.slices_read(), progress=self.progress)
 
+    def use_data(self, data: Any) -> None:
+        """As :meth:`BaseTrainer.use_data`; a frozen encoder's embedding cache is rebuilt beside ``data``."""
+        super().use_data(data)
+        cache = getattr(self, "cache", None)
+        if cache is not None:
+            self.cache = EmbeddingCache(data, cache.model, cache.device, cache.batch_size)
+
     def slices_read(self) -> list[tuple[str, int]]:
         """The (case, slice) pairs this run reads: its training slices and every slice of its validation cases."""
         pairs = [(s.case, s.slice) for s in self.train_samples]
