@@ -1,0 +1,379 @@
+"""Running the grid: the job function, the executors (inline, local processes, submitit) and the scheduler.
+
+:func:`execute_run` trains one run under its lock (a picklable call: it is what a worker process or a SLURM job
+executes) and returns a :class:`RunOutcome` instead of raising, so one failing run never stops the grid.
+:func:`run_grid` hands ready jobs (their stage-1 dependency finished, nobody else holding their lock) to an
+executor, reports progress (runs done / running / left and an ETA from the finished runs' durations) and marks the
+jobs of a failed dependency as blocked. Executors share one small interface (:class:`Executor`):
+:class:`InlineExecutor` (sequential, in this process), :class:`ProcessExecutor` (``--workers N`` processes) and
+:class:`SubmititExecutor` (one SLURM job per run or a job array; any ``submitit`` executor can be injected, e.g.
+``submitit.LocalExecutor`` in tests).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sampref_bench import paths
+from sampref_bench.grid.locks import RunLock, is_locked, lock_holder
+from sampref_bench.grid.plan import GridPlan, Job, RunSpec, run_state
+from sampref_bench.utilities.errors import SamprefError
+
+
+@dataclass(frozen=True)
+class RunCall:
+    """What a worker needs to train one run: the dataset, the spec, the device and the environment."""
+
+    dataset: str
+    spec: RunSpec
+    device: str = "cpu"
+    roots: tuple[tuple[str, str], ...] = ()
+    trainer_modules: tuple[str, ...] = ()
+    progress: bool = False
+
+
+@dataclass
+class RunOutcome:
+    """How one call ended: ``trained``, ``done`` (already final), ``busy`` (locked by another), ``failed``."""
+
+    status: str
+    folder: str = ""
+    seconds: float = 0.0
+    message: str = ""
+    dice: float | None = None
+
+
+def make_call(plan: GridPlan, job: Job, device: str, trainer_modules: tuple[str, ...] = (),
+              progress: bool = False) -> RunCall:
+    """The :class:`RunCall` of ``job``, carrying the ``SAMPREF_*`` roots so a remote worker sees the same folders."""
+    roots = (("SAMPREF_raw", str(paths.raw_root())), ("SAMPREF_preprocessed", str(paths.preprocessed_root())),
+             ("SAMPREF_results", str(paths.results_root())))
+    return RunCall(plan.dataset, job.spec, device, roots, tuple(trainer_modules), progress)
+
+
+def execute_run(call: RunCall) -> RunOutcome:
+    """Train one run under its lock: skip it when final, continue it from a checkpoint, else train it."""
+    start = time.perf_counter()
+    try:
+        for key, value in call.roots:
+            os.environ[key] = value
+        from sampref_bench.trainers.registry import get_trainer, import_trainer_module
+
+        for module in call.trainer_modules:
+            import_trainer_module(module)
+        spec = call.spec
+        trainer = get_trainer(spec.trainer)(call.dataset, spec.fold, spec.fraction, configuration=spec.configuration,
+                                            device=call.device, overrides=spec.overrides_dict(),
+                                            progress=call.progress, run_name=spec.run_name)
+        folder = trainer.output_dir
+        lock = RunLock(folder)
+        if not lock.acquire():
+            return RunOutcome("busy", str(folder), message=f"locked by {lock_holder(folder) or 'another worker'}")
+        try:
+            state = run_state(folder)
+            if state == "done":
+                return RunOutcome("done", str(folder))
+            trainer.run_training(continue_training=state == "resume")
+        finally:
+            lock.release()
+        dice = _dice(folder)
+        return RunOutcome("trained", str(folder), time.perf_counter() - start, "resumed" if state == "resume" else "",
+                          dice)
+    except SamprefError as err:
+        return RunOutcome("failed", message=str(err), seconds=time.perf_counter() - start)
+    except Exception as err:  # noqa: BLE001 - a bug in one run is reported with its traceback; the grid goes on
+        text = "".join(traceback.format_exception(err))
+        return RunOutcome("failed", message=f"{type(err).__name__}: {err}\n{text}", seconds=time.perf_counter() - start)
+
+
+def _dice(folder: Path) -> float | None:
+    import json
+
+    try:
+        summary = json.loads((folder / "validation" / "summary.json").read_text())
+        return float(summary["foreground_mean"]["Dice"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ executors
+class Executor(Protocol):
+    """Starts calls and reports finished ones."""
+
+    #: How many calls may run at once.
+    slots: int
+
+    def submit(self, calls: list[RunCall]) -> list[Any]:
+        """Start ``calls``; one handle per call, or the exception that prevented its submission."""
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, RunOutcome]]:
+        """Finished handles among ``handles`` with their outcomes (waits up to ``timeout`` for one)."""
+
+    def close(self) -> None:
+        """Free the workers."""
+
+
+class _Finished:
+    """Handle of a call that already ran (hashable by identity)."""
+
+    def __init__(self, outcome: RunOutcome) -> None:
+        self.outcome = outcome
+
+
+class InlineExecutor:
+    """Sequential, in this process: each call runs when it is submitted."""
+
+    slots = 1
+
+    def __init__(self, function: Callable[[RunCall], RunOutcome] = execute_run) -> None:
+        self.function = function
+
+    def submit(self, calls: list[RunCall]) -> list[Any]:
+        """Run each call now; its handle holds its outcome."""
+        return [_Finished(self.function(call)) for call in calls]
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, RunOutcome]]:
+        """Everything submitted has finished."""
+        return [(handle, handle.outcome) for handle in handles]
+
+    def close(self) -> None:
+        """Nothing to free."""
+
+
+class ProcessExecutor:
+    """``workers`` processes (``spawn`` by default: safe with CUDA), each training one run at a time."""
+
+    def __init__(self, workers: int, start_method: str = "spawn",
+                 function: Callable[[RunCall], RunOutcome] = execute_run) -> None:
+        if workers < 1:
+            raise SamprefError(f"--workers must be at least 1, got {workers}")
+        self.slots = workers
+        self.function = function
+        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(start_method))
+
+    def submit(self, calls: list[RunCall]) -> list[Any]:
+        """One future per call."""
+        return [self.pool.submit(self.function, call) for call in calls]
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, RunOutcome]]:
+        """Futures that finished (a crashed worker is a failed run)."""
+        done, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        out = []
+        for future in done:
+            try:
+                out.append((future, future.result()))
+            except Exception as err:  # noqa: BLE001 - a dead worker process fails its run, not the grid
+                out.append((future, RunOutcome("failed", message=f"worker process failed: {err!r}")))
+        return out
+
+    def close(self) -> None:
+        """Shut the pool down."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class SlurmOptions:
+    """Resources of each SLURM job (``--slurm-*`` options)."""
+
+    partition: str | None = None
+    gpus: int = 1
+    cpus: int = 8
+    mem_gb: int = 32
+    time_min: int = 24 * 60
+    array: bool = False
+    log_folder: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def slurm_executor(options: SlurmOptions) -> Any:
+    """A ``submitit.AutoExecutor`` set to ``options`` (logs under ``options.log_folder``)."""
+    try:
+        import submitit
+    except ImportError as err:
+        raise SamprefError("--executor slurm needs submitit: pip install submitit") from err
+    executor = submitit.AutoExecutor(folder=options.log_folder)
+    params: dict[str, Any] = {"timeout_min": options.time_min, "cpus_per_task": options.cpus,
+                              "mem_gb": options.mem_gb, "gpus_per_node": options.gpus, "name": "sampref"}
+    if options.partition:
+        params["slurm_partition"] = options.partition
+    executor.update_parameters(**params, **options.extra)
+    return executor
+
+
+class SubmititExecutor:
+    """Each call a ``submitit`` job (a job array per batch of ready calls when ``array``); ``executor`` is any
+    submitit executor (``AutoExecutor`` for SLURM, ``LocalExecutor`` in tests)."""
+
+    def __init__(self, executor: Any, array: bool = False, poll_s: float = 5.0, max_jobs: int = 1000) -> None:
+        self.executor = executor
+        self.array = array
+        self.poll_s = poll_s
+        self.slots = max_jobs
+
+    def submit(self, calls: list[RunCall]) -> list[Any]:
+        """Submit; an error is returned in place of the handle of each call it hit."""
+        if self.array and len(calls) > 1:
+            try:
+                with self.executor.batch():
+                    jobs = [self.executor.submit(execute_run, call) for call in calls]
+                return list(jobs)
+            except Exception as err:  # noqa: BLE001 - reported per run
+                return [err for _ in calls]
+        out: list[Any] = []
+        for call in calls:
+            try:
+                out.append(self.executor.submit(execute_run, call))
+            except Exception as err:  # noqa: BLE001 - reported per run, the rest of the grid goes on
+                out.append(err)
+        return out
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, RunOutcome]]:
+        """Jobs that finished (polled every ``poll_s`` seconds up to ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            finished = [job for job in handles if job.done()]
+            if finished or time.monotonic() >= deadline:
+                break
+            time.sleep(min(self.poll_s, max(0.0, deadline - time.monotonic())))
+        out = []
+        for job in finished:
+            try:
+                out.append((job, job.result()))
+            except Exception as err:  # noqa: BLE001 - a job killed by SLURM (time, memory) fails its run
+                out.append((job, RunOutcome("failed", message=f"job {getattr(job, 'job_id', '?')} failed: {err}")))
+        return out
+
+    def close(self) -> None:
+        """Nothing to free (jobs run on the cluster)."""
+
+
+# ------------------------------------------------------------------------------------------------ scheduler
+@dataclass
+class GridResult:
+    """What happened to every job of the grid."""
+
+    outcomes: dict[Path, RunOutcome] = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        """Number of jobs that ended with ``status``."""
+        return sum(1 for outcome in self.outcomes.values() if outcome.status == status)
+
+    @property
+    def failed(self) -> dict[Path, RunOutcome]:
+        """Failed and blocked jobs."""
+        return {k: v for k, v in self.outcomes.items() if v.status in ("failed", "blocked")}
+
+
+def _duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def run_grid(plan: GridPlan, executor: Executor, device: str = "cpu", trainer_modules: tuple[str, ...] = (),
+             progress: bool = False, echo: Callable[[str], None] = print, poll_s: float = 5.0) -> GridResult:
+    """Train every job of ``plan`` that is not done, dependencies first; returns each job's outcome.
+
+    A job waits while a dependency is unfinished or while another worker holds its lock (that worker's result is
+    taken when it finishes); a job whose dependency failed is ``blocked``."""
+    result = GridResult()
+    jobs = {job.folder: job for job in plan.jobs}
+    pending = [job for job in plan.jobs if job.state != "done"]
+    for job in plan.jobs:
+        if job.state == "done":
+            result.outcomes[job.folder] = RunOutcome("done", str(job.folder))
+    total = len(pending)
+    running: dict[Any, Job] = {}
+    durations: list[float] = []
+    started: dict[Path, float] = {}
+    waiting_on_other: set[Path] = set()
+
+    def status_line() -> str:
+        finished = sum(1 for job in jobs.values() if job.state != "done" and job.folder in result.outcomes)
+        left = total - finished - len(running)
+        eta = ""
+        if durations:
+            per = sum(durations) / len(durations)
+            eta = f", ETA {_duration(per * (left + len(running) / 2) / max(1, min(executor.slots, total)))}"
+        return f"[{finished}/{total} done, {len(running)} running, {left} left{eta}]"
+
+    def dependency_failed(job: Job) -> str | None:
+        for dep in job.depends_on:
+            outcome = result.outcomes.get(dep)
+            if outcome is not None and outcome.status in ("failed", "blocked"):
+                return f"its stage-1 run {dep} did not finish"
+        return None
+
+    while pending or running:
+        ready: list[Job] = []
+        for job in list(pending):
+            reason = dependency_failed(job)
+            if reason:
+                pending.remove(job)
+                result.outcomes[job.folder] = RunOutcome("blocked", str(job.folder), message=reason)
+                echo(f"{status_line()} blocked {job.spec.label}: {reason}")
+                continue
+            if any(run_state(dep) != "done" for dep in job.depends_on):
+                continue
+            if run_state(job.folder) == "done":
+                pending.remove(job)
+                result.outcomes[job.folder] = RunOutcome("done", str(job.folder), message="finished by another worker")
+                echo(f"{status_line()} {job.spec.label} was finished by another worker")
+                continue
+            if is_locked(job.folder):
+                if job.folder not in waiting_on_other:
+                    waiting_on_other.add(job.folder)
+                    echo(f"{status_line()} waiting: {job.spec.label} is locked by {lock_holder(job.folder)}")
+                continue
+            if len(ready) + len(running) < executor.slots:
+                ready.append(job)
+        for job in ready:
+            pending.remove(job)
+        if ready:
+            calls = [make_call(plan, job, device, trainer_modules, progress) for job in ready]
+            for job in ready:
+                started[job.folder] = time.monotonic()
+                echo(f"{status_line()} start {job.spec.label}" + (" (resume)" if job.state == "resume" else ""))
+            for job, handle in zip(ready, executor.submit(calls)):
+                if isinstance(handle, BaseException):
+                    result.outcomes[job.folder] = RunOutcome("failed", str(job.folder),
+                                                             message=f"submission failed: {handle}")
+                    echo(f"{status_line()} FAILED to submit {job.spec.label}: {handle}")
+                else:
+                    running[handle] = job
+        if not running:
+            if pending:
+                locked = any(is_locked(job.folder) or any(is_locked(dep) for dep in job.depends_on)
+                             for job in pending)
+                if not ready and not locked:
+                    # nothing runs, nothing is locked, yet nothing is ready: dependencies outside the grid failed
+                    for job in pending:
+                        result.outcomes[job.folder] = RunOutcome("blocked", str(job.folder),
+                                                                 message="its stage-1 run is not finished")
+                    pending.clear()
+                    break
+                time.sleep(poll_s)
+            continue
+        for handle, outcome in executor.wait(list(running), timeout=poll_s):
+            job = running.pop(handle)
+            if outcome.status == "busy":  # another invocation took it between our check and the worker's
+                pending.append(job)
+                continue
+            result.outcomes[job.folder] = outcome
+            if outcome.status == "trained":
+                durations.append(time.monotonic() - started[job.folder])
+                dice = f", Dice {outcome.dice:.4f}" if outcome.dice is not None else ""
+                echo(f"{status_line()} finished {job.spec.label} in {_duration(durations[-1])}{dice}")
+            elif outcome.status == "done":
+                echo(f"{status_line()} {job.spec.label} was already finished")
+            else:
+                first = outcome.message.strip().splitlines()[0] if outcome.message.strip() else "?"
+                echo(f"{status_line()} FAILED {job.spec.label}: {first}")
+    return result

@@ -1,0 +1,178 @@
+"""``sampref_benchmark``: grid validation, refusals, ordering, locks, local workers and submitit's local executor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from sampref_bench.cli.benchmark import main
+from sampref_bench.grid.executors import SubmititExecutor
+from sampref_bench.grid.locks import RunLock, is_locked, lock_path
+from sampref_bench.grid.plan import plan_grid
+from sampref_bench.utilities.errors import SamprefError
+from tests.trainer_helpers import planned_phantoms
+
+#: Tiny SAM settings as --set options (one epoch of two batches of two slices).
+TINY = ["--set", "model=tiny", "--set", 'model_arch={"stride": 16}', "--set", "batch_size=2",
+        "--set", "iterations_per_epoch=2", "--set", "epochs=1"]
+
+SPY = '''
+from sampref_bench.trainers.sam_trainers import SAMNoPrompt
+
+
+class SpyNoPrompt(SAMNoPrompt):
+    """SAMNoPrompt that appends its run folder to a file each time a training (or a resume) starts."""
+
+    def initialize(self) -> None:
+        with open({spy!r}, "a") as handle:
+            handle.write(f"{{self.output_dir}}\\n")
+        super().initialize()
+'''
+
+
+def spy_module(tmp_path: Path) -> tuple[Path, Path]:
+    """A trainer module defining ``SpyNoPrompt``, and the file it writes one line to per training start."""
+    spy = tmp_path / "spy.txt"
+    spy.write_text("")
+    module = tmp_path / "spy_trainer.py"
+    module.write_text(SPY.format(spy=str(spy)))
+    return module, spy
+
+
+def spy_lines(spy: Path) -> list[str]:
+    return [line for line in spy.read_text().splitlines() if line]
+
+
+def test_validation_lists_every_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = planned_phantoms()
+    with pytest.raises(SamprefError) as err:
+        plan_grid(dataset, ["SAMNoPromt", "SAMNoPrompt"], [0.3, 0.5], ["0", "9"], {"not_an_option": 1})
+    text = str(err.value)
+    assert "unknown trainer 'SAMNoPromt'" in text and "did you mean SAMNoPrompt" in text
+    assert "fraction 0.3 was not planned" in text
+    assert "fold 9 is out of range" in text
+    assert "not_an_option" in text
+    assert main(["-d", dataset, "-t", "Nope", "--fractions", "0.7", "--folds", "5"]) == 2
+    stderr = capsys.readouterr().err
+    assert "unknown trainer 'Nope'" in stderr and "fraction 0.7" in stderr and "fold 5" in stderr
+
+
+def test_refused_pairs_listed_ordered_and_dry_run_trains_nothing(sampref_roots: dict[str, Path],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = planned_phantoms()
+    plan = plan_grid(dataset, ["DPORanking", "SAMNoPrompt"], [0.1, 0.5], ["0", "1"], {"model": "tiny"})
+    assert [(r.trainer, r.fraction, r.folds) for r in plan.refused] == [("DPORanking", 0.1, [0, 1])]
+    assert "buys no rated case" in plan.refused[0].reason
+    labels = [job.spec.label for job in plan.jobs]
+    assert sorted(labels) == sorted(["SAMBaseline f0.1 fold 0", "SAMBaseline f0.1 fold 1", "DPORanking f0.5 fold 0",
+                                     "DPORanking f0.5 fold 1", "SAMNoPrompt f0.1 fold 0", "SAMNoPrompt f0.1 fold 1",
+                                     "SAMNoPrompt f0.5 fold 0", "SAMNoPrompt f0.5 fold 1"])
+    for fold in (0, 1):  # the stage-1 run is a job of its own, before the DPO run that waits for it
+        stage1 = next(j for j in plan.jobs if j.spec.label == f"SAMBaseline f0.1 fold {fold}")
+        dpo = next(j for j in plan.jobs if j.spec.label == f"DPORanking f0.5 fold {fold}")
+        assert plan.jobs.index(stage1) < plan.jobs.index(dpo)
+        assert dpo.depends_on == [stage1.folder] and stage1.added_for == f"DPORanking f0.5 fold {fold}"
+    # a stage-1 run the grid asks for itself is the same job (not added twice)
+    plan2 = plan_grid(dataset, ["SAMBaseline", "DPORanking"], [0.1, 0.5], ["0"], {"model": "tiny"})
+    assert [j.spec.label for j in plan2.jobs] == ["SAMBaseline f0.1 fold 0", "SAMBaseline f0.5 fold 0",
+                                                  "DPORanking f0.5 fold 0"]
+    assert plan2.jobs[0].added_for is None
+    assert main(["-d", dataset, "-t", "DPORanking", "SAMNoPrompt", "--fractions", "0.1", "0.5", "--folds", "0",
+                 "--dry-run", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "[refused] DPORanking f0.1" in out and "SAMBaseline f0.1 fold 0 (needed by DPORanking f0.5 fold 0)" in out
+    assert not list(sampref_roots["results"].rglob("*.pth")) and not list(sampref_roots["results"].rglob("*.csv"))
+
+
+def test_local_grid_completes_second_run_trains_nothing_and_resumes(tmp_path: Path, sampref_roots: dict[str, Path],
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = planned_phantoms()
+    module, spy = spy_module(tmp_path)
+    argv = ["-d", dataset, "-t", "SpyNoPrompt", "--fractions", "0.5", "--folds", "0", "1", "--trainer-module",
+            str(module), "--poll", "0.2", *TINY]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 run(s) to train" in out and "ETA" in out and "grid finished: 2 trained" in out
+    folders = spy_lines(spy)
+    assert len(folders) == 2 and len(set(folders)) == 2
+    results = sampref_roots["results"] / "Dataset007_Phantom"
+    assert (results / "summary_table.csv").is_file()
+    assert all((Path(f) / "validation" / "summary.json").is_file() for f in folders)
+
+    assert main([*argv, "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "0 run(s) to train, 2 already done" in out and "grid finished: 0 trained, 2 already done" in out
+    assert len(spy_lines(spy)) == 2
+
+    # an interrupted run (no validation yet) is continued, not retrained from scratch or refused
+    (Path(folders[1]) / "validation" / "summary.json").unlink()
+    assert main([*argv, "--no-report"]) == 0
+    assert "(resume)" in capsys.readouterr().out
+    assert spy_lines(spy)[2:] == [folders[1]]
+    assert (Path(folders[1]) / "validation" / "summary.json").is_file()
+
+
+def test_run_lock_is_exclusive_across_threads_and_processes(tmp_path: Path) -> None:
+    folder = tmp_path / "Run__p__2d__f0.5" / "fold_0"
+    barrier = threading.Barrier(8)
+    locks = [RunLock(folder) for _ in range(8)]
+    taken: list[bool] = [False] * 8
+
+    def take(i: int) -> None:
+        barrier.wait()
+        taken[i] = locks[i].acquire()
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(taken) == 1
+    holder = locks[taken.index(True)]
+    assert is_locked(folder) and json.loads(lock_path(folder).read_text())["pid"] > 0
+    holder.release()
+    assert not is_locked(folder) and not lock_path(folder).exists()
+
+    # another process holds it: not ours to take; once that process is gone (even killed) it is free again
+    script = ("import sys, time; from sampref_bench.grid.locks import RunLock; lock = RunLock(sys.argv[1]); "
+              "assert lock.acquire(); print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        assert not RunLock(folder).acquire() and is_locked(folder)
+    finally:
+        proc.kill()
+        proc.wait()
+    with RunLock(folder) as lock:
+        assert lock.acquire()
+
+
+def test_two_local_workers_train_each_run_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = planned_phantoms()
+    module, spy = spy_module(tmp_path)
+    assert main(["-d", dataset, "-t", "SpyNoPrompt", "--fractions", "0.5", "--folds", "0", "1", "--workers", "2",
+                 "--trainer-module", str(module), "--poll", "0.2", "--no-report", *TINY]) == 0
+    assert "grid finished: 2 trained" in capsys.readouterr().out
+    folders = spy_lines(spy)
+    assert len(folders) == 2 and len(set(folders)) == 2
+
+
+def test_submitit_local_executor_runs_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    submitit = pytest.importorskip("submitit")
+    dataset = planned_phantoms()
+    module, spy = spy_module(tmp_path)
+    executor = SubmititExecutor(submitit.LocalExecutor(folder=tmp_path / "submitit"), poll_s=0.3)
+    argv = ["-d", dataset, "-t", "SpyNoPrompt", "--fractions", "0.5", "--folds", "0", "--trainer-module",
+            str(module), "--poll", "0.3", "--no-report", *TINY]
+    assert main(argv, executor=executor) == 0
+    assert "grid finished: 1 trained" in capsys.readouterr().out
+    assert len(spy_lines(spy)) == 1
+    assert main(argv, executor=executor) == 0
+    assert "0 run(s) to train, 1 already done" in capsys.readouterr().out
+    assert len(spy_lines(spy)) == 1
