@@ -88,7 +88,7 @@ def make_executor(args: argparse.Namespace, dataset: str) -> Any:
                                args.slurm_time, args.slurm_array, str(logs))
         return ex.SubmititExecutor(ex.slurm_executor(options), array=args.slurm_array, poll_s=args.poll)
     if args.workers > 1:
-        return ex.ProcessExecutor(args.workers)
+        return ex.ProcessExecutor(args.workers, device=args.device)
     return ex.InlineExecutor()
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from sampref_bench import paths
 from sampref_bench.grid.locks import RunLock, is_locked, lock_holder
 from sampref_bench.grid.plan import GridPlan, Job, RunSpec, run_state
+from sampref_bench.trainers.registry import BUILTIN_MODULES
 from sampref_bench.utilities.errors import SamprefError
 
 
@@ -149,16 +150,30 @@ class InlineExecutor:
         """Nothing to free."""
 
 
-class ProcessExecutor:
-    """``workers`` processes (``spawn`` by default: safe with CUDA), each training one run at a time."""
+#: Modules a ``forkserver`` imports once, so each worker forked from it starts without importing torch again.
+PRELOAD = ("sampref_bench.grid.executors", "sampref_bench.trainers.registry", *BUILTIN_MODULES)
 
-    def __init__(self, workers: int, start_method: str = "spawn",
+
+def default_start_method(device: str) -> str:
+    """``forkserver`` where the platform has it, else ``spawn``. Never a plain ``fork`` of this process: a child
+    forked after torch ran OpenMP threads (or touched CUDA) can hang; the fork server only imported modules."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+class ProcessExecutor:
+    """``workers`` processes, each training one run at a time (start method: :func:`default_start_method`)."""
+
+    def __init__(self, workers: int, start_method: str | None = None, device: str = "cpu",
                  function: Callable[[RunCall], RunOutcome] = execute_run) -> None:
         if workers < 1:
             raise SamprefError(f"--workers must be at least 1, got {workers}")
+        start_method = start_method or default_start_method(device)
+        context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            context.set_forkserver_preload(list(PRELOAD))
         self.slots = workers
         self.function = function
-        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(start_method))
+        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
     def submit(self, calls: list[RunCall]) -> list[Any]:
         """One future per call."""
