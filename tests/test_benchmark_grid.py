@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sampref_bench.cli.benchmark import main
-from sampref_bench.grid.executors import SubmititExecutor
+from sampref_bench.grid.executors import RunCall, RunOutcome, SubmititExecutor, run_grid
 from sampref_bench.grid.locks import RunLock, is_locked, lock_path
 from sampref_bench.grid.plan import plan_grid
 from sampref_bench.utilities.errors import SamprefError
@@ -176,3 +177,47 @@ def test_submitit_local_executor_runs_the_grid(tmp_path: Path, capsys: pytest.Ca
     assert main(argv, executor=executor) == 0
     assert "0 run(s) to train, 1 already done" in capsys.readouterr().out
     assert len(spy_lines(spy)) == 1
+
+
+class _FakeJob:
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> RunOutcome:
+        return RunOutcome("trained", self.folder, 1.0)
+
+
+class _FlakyCluster:
+    """A submitit-like executor whose submission fails for fold 0 (a full queue, say)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, function: object, call: RunCall) -> _FakeJob:
+        if call.spec.fold == 0:
+            raise RuntimeError("sbatch: error: QOSMaxSubmitJobPerUserLimit")
+        self.submitted.append(call.spec.label)
+        return _FakeJob(call.spec.label)
+
+
+def test_a_submission_error_fails_its_run_only(capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = planned_phantoms()
+    plan = plan_grid(dataset, ["SAMNoPrompt"], [0.5], ["0", "1", "2"], {"model": "tiny"})
+    cluster = _FlakyCluster()
+    result = run_grid(plan, SubmititExecutor(cluster, poll_s=0.01), poll_s=0.01)
+    statuses = {job.spec.fold: result.outcomes[job.folder].status for job in plan.jobs}
+    assert statuses == {0: "failed", 1: "trained", 2: "trained"}
+    assert "QOSMaxSubmitJobPerUserLimit" in result.outcomes[plan.jobs[0].folder].message
+    assert cluster.submitted == ["SAMNoPrompt f0.5 fold 1", "SAMNoPrompt f0.5 fold 2"]
+    assert "FAILED to submit SAMNoPrompt f0.5 fold 0" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a SLURM cluster is reachable here")
+def test_slurm_executor_without_a_cluster_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = planned_phantoms()
+    assert main(["-d", dataset, "-t", "SAMNoPrompt", "--fractions", "0.5", "--folds", "0", "--executor", "slurm",
+                 "--set", "model=tiny"]) == 2
+    assert "no SLURM cluster is reachable" in capsys.readouterr().err

@@ -216,6 +216,9 @@ def slurm_executor(options: SlurmOptions) -> Any:
     except ImportError as err:
         raise SamprefError("--executor slurm needs submitit: pip install submitit") from err
     executor = submitit.AutoExecutor(folder=options.log_folder)
+    if executor.cluster != "slurm":
+        raise SamprefError(f"--executor slurm: no SLURM cluster is reachable from here (submitit found "
+                           f"{executor.cluster!r}: sbatch is not on PATH); use --executor local [--workers N]")
     params: dict[str, Any] = {"timeout_min": options.time_min, "cpus_per_task": options.cpus,
                               "mem_gb": options.mem_gb, "gpus_per_node": options.gpus, "name": "sampref"}
     if options.partition:
