@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sampref_bench.cli.benchmark import main
-from sampref_bench.grid.executors import RunCall, RunOutcome, SubmititExecutor, run_grid
+from sampref_bench.grid.executors import InlineExecutor, RunCall, RunOutcome, SubmititExecutor, run_grid
 from sampref_bench.grid.locks import RunLock, is_locked, lock_path
 from sampref_bench.grid.plan import plan_grid
 from sampref_bench.utilities.errors import SamprefError
@@ -221,3 +221,53 @@ def test_slurm_executor_without_a_cluster_is_a_clear_error(capsys: pytest.Captur
     assert main(["-d", dataset, "-t", "SAMNoPrompt", "--fractions", "0.5", "--folds", "0", "--executor", "slurm",
                  "--set", "model=tiny"]) == 2
     assert "no SLURM cluster is reachable" in capsys.readouterr().err
+
+
+def _finish(folder: Path) -> None:
+    (folder / "validation").mkdir(parents=True, exist_ok=True)
+    (folder / "checkpoint_final.pth").write_bytes(b"")
+    (folder / "validation" / "summary.json").write_text("{}")
+
+
+def test_stage1_runs_first_a_failed_stage1_blocks_its_dependents() -> None:
+    dataset = planned_phantoms()
+    plan = plan_grid(dataset, ["DPORanking"], [0.5], ["0", "1"], {"model": "tiny"})
+    folders = {job.spec.label: job.folder for job in plan.jobs}
+    calls: list[str] = []
+
+    def fake(call: RunCall) -> RunOutcome:
+        calls.append(call.spec.label)
+        if call.spec.label == "SAMBaseline f0.1 fold 1":
+            return RunOutcome("failed", message="out of memory")
+        _finish(folders[call.spec.label])
+        return RunOutcome("trained", str(folders[call.spec.label]))
+
+    result = run_grid(plan, InlineExecutor(fake), poll_s=0.01, echo=lambda text: None)
+    assert calls.index("SAMBaseline f0.1 fold 0") < calls.index("DPORanking f0.5 fold 0")
+    assert "DPORanking f0.5 fold 1" not in calls
+    assert result.outcomes[folders["DPORanking f0.5 fold 1"]].status == "blocked"
+    assert result.outcomes[folders["DPORanking f0.5 fold 0"]].status == "trained"
+
+
+def test_a_run_locked_by_another_command_is_waited_for_not_trained() -> None:
+    dataset = planned_phantoms()
+    plan = plan_grid(dataset, ["SAMNoPrompt"], [0.5], ["0", "1"], {"model": "tiny"})
+    other, mine = plan.jobs[0].folder, plan.jobs[1].folder
+    lock = RunLock(other)  # "another sampref_benchmark" trains fold 0 ...
+    assert lock.acquire()
+
+    def other_finishes() -> None:
+        _finish(other)
+        lock.release()
+
+    calls: list[str] = []
+
+    def fake(call: RunCall) -> RunOutcome:
+        calls.append(call.spec.label)
+        _finish(mine)
+        threading.Timer(0.3, other_finishes).start()  # ... and finishes while we train fold 1
+        return RunOutcome("trained", str(mine))
+
+    result = run_grid(plan, InlineExecutor(fake), poll_s=0.05, echo=lambda text: None)
+    assert calls == ["SAMNoPrompt f0.5 fold 1"]
+    assert result.outcomes[other].status == "done" and result.outcomes[mine].status == "trained"
