@@ -95,7 +95,12 @@ def make_executor(args: argparse.Namespace, dataset: str) -> Any:
 def main(argv: list[str] | None = None, executor: Any = None) -> int:
     """Entry point of ``sampref_benchmark``; ``executor`` replaces the one the options ask for (tests inject
     ``SubmititExecutor(submitit.LocalExecutor(...))``)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        overrides = _overrides(args.overrides)
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
 
     def body() -> int:
         from sampref_bench.grid.executors import run_grid
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None, executor: Any = None) -> int:
         for module in args.trainer_module:
             import_trainer_module(module)
         modules = tuple(str(Path(m).resolve()) if m.endswith(".py") else m for m in args.trainer_module)
-        plan = plan_grid(args.dataset, args.trainers, args.fractions, args.folds, _overrides(args.overrides),
+        plan = plan_grid(args.dataset, args.trainers, args.fractions, args.folds, overrides,
                          configuration=args.configuration, run_name=args.run_name)
         print(plan.describe(), flush=True)
         if args.dry_run:
