@@ -79,7 +79,7 @@ def test_holm_in_text_csv_json(results, tmp_path):
     dpo = row(table, "DPORanking", "0.2")
     assert float(lines[("DPORanking", "2d", "0.2")]["p_holm"]) == pytest.approx(dpo.paired.p_holm)
     assert lines[("SAMBoxOracle", "2d", "0.2")]["p_holm"] == ""  # the baseline's own row
-    data = json.loads((tmp_path / "summary_table.json").read_text())
+    data = json.loads((tmp_path / "summary_table.json").read_text(encoding="utf-8"))
     assert data["paired_correction"] == "holm"
     assert data["rows"][0]["paired"]["p_holm"] == pytest.approx(dpo.paired.p_holm)
 
@@ -161,7 +161,7 @@ def test_incomplete_grid_in_text_csv_json(results, sampref_roots, tmp_path):
              for r in csv.DictReader((tmp_path / "summary_table.csv").open())}
     assert [lines[("DPORanking", "2d", "1.0")][k] for k in ("complete", "missing_folds", "missing_fractions")] == [
         "false", "1;2", "0.5"]
-    data = json.loads((tmp_path / "summary_table.json").read_text())
+    data = json.loads((tmp_path / "summary_table.json").read_text(encoding="utf-8"))
     first = data["rows"][0]
     assert (first["complete"], first["missing_folds"], first["missing_fractions"]) == (False, [], ["0.5"])
     assert data["grid"]["folds"] == [0, 1, 2] and data["grid"]["complete"] is False
@@ -201,7 +201,7 @@ def test_summary_md_and_tex_hold_the_rows(results, sampref_roots, tmp_path):
     written = write_outputs(table, tmp_path)
     assert {"summary_table.md", "summary_table.tex"} <= {p.name for p in written}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    md = (tmp_path / "summary_table.md").read_text()
+    md = (tmp_path / "summary_table.md").read_text(encoding="utf-8")
     rows, head = md_rows(md)
     assert head.startswith("| Trainer | Configuration | Fraction | Folds | Pixel labels | Ratings | Unlabeled used | "
                            "Dice | IoU | ΔDice vs SAMBoxOracle | p | p (Holm) | Complete |")
@@ -214,7 +214,7 @@ def test_summary_md_and_tex_hold_the_rows(results, sampref_roots, tmp_path):
     assert "- incomplete: DPORanking 2d f1.0: 1 of 3 folds (missing fold 1, 2)" in md
     assert "- incomplete grid: SAMNoPrompt 2d__big: fraction 0.2, 1.0 not finished (finished: 0.5)" in md
 
-    tex = (tmp_path / "summary_table.tex").read_text()
+    tex = (tmp_path / "summary_table.tex").read_text(encoding="utf-8")
     assert "\\begin{tabular}{llrrrrrrrrrrl}" in tex
     assert ("DPORanking & 2d & 0.2 & 3/3 & ? & ? & ? & 0.6500 $\\pm$ 0.1000 & 0.5000 $\\pm$ 0.0000 & +0.0875 & "
             f"{dpo.paired.p_value:.4g} & {dpo.paired.p_holm:.4g} & no \\\\") in tex
@@ -235,11 +235,11 @@ def test_paper_tables_mark_oracle_and_show_hd95(sampref_roots, tmp_path):
         write_summary(folder / "validation" / "summary.json", build_summary(cases, {"lesion": 1, "cyst": 2}))
     table = build_table(scan_runs(DATASET))
     write_outputs(table, tmp_path)
-    rows, head = md_rows((tmp_path / "summary_table.md").read_text())
+    rows, head = md_rows((tmp_path / "summary_table.md").read_text(encoding="utf-8"))
     assert "| Dice | IoU | HD95 | Complete |" in head
     assert rows[0][0] == "SAMBoxOracle [oracle]" and rows[0][1] == "2d-lr_0.1%"
     assert rows[0][7:10] == ["0.5000 ± 0.0000", "0.4000 ± 0.0000", f"5.00 ± {math.sqrt(2):.2f}"]
-    tex = (tmp_path / "summary_table.tex").read_text()
+    tex = (tmp_path / "summary_table.tex").read_text(encoding="utf-8")
     assert "SAMBoxOracle [oracle] & 2d-lr\\_0.1\\% & 0.2 & 2/2 &" in tex
 
 
@@ -250,7 +250,7 @@ def test_plot_sidecars_match_the_table(results, tmp_path):
     assert {"dice_vs_fraction.png", "dice_vs_fraction.json", "dice_boxplots.png", "dice_boxplots.json"} <= written
     for name in ("dice_vs_fraction.png", "dice_boxplots.png"):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    lines = json.loads((tmp_path / "dice_vs_fraction.json").read_text())
+    lines = json.loads((tmp_path / "dice_vs_fraction.json").read_text(encoding="utf-8"))
     by_name = {s["name"]: s for s in lines["series"]}
     assert set(by_name) == {"DPORanking 2d", "SAMBoxOracle 2d", "SAMNoPrompt 2d", "SAMNoPrompt 2d__big"}
     for r in table.rows:
@@ -266,7 +266,7 @@ def test_plot_sidecars_match_the_table(results, tmp_path):
     assert len(set(at_02)) == len(at_02) == 3 and all(abs(x - 0.2) <= 0.3 * 0.3 / 2 + 1e-12 for x in at_02)
     assert lines["dodge_offsets"] == pytest.approx([-0.045, -0.015, 0.015, 0.045])
 
-    boxes = json.loads((tmp_path / "dice_boxplots.json").read_text())
+    boxes = json.loads((tmp_path / "dice_boxplots.json").read_text(encoding="utf-8"))
     assert boxes["fractions"] == [0.2, 0.5, 1.0]
     dpo = {b["fraction"]: b for b in {s["name"]: s for s in boxes["series"]}["DPORanking 2d"]["boxes"]}
     assert dpo[0.2]["values"] == pytest.approx([0.55, 0.75, 0.65])   # per-fold foreground mean, by hand
@@ -320,7 +320,8 @@ def test_cli_writes_the_whole_report(results, sampref_roots, capsys):
                  "dice_vs_fraction.png", "dice_vs_fraction.json", "dice_boxplots.png", "dice_boxplots.json"):
         assert (folder / name).is_file() and f"wrote {folder / name}" in out, name
     assert "incomplete: DPORanking 2d f1.0: 1 of 3 folds (missing fold 1, 2)" in out
-    assert "splits_final.json" in json.loads((folder / "summary_table.json").read_text())["grid"]["source"]
+    grid = json.loads((folder / "summary_table.json").read_text(encoding="utf-8"))["grid"]
+    assert "splits_final.json" in grid["source"]
 
 
 @pytest.mark.parametrize("content", [b"{", b"\xff\xfe\x00", b'{"folds": []}', b"[]", b"[1, 2]"])
