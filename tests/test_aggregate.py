@@ -75,14 +75,19 @@ def write_fold(root, trainer, configuration, fraction, fold, lesion, cyst, *, fi
     return folder
 
 
-@pytest.fixture
-def results(sampref_roots):
-    """The results tree of FOLDS plus two unfinished folds, one corrupt summary and one stray folder."""
-    root = sampref_roots["results"]
+def write_folds_tree(root):
+    """The results tree of FOLDS plus two unfinished folds of DPORanking 2d f1.0 under ``root``."""
     for (trainer, configuration, fraction, fold), (lesion, cyst) in FOLDS.items():
         write_fold(root, trainer, configuration, fraction, fold, lesion, cyst)
     write_fold(root, "DPORanking", "2d", "1.0", 1, [0.1] * 5, [0.1] * 5, final=False)
     write_fold(root, "DPORanking", "2d", "1.0", 2, [], [], summary=False)
+    return root
+
+
+@pytest.fixture
+def results(sampref_roots):
+    """The results tree of FOLDS plus two unfinished folds, one corrupt summary and one stray folder."""
+    root = write_folds_tree(sampref_roots["results"])
     bad = write_fold(root, "SAMNoPrompt", "2d", "0.2", 1, [], [], summary=False)
     (bad / "validation" / "summary.json").write_text("{")
     (root / DATASET / "old_plots").mkdir()

@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from test_aggregate import DATASET, FOLDS, row, write_fold
+from test_aggregate import DATASET, row, write_fold, write_folds_tree
 
 from sampref_bench.evaluation.aggregate import FOREGROUND, build_table, scan_runs
 from sampref_bench.evaluation.grid import GridPlan, check_grid, read_plan
@@ -22,12 +22,7 @@ NAN = math.nan
 @pytest.fixture
 def results(sampref_roots):
     """test_aggregate's FOLDS tree plus two unfinished folds of DPORanking 2d f1.0."""
-    root = sampref_roots["results"]
-    for (trainer, configuration, fraction, fold), (lesion, cyst) in FOLDS.items():
-        write_fold(root, trainer, configuration, fraction, fold, lesion, cyst)
-    write_fold(root, "DPORanking", "2d", "1.0", 1, [0.1] * 5, [0.1] * 5, final=False)
-    write_fold(root, "DPORanking", "2d", "1.0", 2, [], [], summary=False)
-    return root
+    return write_folds_tree(sampref_roots["results"])
 
 
 # ------------------------------------------------------------------------------------------------------- Holm
