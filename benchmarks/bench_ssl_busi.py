@@ -227,8 +227,8 @@ def write_report() -> None:
         head = ["trainer"]
         for fraction in fractions:
             head += [f"Dice @{fraction}", f"vs UNet @{fraction}"]
-        head += ["train s per run (" + ", ".join(f"f={f}" for f in fractions) + ")", "schedule (U-Net)",
-                 "unlabeled used"]
+        head += ["train s per run (" + ", ".join(f"f={f}" for f in fractions) + ")",
+                 "schedule (epochs x iterations x batch)", "unlabeled used"]
         info = results["machine"]
         where = (f"{info.get('gpu') or 'CPU'}, {info['cpus']} CPU cores" + (
             f"; the U-Net schedule is shortened to {results['cpu_schedule']['epochs']} x "
