@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import wilcoxon
 
-from benchmarks.report import REPO, RESULTS, machine, markdown_table, write_markdown
+from benchmarks.report import REPO, RESULTS, machine, markdown_table, set_roots, write_markdown
 
 TRAINERS = ["SAMBaseline", "SAMNoVQA", "SAMBoxOnly", "SAMTextOnly", "SAMNoPrompt", "SAMBoxOracle"]
 #: Konwer et al. 2025, Table 1 (ultrasound, Dice %): the full framework (after DPO) and its ablations, and the
@@ -41,8 +40,7 @@ PAPER_US_STAGE1 = 73.62
 
 def prepare(workdir: Path, source: Path) -> None:
     """Convert (once) and plan the full BUSI set as dataset 3 under ``workdir``."""
-    for key in ("raw", "preprocessed", "results"):
-        os.environ[f"SAMPREF_{key}"] = str(workdir / key)
+    set_roots(workdir)
     from sampref_bench.dataset_conversion.busi import convert_busi
     from sampref_bench.planners.pipeline import plan_dataset
 

@@ -37,7 +37,7 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from benchmarks.bench_prompts import case_dice, prepare, training_seconds
-from benchmarks.report import REPO, RESULTS, command_line, machine, markdown_table, write_markdown
+from benchmarks.report import REPO, RESULTS, command_line, machine, markdown_table, set_roots, write_markdown
 from sampref_bench.utilities.atomic import write_json_atomic
 
 UNET_TRAINERS = ["UNet", "MeanTeacher", "UAMT", "CPS", "FixMatch"]
@@ -49,11 +49,6 @@ TRAINERS = [*UNET_TRAINERS, "SAMPseudoLabel"]
 CPU_SCHEDULE = {"epochs": 25, "iterations_per_epoch": 50}
 #: Rows taken from dpo_busi.json (key there -> row name here) for the comparison.
 DPO_ROWS = {"SAMBaseline@0.1": ("SAMBaseline", 0.1), "SAMBaseline@0.2": ("SAMBaseline", 0.2)}
-
-
-def set_roots(workdir: Path) -> None:
-    for key in ("raw", "preprocessed", "results"):
-        os.environ[f"SAMPREF_{key}"] = str(workdir / key)
 
 
 def overrides_for(name: str, schedule: str, num_workers: int | None) -> tuple[dict[str, Any], str | None]:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import RESULTS, command_line, machine, markdown_table, write_markdown
+from benchmarks.report import RESULTS, command_line, machine, markdown_table, set_roots, write_markdown
 from sampref_bench.utilities.atomic import write_json_atomic
 
 
@@ -81,8 +81,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.no_plan:
-        for key in ("raw", "preprocessed", "results"):
-            os.environ[f"SAMPREF_{key}"] = str(args.workdir / key)
+        set_roots(args.workdir)
     else:
         from benchmarks.bench_prompts import prepare
 

@@ -71,11 +71,16 @@ def write_markdown(name: str, title: str, body: str, command: str | None = None)
     return path
 
 
+def set_roots(workdir: Path) -> None:
+    """Point the SAMPREF raw, preprocessed and results roots at ``workdir/{raw,preprocessed,results}``."""
+    for key in ("raw", "preprocessed", "results"):
+        os.environ[f"SAMPREF_{key}"] = str(workdir / key)
+
+
 def prepare_busi_subset(workdir: Path) -> None:
     """Point the SAMPREF roots at ``workdir`` and convert and plan the bundled BUSI subset there as dataset 3
     (the conversion is skipped when already there; planning skips its current steps)."""
-    for key in ("raw", "preprocessed", "results"):
-        os.environ[f"SAMPREF_{key}"] = str(workdir / key)
+    set_roots(workdir)
     from sampref_bench.dataset_conversion.busi import convert_busi
     from sampref_bench.planners.pipeline import plan_dataset
 
