@@ -69,7 +69,7 @@ def train_one(workdir: str, name: str, fold: int, fraction: float, schedule: str
 
     from sampref_bench.trainers.registry import get_trainer
 
-    if device == "cpu" and os.environ.get("SAMPREF_BENCH_THREADS"):
+    if os.environ.get("SAMPREF_BENCH_THREADS"):  # also on a GPU: --jobs processes share the machine's CPUs
         torch.set_num_threads(int(os.environ["SAMPREF_BENCH_THREADS"]))
     overrides, run_name = overrides_for(name, schedule, num_workers)
     trainer = get_trainer(name)(3, fold, fraction, device=device, overrides=overrides, progress=progress,

@@ -71,6 +71,29 @@ def test_spatial_augmentation_moves_label_with_image():
     assert moved >= 5  # the geometry really changed
 
 
+def test_elastic_skip_matches_monai_elastic():
+    """The elastic step that skips its identity resampling gives MONAI's Rand2DElasticd output, seed for seed: the
+    same items deformed, the same deformation, labels identical and images equal up to float rounding."""
+    from monai.transforms import Rand2DElasticd
+
+    rng = np.random.default_rng(0)
+    image = rng.random((1, SIZE, SIZE), dtype=np.float32)
+    label = (rng.random((1, SIZE, SIZE)) > 0.5).astype(np.float32)
+    ours = spatial_transforms(["image", "label"], ["label"], SIZE)
+    theirs = [*ours[:-1], Rand2DElasticd(["image", "label"], spacing=(SIZE // 8, SIZE // 8),
+                                         magnitude_range=(1.0, 2.0), prob=0.1, mode=["bilinear", "nearest"],
+                                         padding_mode="zeros")]
+    assert type(ours[-1]).__name__ == "ElasticWhenDrawn"
+    a, b = Augmenter(ours), Augmenter(theirs)
+    deformed = 0
+    for seed in range(60):
+        x, y = a({"image": image, "label": label}, seed), b({"image": image, "label": label}, seed)
+        assert torch.equal(x["label"], y["label"]), seed
+        torch.testing.assert_close(x["image"], y["image"], atol=1e-5, rtol=0)
+        deformed += ours[-1]._do_transform
+    assert 1 <= deformed <= 15  # p 0.1 of 60: both branches ran
+
+
 def test_fixmatch_weak_and_strong_views_share_geometry():
     image, _ = _square()
     same = WeakStrongAugmenter(weak_transforms(["image"], always=True), [])
