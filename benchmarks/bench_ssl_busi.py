@@ -112,8 +112,15 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true",
                         help="per-epoch lines of every run (a run cut off by a time limit still shows how far it got)")
     parser.add_argument("--report-only", action="store_true", help="rewrite ssl_busi.md from the JSON files")
+    parser.add_argument("--collect-partial", type=Path, default=None, metavar="RESULTS_DIR",
+                        help="write the diagnostics of unfinished runs under RESULTS_DIR (training logs, e.g. a GPU "
+                             "call's runs.tgz unpacked) to results/ssl_busi_partial_SCHEDULE.json, then the report")
+    parser.add_argument("--partial-note", default="", help="why those runs stopped (shown in the report)")
     args = parser.parse_args()
-    if args.report_only:
+    if args.collect_partial is not None:
+        collect_partial(args.collect_partial, args.schedule, RESULTS / f"ssl_busi_partial_{args.schedule}.json",
+                        args.partial_note)
+    if args.report_only or args.collect_partial is not None:
         write_report()
         return
     json_path = args.json or RESULTS / f"ssl_busi_{args.schedule}.json"
@@ -177,14 +184,63 @@ def dpo_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def collect_partial(results_dir: Path, schedule: str, out: Path, note: str = "") -> dict[str, Any]:
+    """Diagnostics of runs that stopped before their final validation (e.g. a GPU call that ran out of time):
+    per run under ``results_dir/Dataset003_BUSI``, the last epoch reached and the per-epoch monitoring Dice
+    (``val_dice`` of training_log.csv: pooled over a fixed subset of the fold's validation slices at the
+    preprocessed size; monitoring only, never used to choose anything), beside the supervised UNet's at the
+    same epoch. Runs with a result in ``ssl_busi_SCHEDULE*.json`` are left out. ``note`` explains, in the report,
+    why they stopped. Writes ``out`` and returns it."""
+    import csv
+
+    logs = {}
+    for path in sorted((results_dir / "Dataset003_BUSI").glob("*/fold_*/training_log.csv")):
+        with path.open() as handle:
+            logs[path.parent.parent.name] = list(csv.DictReader(handle))
+    finished = {run["run"].split("/")[0] for path in RESULTS.glob(f"ssl_busi_{schedule}*.json")
+                for run in json.loads(path.read_text()).get("runs", [])}
+    rows = []
+    for run, log in logs.items():
+        if run in finished:
+            continue
+        name, fraction = run.split("__")[0], run.rsplit("__f", 1)[1]
+        unet = next((v for k, v in logs.items() if k.startswith("UNet__") and k.endswith(f"__f{fraction}")), None)
+        last = int(log[-1]["epoch"])
+        rows.append({"trainer": name, "fraction": float(fraction), "run": run, "epochs_done": last,
+                     "monitor_dice": round(float(log[-1]["val_dice"]), 4),
+                     "unet_monitor_dice_same_epoch": round(float(unet[last - 1]["val_dice"]), 4)
+                     if unet and len(unet) >= last else None,
+                     "seconds_per_epoch": round(float(np.mean([float(r["seconds"]) for r in log])), 1)})
+    data = {"schedule": schedule, "source": str(results_dir), "note": note, "rows": rows}
+    write_json_atomic(out, data)
+    return data
+
+
+def partial_sections() -> list[str]:
+    """One section per ``ssl_busi_partial_*.json`` (see :func:`collect_partial`)."""
+    sections = []
+    for path in sorted(RESULTS.glob("ssl_busi_partial_*.json")):
+        data = json.loads(path.read_text())
+        rows = [[r["trainer"], f"{r['fraction']:g}", str(r["epochs_done"]), f"{r['monitor_dice']:.4f}",
+                 "-" if r["unet_monitor_dice_same_epoch"] is None else f"{r['unet_monitor_dice_same_epoch']:.4f}",
+                 f"{r['seconds_per_epoch']:.1f}"] for r in data["rows"]]
+        sections.append(
+            f"## Runs that did not finish ({path.name}, schedule `{data['schedule']}`)\n\n{data.get('note', '')}\n\n"
+            + markdown_table(["trainer", "fraction", "epochs done", "monitoring Dice at that epoch",
+                              "UNet's at the same epoch", "s per epoch"], rows))
+    return sections
+
+
 def write_report() -> None:
     """ssl_busi.md: one table per schedule present (Dice per fraction, paired against UNet), timing, data use."""
     sections = []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for schedule in ("planned", "cpu"):
-        parts = sorted(RESULTS.glob(f"ssl_busi_{schedule}*.json"))  # runs trained by separate commands
-        if not parts:
-            continue
-        loaded = [json.loads(path.read_text()) for path in parts]
+        for path in sorted(RESULTS.glob(f"ssl_busi_{schedule}*.json")):  # runs trained by separate commands
+            part = json.loads(path.read_text())
+            if "runs" in part:  # (partial-run diagnostics have no "runs")
+                groups.setdefault((schedule, part["machine"].get("gpu") or "CPU"), []).append(part)
+    for (schedule, _), loaded in groups.items():
         results = {**loaded[0], "runs": [run for part in loaded for run in part["runs"]],
                    "command": " ; ".join(dict.fromkeys(part["command"] for part in loaded))}
         runs = results["runs"] + dpo_rows()
@@ -231,6 +287,7 @@ def write_report() -> None:
             f"{results['planned']['unet_iterations_per_epoch']})" if schedule == "cpu" else ""))
         sections.append(f"## Schedule `{schedule}` ({where})\n\nCommand(s): `{results['command']}`\n\n"
                         + markdown_table(head, rows))
+    sections += partial_sections()
     short = RESULTS / "ssl_busi_short160.json"
     if short.is_file():
         runs = json.loads(short.read_text())["runs"]
@@ -244,7 +301,13 @@ def write_report() -> None:
         "fold's validation cases; 'vs UNet': paired mean difference against the supervised UNet at the same "
         "fraction (Wilcoxon signed-rank p). SAMBaseline and DPORanking rows come from dpo_busi.json (LiteMedSAM, "
         "frozen encoder, their planned schedules). 'train s': seconds in the epochs (training and per-epoch "
-        "validation), from training_log.csv.\n\n" + "\n\n".join(sections))
+        "validation), from training_log.csv.\n\n"
+        "The planned U-Net schedule (50 x 50 steps, what a GPU run would use) runs as one prepared GPU call with "
+        "`bash benchmarks/device_ssl_busi.sh` (payload and settings in its header; `SCHEDULE=cpu` for the shortened "
+        "one). With all ten runs at once on an H200 and 16 cores the call is loader-bound (unet_loader.md): an epoch "
+        "takes about 4.5 s for UNet, 8 s for MeanTeacher, CPS and FixMatch and 11 s for UAMT, so the shortened "
+        "schedule needs about 300 s and the planned one about 600 s of training.\n\n"
+        + "\n\n".join(sections))
     print(write_markdown("ssl_busi", "Semi-supervised baselines on BUSI", body,
                          "see each section's command"))
 

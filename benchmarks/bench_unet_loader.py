@@ -12,7 +12,8 @@ The loader keeps up when its batches per second exceed the step's; otherwise the
 workers (or lighter augmentation) are the fix. Runs on the CPU or, with ``--device cuda``, on a GPU.
 
 Usage: .venv/bin/python -m benchmarks.bench_unet_loader --workdir /tmp/bp/work [--device cpu] [--batches 20]
-       [--no-plan] [--json PATH]
+       [--no-plan] [--json PATH] [--label TEXT]
+       .venv/bin/python -m benchmarks.bench_unet_loader --report A.json B.json   (one table of several measurements)
 Writes benchmarks/results/unet_loader.json and unet_loader.md (or only the JSON given with --json).
 """
 
@@ -79,7 +80,14 @@ def main() -> None:
     parser.add_argument("--trainers", nargs="+", default=["UNet", "FixMatch"])
     parser.add_argument("--no-plan", action="store_true", help="use the workdir's plan as it is")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--label", default="", help="what this measurement is (stored in the JSON, shown in the table)")
+    parser.add_argument("--report", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="only write unet_loader.md from these result files")
+    parser.add_argument("--note", default="", help="with --report: a paragraph under the table")
     args = parser.parse_args()
+    if args.report:
+        write_report([json.loads(path.read_text()) for path in args.report], args.note)
+        return
     if args.no_plan:
         set_roots(args.workdir)
     else:
@@ -88,26 +96,36 @@ def main() -> None:
         prepare(args.workdir, args.source)
     workers = [0, 1, 2] + ([4] if (os.cpu_count() or 1) >= 8 else [])
     rows = [measure(name, args.device, args.batches, workers) for name in args.trainers]
-    results = {"machine": machine(), "command": command_line(), "device": args.device, "rows": rows}
+    results = {"machine": machine(), "command": command_line(), "device": args.device, "label": args.label,
+               "rows": rows}
     write_json_atomic(args.json or RESULTS / "unet_loader.json", results)
     print(json.dumps(rows, indent=1))
     if args.json is None:
-        write_report(results)
+        write_report([results])
 
 
-def write_report(results: dict[str, Any]) -> None:
-    rows = results["rows"]
-    workers = list(rows[0]["loader"])
-    table = [[r["trainer"], f"{r['batch']['labeled']} + {r['batch']['unlabeled']}",
-              *(r["loader"][n] for n in workers), r["step"], f"{r['combined']} ({r['combined_workers']} workers)",
-              "yes" if max(r["loader"].values()) >= r["step"] else "no"] for r in rows]
-    body = (f"Device: {results['device']}. Batches per second (higher is faster); fold 0, fraction 0.1 of full BUSI, "
-            "256 px slices, the plan's U-Net.\n\n"
-            + markdown_table(["trainer", "slices per batch (labeled + unlabeled)",
+def write_report(parts: list[dict[str, Any]], note: str = "") -> None:
+    """unet_loader.md: one table row per (measurement, trainer); ``parts`` are result dictionaries of
+    :func:`main`, each with its machine and an optional ``label`` (e.g. which code version was measured)."""
+    workers = list(dict.fromkeys(n for part in parts for r in part["rows"] for n in r["loader"]))
+    table = []
+    for part in parts:
+        where = f"{part['machine'].get('gpu') or 'CPU'}, {part['machine']['cpus']} cores"
+        label = f"{part.get('label', '')} ({where}, load {part['machine']['load_average'][0]:.1f})".strip()
+        for r in part["rows"]:
+            table.append([label, r["trainer"], f"{r['batch']['labeled']} + {r['batch']['unlabeled']}",
+                          *(r["loader"].get(n, "-") for n in workers), r["step"],
+                          f"{r['combined']} ({r['combined_workers']} workers)",
+                          "yes" if max(r["loader"].values()) >= r["step"] else "no"])
+    body = ("Batches per second (higher is faster); fold 0, fraction 0.1 of full BUSI, 256 px slices, the plan's "
+            "U-Net; 'step alone' runs on the measurement's device (the GPU where one is named).\n\n"
+            + markdown_table(["measurement", "trainer", "slices per batch (labeled + unlabeled)",
                               *(f"loader, {n} workers" for n in workers), "step alone", "training (loader + step)",
-                              "loader keeps up (best worker count)"], table))
-    print(write_markdown("unet_loader", "U-Net data loader against the training step", body, results["command"]))
-
+                              "loader keeps up (best worker count)"], table)
+            + (f"\n\n{note}" if note else "")
+            + "\n\nCommands: " + "; ".join(f"`{part['command']}`" for part in parts))
+    print(write_markdown("unet_loader", "U-Net data loader against the training step", body,
+                         "see the commands under the table"))
 
 if __name__ == "__main__":
     main()
