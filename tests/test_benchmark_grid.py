@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from sampref_bench.cli.benchmark import main
-from sampref_bench.grid.executors import InlineExecutor, RunCall, RunOutcome, SubmititExecutor, run_grid
+from sampref_bench.grid.executors import (
+    InlineExecutor,
+    ProcessExecutor,
+    RunCall,
+    RunOutcome,
+    SubmititExecutor,
+    run_grid,
+)
 from sampref_bench.grid.locks import RunLock, is_locked, lock_path
 from sampref_bench.grid.plan import plan_grid
 from sampref_bench.utilities.errors import SamprefError
@@ -161,6 +168,35 @@ def test_two_local_workers_train_each_run_once(tmp_path: Path, capsys: pytest.Ca
     assert "grid finished: 2 trained" in capsys.readouterr().out
     folders = spy_lines(spy)
     assert len(folders) == 2 and len(set(folders)) == 2
+
+
+def _worker_gpu(call: object) -> RunOutcome:
+    """A stand-in job: which process ran it and which GPUs it was allowed to see."""
+    import os
+    import time
+
+    time.sleep(0.3)  # long enough that both workers get jobs
+    return RunOutcome("trained", message=f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES')}")
+
+
+def test_each_local_worker_gets_its_own_gpu() -> None:
+    executor = ProcessExecutor(2, device="cpu", function=_worker_gpu, gpus=["3", "5"])
+    try:
+        handles = executor.submit([None] * 6)  # type: ignore[list-item]
+        seen: list[RunOutcome] = []
+        while len(seen) < 6:
+            seen += [outcome for _, outcome in executor.wait(handles, timeout=30)]
+            handles = [h for h in handles if not h.done()]
+    finally:
+        executor.close()
+    by_pid: dict[str, set[str]] = {}
+    for outcome in seen:
+        pid, gpu = outcome.message.split()
+        by_pid.setdefault(pid, set()).add(gpu)
+    assert all(len(gpus) == 1 for gpus in by_pid.values())  # a worker keeps its GPU
+    assert set().union(*by_pid.values()) == {"3", "5"}  # two workers, one GPU each
+    with pytest.raises(SamprefError, match="no GPU is visible"):
+        ProcessExecutor(2, device="cuda", gpus=[])
 
 
 def test_submitit_local_executor_runs_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

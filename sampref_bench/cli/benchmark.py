@@ -15,7 +15,7 @@ examples:
   sampref_benchmark -d 003 -t SAMBaseline DPORanking MeanTeacher --fractions 0.1 0.2 0.5 --folds all
   sampref_benchmark -d 003 -t SAMBaseline DPORanking --dry-run          # what would run, what is done/refused
   sampref_benchmark -d 003 -t SAMNoPrompt --folds 0 1 --set model=tiny --set epochs=1   # a quick smoke grid
-  sampref_benchmark -d 003 -t UNet MeanTeacher CPS --workers 2 --device cuda           # two local workers
+  sampref_benchmark -d 003 -t UNet MeanTeacher CPS --workers 2 --device cuda           # two local workers, one GPU each
   sampref_benchmark -d 003 -t DPORanking DPORating --executor slurm --slurm-partition gpu --slurm-gpus 1 \\
       --slurm-cpus 8 --slurm-mem 32 --slurm-time 720 --slurm-array                       # one SLURM array
 
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--executor", default="local", choices=["local", "slurm"], help="default local")
     parser.add_argument("--workers", type=int, default=1,
                         help="local: runs trained at once, each in its own process (default 1: in this process)")
+    parser.add_argument("--gpus", default=None, metavar="IDS",
+                        help="local workers with --device cuda: comma-separated GPU ids, worker k uses the k-th "
+                             "(cyclically); default: every visible GPU (CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list what would run, is done or refused; train nothing")
     parser.add_argument("--no-report", action="store_true", help="do not write the sampref_evaluate report at the end")
@@ -88,7 +91,8 @@ def make_executor(args: argparse.Namespace, dataset: str) -> Any:
                                args.slurm_time, args.slurm_array, str(logs))
         return ex.SubmititExecutor(ex.slurm_executor(options), array=args.slurm_array, poll_s=args.poll)
     if args.workers > 1:
-        return ex.ProcessExecutor(args.workers, device=args.device)
+        gpus = [item.strip() for item in args.gpus.split(",") if item.strip()] if args.gpus else None
+        return ex.ProcessExecutor(args.workers, device=args.device, gpus=gpus)
     return ex.InlineExecutor()
 
 

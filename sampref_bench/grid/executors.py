@@ -160,11 +160,36 @@ def default_start_method(device: str) -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs a worker may be given: ``CUDA_VISIBLE_DEVICES``' entries when it is set, else ``0..n-1`` for the
+    ``n`` devices torch sees (empty without CUDA)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [item.strip() for item in listed.split(",") if item.strip()]
+    import torch
+
+    return [str(k) for k in range(torch.cuda.device_count())]
+
+
+def _pin_worker_gpu(counter: Any, gpus: tuple[str, ...]) -> None:
+    """Pool initializer: the k-th worker process started sees only ``gpus[k % len(gpus)]`` (as its ``cuda:0``).
+    It runs before the worker touches CUDA, which is what makes ``CUDA_VISIBLE_DEVICES`` take effect."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+
+
 class ProcessExecutor:
-    """``workers`` processes, each training one run at a time (start method: :func:`default_start_method`)."""
+    """``workers`` processes, each training one run at a time (start method: :func:`default_start_method`).
+
+    ``gpus`` (GPU ids as ``CUDA_VISIBLE_DEVICES`` names them): worker k trains on ``gpus[k % len(gpus)]`` only, so
+    ``--workers 4`` on a 4-GPU machine puts one run on each GPU instead of four on the first. Default: with
+    ``device="cuda"``, :func:`visible_gpus`; on the CPU, none."""
 
     def __init__(self, workers: int, start_method: str | None = None, device: str = "cpu",
-                 function: Callable[[RunCall], RunOutcome] = execute_run) -> None:
+                 function: Callable[[RunCall], RunOutcome] = execute_run,
+                 gpus: list[str] | None = None) -> None:
         if workers < 1:
             raise SamprefError(f"--workers must be at least 1, got {workers}")
         start_method = start_method or default_start_method(device)
@@ -173,7 +198,14 @@ class ProcessExecutor:
             context.set_forkserver_preload(list(PRELOAD))
         self.slots = workers
         self.function = function
-        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        self.gpus = list(gpus) if gpus is not None else (visible_gpus() if device == "cuda" else [])
+        if device == "cuda" and not self.gpus:
+            raise SamprefError("--device cuda: no GPU is visible (CUDA_VISIBLE_DEVICES is empty or torch sees no "
+                               "CUDA device). Use --device cpu, or name the GPUs with --gpus.")
+        setup: dict[str, Any] = {}
+        if self.gpus:
+            setup = {"initializer": _pin_worker_gpu, "initargs": (context.Value("i", 0), tuple(self.gpus))}
+        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, **setup)
 
     def submit(self, calls: list[RunCall]) -> list[Any]:
         """One future per call."""
