@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from typing import Any
 
@@ -26,6 +27,7 @@ examples:
   sampref_train 003 UNet 0 --fraction 0.1 --device cuda --set num_workers=8  # supervised U-Net (MONAI)
   sampref_train 003 MeanTeacher 0 --fraction 0.1                      # + every unlabeled training image
   sampref_train 003 SAMPseudoLabel 0 --fraction 0.1                   # SAMBaseline self-training
+  sampref_train 003 UNet 0 --fraction 0.2 --device cuda --num-gpus 2  # one run on 2 GPUs (DDP, torchrun)
 
 The run goes to $SAMPREF_results/DatasetXXX_Name/{Trainer}__{plans}__{configuration}__f{fraction}/fold_{k}/
 with checkpoint_latest.pth (every epoch), checkpoint_final.pth, config.json, training_log.csv,
@@ -53,6 +55,11 @@ streamed by num_workers loader processes (a run-time setting: the weights do not
 semi-supervised ones and SAMPseudoLabel also read every training case of the fold without a label at this
 fraction, and the raw dataset's imagesTrUnlabeled/ images (--set use_unlabeled_images=false to leave those
 out); config.json records the pixel labels, ratings and unlabeled images each run used.
+--num-gpus N (N > 1) runs one training as N processes with DistributedDataParallel, started through torchrun
+(or joins the group when started by torchrun itself): the global batch stays the planned batch, each process
+trains on its contiguous 1/N of it (every process loads the whole batch), gradients and logged losses are
+averaged over processes, and only rank 0 writes the run folder. --device cuda puts process k on GPU k (nccl);
+--device cpu runs N CPU processes (gloo). Trainers that support it: UNet (others refuse with an error).
 Validation and prediction read images only; an oracle trainer (SAMBoxOracle: ground-truth boxes) says
 so in config.json and is marked in every table.
 """
@@ -95,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="name of this run's folder tag instead of one made from the non-default settings")
     parser.add_argument("--trainer-module", action="append", default=[],
                         help="import this module or .py file first so its trainers register")
+    parser.add_argument("--num-gpus", type=int, default=None, metavar="N",
+                        help="train as N processes with DistributedDataParallel through torchrun (GPUs with "
+                             "--device cuda, CPU processes with --device cpu); default 1, or as many as torchrun "
+                             "started")
     parser.add_argument("--list", action="store_true", help="list the available trainers and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -106,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        from sampref_bench.trainers.registry import available_trainers, get_trainer, import_trainer_module
+        from sampref_bench.trainers import distributed
+        from sampref_bench.trainers.registry import available_trainers, import_trainer_module
 
         for module in args.trainer_module:
             import_trainer_module(module)
@@ -115,6 +127,39 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.dataset is None or args.trainer is None or args.fold is None:
             parser.error("DATASET TRAINER FOLD are required (or --list)")
+        if args.num_gpus is not None and args.num_gpus < 1:
+            parser.error(f"--num-gpus must be >= 1, got {args.num_gpus}")
+        if distributed.launched_by_torchrun():  # one of torchrun's processes: join the group
+            distributed.init_from_env(args.device, args.num_gpus)
+            try:
+                return train(distributed.is_main())
+            finally:
+                distributed.teardown()
+        if args.num_gpus is not None and args.num_gpus > 1:
+            return launch(args.num_gpus)
+        return train(True)
+
+    def launch(processes: int) -> int:
+        """Check what can be checked here, then run this very command as ``processes`` torchrun processes (they
+        find torchrun's environment and join the group); torchrun's exit status."""
+        from sampref_bench.trainers import distributed
+        from sampref_bench.trainers.registry import get_trainer
+        from sampref_bench.utilities.errors import SamprefError
+
+        get_trainer(args.trainer).check_distributed(processes)
+        if args.device == "cuda":
+            import torch
+
+            if torch.cuda.device_count() < processes:
+                raise SamprefError(f"--num-gpus {processes} --device cuda, but {torch.cuda.device_count()} CUDA GPU(s) "
+                                   "are visible")
+        command = distributed.torchrun_command(processes, list(sys.argv[1:] if argv is None else argv))
+        return subprocess.call(command)
+
+    def train(report: bool) -> int:
+        """Build the trainer and run it; ``report``: print the run folder and its Dice (rank 0)."""
+        from sampref_bench.trainers.registry import get_trainer
+
         overrides = _overrides(args.overrides)
         if args.epochs is not None:
             overrides["epochs"] = args.epochs
@@ -124,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer = cls(args.dataset, args.fold, args.fraction, configuration=args.configuration, device=args.device,
                       overrides=overrides, progress=not args.no_progress, run_name=args.run_name)
         out = trainer.run_training(continue_training=args.continue_training)
+        if not report:
+            return 0
         summary = json.loads((out / "validation" / "summary.json").read_text())
         print(f"{out}\n  validation foreground mean Dice: {summary['foreground_mean'].get('Dice', float('nan')):.4f}")
         return 0

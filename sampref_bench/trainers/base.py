@@ -15,6 +15,11 @@ The loop is resumable: everything random in an epoch is drawn from generators se
 and networks, optimizers, schedulers and the torch CPU and CUDA RNG states are saved after every epoch, so a
 run killed at any point and continued ends with the same weights and metrics as one never interrupted.
 ``--continue`` refuses a run whose hyperparameters differ from the checkpoint's and names the keys.
+
+Several processes (``sampref_train --num-gpus N``, :mod:`.distributed`): a trainer that declares ``distributed =
+True`` in its own class body trains on its shard of every global batch (:meth:`BaseTrainer.shard_batch`) with its
+networks wrapped in DistributedDataParallel during the training steps; step metrics are averaged over ranks and
+only rank 0 writes. Any other trainer refuses to run in a group of more than one process.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from tqdm import tqdm
 from sampref_bench import __version__, paths
 from sampref_bench.planners.pipeline import data_folder, load_splits, signature_hash
 from sampref_bench.planners.plans import fraction_key
+from sampref_bench.trainers import distributed as ddp
 from sampref_bench.trainers.data import CaseRoles, LabelStore, PreprocessedData, case_roles, with_extra_unlabeled
 from sampref_bench.trainers.run_folder import load_checkpoint, plot_progress, run_folder, save_checkpoint, write_log
 from sampref_bench.trainers.run_identity import config_differences, run_tag, sibling_runs, validate_run_name
@@ -53,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
         raise SamprefError("--device cuda was given but no CUDA GPU is visible; use --device cpu")
     if name not in ("cpu", "cuda"):
         raise SamprefError(f"--device must be cpu or cuda, got {name!r}")
-    return torch.device(name)
+    return ddp.local_device(torch.device(name))
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
@@ -86,6 +92,9 @@ class BaseTrainer:
     schedule: ClassVar[str] = ""
     #: Hyperparameters already spelled out in the configuration name, hence not repeated in the run tag.
     named_in_configuration: ClassVar[tuple[str, ...]] = ()
+    #: True for a trainer whose ``train_step`` is correct on a shard of the batch with DDP-wrapped networks (see
+    #: :meth:`supports_distributed`: declared in the class's own body, never inherited).
+    distributed: ClassVar[bool] = False
     #: Defaults of every hyperparameter; ``config.json`` records the merged values. ``None`` in a key of
     #: :data:`PLANNED` means the plan's value.
     defaults: ClassVar[dict[str, Any]] = {
@@ -108,6 +117,20 @@ class BaseTrainer:
         """Abstract only when the class itself says so (``abstract = True`` in its own body), never inherited."""
         return bool(cls.__dict__.get("abstract", False))
 
+    @classmethod
+    def supports_distributed(cls) -> bool:
+        """True only when the class itself declares ``distributed = True``: a subclass may change ``train_step`` (a
+        loss over the whole batch, a network called other than through ``forward``), so it must vouch for itself."""
+        return bool(cls.__dict__.get("distributed", False))
+
+    @classmethod
+    def check_distributed(cls, world: int) -> None:
+        """A :class:`SamprefError` naming the trainer when it cannot train as ``world`` > 1 processes."""
+        if world > 1 and not cls.supports_distributed():
+            raise SamprefError(f"{cls.__name__} cannot train as several processes (--num-gpus {world}): its "
+                               "train_step is not written for a shard of the batch. Run it as one process; a "
+                               "subclass whose step is correct on a shard declares `distributed = True`.")
+
     def __init__(self, dataset: str | int, fold: int, fraction: float = 1.0, configuration: str = "2d",
                  device: str = "cpu", overrides: dict[str, Any] | None = None, progress: bool = True,
                  run_name: str | None = None) -> None:
@@ -127,6 +150,7 @@ class BaseTrainer:
         self.fold = int(fold)
         self.fraction = float(fraction)
         self.roles: CaseRoles = case_roles(self.splits, self.fold, self.fraction, self.budget)
+        type(self).check_distributed(ddp.world_size())
         unknown = sorted(set(overrides or {}) - set(self.defaults))
         if unknown:
             raise SamprefError(f"unknown option(s) {unknown} for {type(self).__name__}; known: {sorted(self.defaults)}")
@@ -146,6 +170,8 @@ class BaseTrainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
         self._oracle_store: LabelStore | None = None
+        #: DDP wrappers of :meth:`distributed_networks` by name (empty outside a group of several processes).
+        self.ddp_networks: dict[str, torch.nn.Module] = {}
 
     # ----------------------------------------------------------- configuration
     def resolve_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -195,6 +221,7 @@ class BaseTrainer:
             raise RuntimeError(f"{type(self).__name__}.build_networks() must return a 'network' (it predicts)")
         self.optimizers, self.schedulers = self.configure_optimizers()
         self.build_data()
+        self.prepare_distributed()
 
     @property
     def network(self) -> torch.nn.Module:
@@ -202,6 +229,28 @@ class BaseTrainer:
         if "network" not in self.networks:
             raise RuntimeError(f"{self} is not initialized: call initialize() first")
         return self.networks["network"]
+
+    def prepare_distributed(self) -> None:
+        """In a group of several processes: refuse a trainer without ``distributed = True`` or a batch that does not
+        split evenly, then wrap :meth:`distributed_networks` in DDP (which broadcasts rank 0's weights)."""
+        world = ddp.world_size()
+        self.ddp_networks = {}
+        if world == 1:
+            return
+        type(self).check_distributed(world)
+        ddp.check_divisible(int(self.config["batch_size"]), world, "the planned batch")
+        self.ddp_networks = {name: ddp.wrap(self.networks[name], self.device)
+                             for name in self.distributed_networks()}
+
+    def distributed_networks(self) -> list[str]:
+        """Networks trained by gradient in ``train_step``, wrapped in DDP in a process group (default: ``network``)."""
+        return ["network"]
+
+    def shard_batch(self, batch: Any) -> Any:
+        """This rank's part of a global batch from :meth:`train_batches` (default:
+        :func:`~sampref_bench.trainers.distributed.shard_batch`, contiguous rows of every batch tensor); the batch
+        itself outside a group."""
+        return ddp.shard_batch(batch, ddp.rank(), ddp.world_size())
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         """Every network of the trainer by name; ``"network"`` predicts. Default: :meth:`build_network` only."""
@@ -304,7 +353,8 @@ class BaseTrainer:
             "configuration_family": self.family_configuration_name(), "run_tag": self.run_tag,
             "oracle": bool(type(self).oracle),
             "plans": self.plans["plans_name"], "plans_hash": self.plans.get("inputs_hash"),
-            "budget": self.budget, "device": str(self.device), "hyperparameters": self.config,
+            "budget": self.budget, "device": str(self.device), "processes": ddp.world_size(),
+            "hyperparameters": self.config,
             "cases": {"labeled": len(self.roles.labeled), "rated": len(self.roles.rated),
                       "unlabeled": len(self.unlabeled_cases_used()), "val": len(self.roles.val)},
             "data_use": self.data_use(),
@@ -373,14 +423,20 @@ class BaseTrainer:
         if continue_training:
             path = final if final.exists() else latest
             self.restore(load_checkpoint(path), path)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.output_dir / "config.json", self.config_record())
+        ddp.barrier()  # every rank has checked the folder before rank 0 writes into it
+        main = ddp.is_main()  # only rank 0 writes
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.output_dir / "config.json", self.config_record())
         epochs = int(self.config["epochs"])
         while self.epoch < epochs:
             self._run_epoch()
-            save_checkpoint(latest, self.checkpoint_state())
-        save_checkpoint(final, self.checkpoint_state())
-        self.perform_final_validation()
+            if main:
+                save_checkpoint(latest, self.checkpoint_state())
+        if main:
+            save_checkpoint(final, self.checkpoint_state())
+            self.perform_final_validation()
+        ddp.barrier()  # no rank leaves before rank 0 has written everything
         return self.output_dir
 
     def _run_epoch(self) -> None:
@@ -389,17 +445,20 @@ class BaseTrainer:
         steps: list[dict[str, float]] = []
         lrs = {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
         desc = f"epoch {self.epoch + 1}/{self.config['epochs']}"
-        # streamed: a trainer may yield batches from a DataLoader instead of materialising the epoch
-        for batch in tqdm(self.train_batches(self.epoch), desc=desc, unit="batch", leave=False,
-                          total=int(self.config["iterations_per_epoch"]), disable=not self.progress):
-            steps.append(self.train_step(batch))
+        main = ddp.is_main()
+        # streamed: a trainer may yield batches from a DataLoader instead of materialising the epoch; in a process
+        # group every rank steps on its shard with the DDP wrappers, and the metrics are the ranks' mean
+        with ddp.swapped(self.networks, self.ddp_networks):
+            for batch in tqdm(self.train_batches(self.epoch), desc=desc, unit="batch", leave=False,
+                              total=int(self.config["iterations_per_epoch"]), disable=not (self.progress and main)):
+                steps.append(ddp.mean_metrics(self.train_step(self.shard_batch(batch)), self.device))
         for scheduler in self.schedulers.values():
             if scheduler is not None:
                 scheduler.step()
         for network in self.networks.values():
             network.eval()
-        with torch.no_grad():
-            val = self.validation_step()
+        with torch.no_grad():  # rank 0 alone: the others' rows are never written
+            val = self.validation_step() if main else {}
         self.epoch += 1
         keys = dict.fromkeys(key for step in steps for key in step)  # first-seen order
         means = {key: float(np.mean([step[key] for step in steps if key in step])) for key in keys}
@@ -411,6 +470,9 @@ class BaseTrainer:
             row.update({f"lr_{name}": value for name, value in lrs.items()})
         row["seconds"] = round(time.perf_counter() - start, 2)
         self.log.append(row)
+        if not main:
+            self.on_epoch_end(row)
+            return
         write_log(self.output_dir / "training_log.csv", self.log)
         plot_progress(self.output_dir / "progress.png", self.log,
                       f"{type(self).__name__} {self.dataset_name} fold {self.fold} f={fraction_key(self.fraction)}")

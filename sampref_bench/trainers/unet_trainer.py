@@ -61,6 +61,10 @@ class UNet(BaseTrainer):
     """Supervised MONAI 2D U-Net on the labeled slices (see the module docstring for defaults and sources)."""
 
     schedule: ClassVar[str] = "unet_"
+    #: ``--num-gpus``: each rank steps on a contiguous shard of the labeled stream; MONAI's ``DiceCELoss`` (soft
+    #: Dice per sample, cross-entropy per pixel, both averaged) is a mean over items, and instance norm needs no
+    #: batch statistics, so the DDP update equals the single-process one up to float rounding.
+    distributed: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {
         **BaseTrainer.defaults,
         # SGD as SSL4MIS's 2D baselines; poly decay with exponent 0.9 as nnU-Net (per epoch)
