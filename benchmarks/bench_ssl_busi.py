@@ -2,7 +2,8 @@
 
 Trains, per fold and fraction (pixel labels on the first fraction-f cases of the fold's permutation), the
 U-Net trainers ``UNet`` (supervised lower bound), ``MeanTeacher``, ``UAMT``, ``CPS`` and ``FixMatch`` (every
-other training case of the fold as unlabeled images) and the SAM self-training baseline ``SAMPseudoLabel``,
+other training case of the fold as unlabeled images), the SAM self-training baseline ``SAMPseudoLabel`` and its
+control ``SAMBaselineContinued`` (the same extra steps on the labeled cases only),
 and reports their validation Dice beside ``SAMBaseline`` and ``DPORanking`` from the DPO benchmark
 (``dpo_busi.json``, same workdir and splits) where it has them.
 
@@ -41,7 +42,10 @@ from benchmarks.report import REPO, RESULTS, command_line, machine, markdown_tab
 from sampref_bench.utilities.atomic import write_json_atomic
 
 UNET_TRAINERS = ["UNet", "MeanTeacher", "UAMT", "CPS", "FixMatch"]
-TRAINERS = [*UNET_TRAINERS, "SAMPseudoLabel"]
+#: SAMBaselineContinued is SAMPseudoLabel's control: stage 1 plus the same stage-2 steps on the labeled cases only
+#: (run name as in the DPO benchmark, so its 0.1 run is shared).
+TRAINERS = [*UNET_TRAINERS, "SAMPseudoLabel", "SAMBaselineContinued"]
+CONTROL_RUN_NAME = "bench-control"
 #: The shortened U-Net schedule of a 2-core CPU run (epochs, iterations per epoch); batch sizes stay planned.
 #: Half the planned 2500 steps: at 8 x 20 = 160 steps every U-Net trainer was still at the all-background
 #: solution (validation Dice 0.0; ssl_busi_short160.json), and a GPU check on the bundled subset saw the
@@ -53,6 +57,8 @@ DPO_ROWS = {"SAMBaseline@0.1": ("SAMBaseline", 0.1), "SAMBaseline@0.2": ("SAMBas
 
 def overrides_for(name: str, schedule: str, num_workers: int | None) -> tuple[dict[str, Any], str | None]:
     """Overrides and run name of one trainer under ``schedule`` (U-Net trainers only are shortened)."""
+    if name == "SAMBaselineContinued":
+        return {}, CONTROL_RUN_NAME
     if name not in UNET_TRAINERS:
         return {}, None
     extra: dict[str, Any] = {} if num_workers is None else {"num_workers": num_workers}
