@@ -274,7 +274,9 @@ def write_report() -> None:
             own = [r for r in mine if r.get("source") != "dpo_busi"]
             cells.append(" / ".join(f"{r['train_s']:.0f}" for r in own) or "(dpo_busi)")
             first = own[0] if own else None
-            steps = first["steps"] if first else {}
+            steps = dict(first["steps"]) if first else {}
+            if name in UNET_TRAINERS[1:] and steps.get("unlabeled_batch_size") is None:
+                steps["unlabeled_batch_size"] = steps.get("batch_size")  # None: the plan's batch size
             cells.append(f"{steps.get('epochs')} x {steps.get('iterations_per_epoch')} x {steps.get('batch_size')}"
                          + (f" + {steps['unlabeled_batch_size']} unl." if steps.get("unlabeled_batch_size") else "")
                          if first else "planned SAM schedule")
