@@ -35,6 +35,6 @@ SAMPREF_raw="$tmp/raw" SAMPREF_preprocessed="$tmp/preprocessed" SAMPREF_results=
 mkdir -p docs
 cp "$tmp/report/dice_vs_fraction.png" docs/busi_dice_vs_fraction.png
 cp "$tmp/report/dice_vs_fraction.json" docs/busi_dice_vs_fraction.json
-cp "$tmp/report/summary_table.md" docs/busi_summary_table.md
+sed "s#$tmp#(a copy of $work)#g" "$tmp/report/summary_table.md" > docs/busi_summary_table.md
 chmod 644 docs/busi_dice_vs_fraction.png docs/busi_dice_vs_fraction.json docs/busi_summary_table.md
 echo "wrote docs/busi_dice_vs_fraction.png, docs/busi_dice_vs_fraction.json, docs/busi_summary_table.md"
