@@ -2,7 +2,7 @@
 # The planned-schedule U-Net benchmark (bench_ssl_busi --schedule planned) as one prepared GPU-machine call.
 #
 # The GPU machine has Python, torch and numpy/scipy but no network; one call carries at most 64 MiB. The
-# payload, made here once and kept out of git (.git/info/exclude), is .devdata/:
+# payload, made here once by `bash benchmarks/make_devdata.sh WORKDIR` and kept out of git, is .devdata/:
 #   sitk.tar.xz       SimpleITK unpacked into a site folder (xz, 28 MB)
 #   *.whl             monai and segment_anything wheels
 #   busi.tar.xz       the workdir's preprocessed/Dataset003_BUSI (no embeddings) and raw labelsTr (23 MB)
