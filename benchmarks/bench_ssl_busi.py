@@ -237,6 +237,26 @@ def partial_sections() -> list[str]:
     return sections
 
 
+def control_comparison(runs: list[dict[str, Any]]) -> str:
+    """A sentence per fraction pairing SAMPseudoLabel with its extra-steps control SAMBaselineContinued, per case
+    (mean difference, Wilcoxon p), where both ran; '' otherwise."""
+    parts = []
+    for fraction in sorted({r["fraction"] for r in runs}):
+        found = {r["trainer"]: r["dice"] for r in runs if abs(r["fraction"] - fraction) < 1e-9
+                 and r["trainer"] in ("SAMPseudoLabel", "SAMBaselineContinued")}
+        if len(found) < 2:
+            continue
+        ours, control = found["SAMPseudoLabel"], found["SAMBaselineContinued"]
+        diffs = np.array([ours[c] - control[c] for c in ours if c in control])
+        diffs = diffs[np.isfinite(diffs)]
+        if len(diffs) and diffs.any():
+            parts.append(f"@{fraction:g}: {diffs.mean():+.4f} (p {wilcoxon(diffs).pvalue:.2g}, {len(diffs)} cases)")
+    if not parts:
+        return ""
+    return ("\n\nSAMPseudoLabel against its control SAMBaselineContinued (the same stage 1 and stage-2 steps, "
+            "labeled cases only), paired per case: " + "; ".join(parts) + ".")
+
+
 def write_report() -> None:
     """ssl_busi.md: one table per schedule present (Dice per fraction, paired against UNet), timing, data use."""
     sections = []
@@ -294,7 +314,7 @@ def write_report() -> None:
             f"{results['cpu_schedule']['iterations_per_epoch']} (planned: {results['planned']['unet_epochs']} x "
             f"{results['planned']['unet_iterations_per_epoch']})" if schedule == "cpu" else ""))
         sections.append(f"## Schedule `{schedule}` ({where})\n\nCommand(s): `{results['command']}`\n\n"
-                        + markdown_table(head, rows))
+                        + markdown_table(head, rows) + control_comparison(results["runs"]))
     sections += partial_sections()
     short = RESULTS / "ssl_busi_short160.json"
     if short.is_file():
