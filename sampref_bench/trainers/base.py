@@ -231,13 +231,13 @@ class BaseTrainer:
         return self.networks["network"]
 
     def prepare_distributed(self) -> None:
-        """In a group of several processes: refuse a trainer without ``distributed = True`` or a batch that does not
-        split evenly, then wrap :meth:`distributed_networks` in DDP (which broadcasts rank 0's weights)."""
+        """In a group of several processes (the constructor has refused a trainer without ``distributed = True``):
+        refuse a batch that does not split evenly, then wrap :meth:`distributed_networks` in DDP (which broadcasts
+        rank 0's weights)."""
         world = ddp.world_size()
         self.ddp_networks = {}
         if world == 1:
             return
-        type(self).check_distributed(world)
         ddp.check_divisible(int(self.config["batch_size"]), world, "the planned batch")
         self.ddp_networks = {name: ddp.wrap(self.networks[name], self.device)
                              for name in self.distributed_networks()}
@@ -470,15 +470,13 @@ class BaseTrainer:
             row.update({f"lr_{name}": value for name, value in lrs.items()})
         row["seconds"] = round(time.perf_counter() - start, 2)
         self.log.append(row)
-        if not main:
-            self.on_epoch_end(row)
-            return
-        write_log(self.output_dir / "training_log.csv", self.log)
-        plot_progress(self.output_dir / "progress.png", self.log,
-                      f"{type(self).__name__} {self.dataset_name} fold {self.fold} f={fraction_key(self.fraction)}")
-        if self.progress:
-            print(f"{desc}: loss {row['train_loss']:.4f}, val pseudo Dice {row.get('val_dice', float('nan')):.4f}, "
-                  f"{row['seconds']:.1f} s", flush=True)
+        if main:
+            write_log(self.output_dir / "training_log.csv", self.log)
+            plot_progress(self.output_dir / "progress.png", self.log,
+                          f"{type(self).__name__} {self.dataset_name} fold {self.fold} f={fraction_key(self.fraction)}")
+            if self.progress:
+                print(f"{desc}: loss {row['train_loss']:.4f}, val pseudo Dice "
+                      f"{row.get('val_dice', float('nan')):.4f}, {row['seconds']:.1f} s", flush=True)
         self.on_epoch_end(row)
 
     def perform_final_validation(self) -> dict[str, Any]:
