@@ -237,6 +237,16 @@ def partial_sections() -> list[str]:
     return sections
 
 
+def paired_difference(differences: list[float]) -> tuple[str, int]:
+    """``"+0.0123 (p 0.045)"`` (mean per-case Dice difference, Wilcoxon signed-rank p) over the finite
+    ``differences``, and their number; ``""`` when there are none or all are zero."""
+    diffs = np.asarray(differences, dtype=float)
+    diffs = diffs[np.isfinite(diffs)]
+    if not len(diffs) or not diffs.any():
+        return "", len(diffs)
+    return f"{diffs.mean():+.4f} (p {wilcoxon(diffs).pvalue:.2g})", len(diffs)
+
+
 def control_comparison(runs: list[dict[str, Any]]) -> str:
     """A sentence per fraction pairing SAMPseudoLabel with its extra-steps control SAMBaselineContinued, per case
     (mean difference, Wilcoxon p), where both ran; '' otherwise."""
@@ -247,10 +257,9 @@ def control_comparison(runs: list[dict[str, Any]]) -> str:
         if len(found) < 2:
             continue
         ours, control = found["SAMPseudoLabel"], found["SAMBaselineContinued"]
-        diffs = np.array([ours[c] - control[c] for c in ours if c in control])
-        diffs = diffs[np.isfinite(diffs)]
-        if len(diffs) and diffs.any():
-            parts.append(f"@{fraction:g}: {diffs.mean():+.4f} (p {wilcoxon(diffs).pvalue:.2g}, {len(diffs)} cases)")
+        text, count = paired_difference([ours[c] - control[c] for c in ours if c in control])
+        if text:
+            parts.append(f"@{fraction:g}: {text[:-1]}, {count} cases)")
     if not parts:
         return ""
     return ("\n\nSAMPseudoLabel against its control SAMBaselineContinued (the same stage 1 and stage-2 steps, "
@@ -286,10 +295,9 @@ def write_report() -> None:
                     cells += ["-", "-"]
                     continue
                 dice = np.mean([nanmean(r["dice"].values()) for r in at])
-                diffs = np.array([d - unet.get((r["fold"], c), np.nan) for r in at for c, d in r["dice"].items()])
-                diffs = diffs[np.isfinite(diffs)]
-                paired = (f"{diffs.mean():+.4f} (p {wilcoxon(diffs).pvalue:.2g})"
-                          if name != "UNet" and len(diffs) and diffs.any() else "-")
+                text, _ = paired_difference([d - unet.get((r["fold"], c), np.nan) for r in at
+                                             for c, d in r["dice"].items()])
+                paired = text if name != "UNet" and text else "-"
                 cells += [f"{dice:.4f}", paired]
             own = [r for r in mine if r.get("source") != "dpo_busi"]
             cells.append(" / ".join(f"{r['train_s']:.0f}" for r in own) or "(dpo_busi)")
