@@ -275,10 +275,17 @@ def write_report() -> None:
             part = json.loads(path.read_text())
             if "runs" in part:  # (partial-run diagnostics have no "runs")
                 groups.setdefault((schedule, part["machine"].get("gpu") or "CPU"), []).append(part)
+    # the SAM trainers do not depend on the U-Net schedule: a section without its own run of one shows the
+    # run of another section (same fold, same validation cases), marked with where it ran
+    sam_runs = {(run["trainer"], run["fraction"], run["fold"]): {**run, "source": f"{machine} run"}
+                for (_, machine), loaded in groups.items() for part in loaded for run in part["runs"]
+                if run["trainer"] not in UNET_TRAINERS}
     for (schedule, _), loaded in groups.items():
         results = {**loaded[0], "runs": [run for part in loaded for run in part["runs"]],
                    "command": " ; ".join(dict.fromkeys(part["command"] for part in loaded))}
-        runs = results["runs"] + dpo_rows()
+        own_keys = {(r["trainer"], r["fraction"], r["fold"]) for r in results["runs"]}
+        runs = (results["runs"] + [run for key, run in sam_runs.items() if key not in own_keys]
+                + dpo_rows())
         fractions = sorted({r["fraction"] for r in runs})
         names = list(dict.fromkeys([*TRAINERS, *(r["trainer"] for r in runs)]))
         rows = []
@@ -299,8 +306,9 @@ def write_report() -> None:
                                              for c, d in r["dice"].items()])
                 paired = text if name != "UNet" and text else "-"
                 cells += [f"{dice:.4f}", paired]
-            own = [r for r in mine if r.get("source") != "dpo_busi"]
-            cells.append(" / ".join(f"{r['train_s']:.0f}" for r in own) or "(dpo_busi)")
+            own = sorted((r for r in mine if not r.get("source")), key=lambda r: (r["fraction"], r["fold"]))
+            cells.append(" / ".join(f"{r['train_s']:.0f}" for r in own)
+                         or "(" + ", ".join(dict.fromkeys(r["source"] for r in mine)) + ")")
             first = own[0] if own else None
             steps = dict(first["steps"]) if first else {}
             if name in UNET_TRAINERS[1:] and steps.get("unlabeled_batch_size") is None:
@@ -308,14 +316,15 @@ def write_report() -> None:
             cells.append(f"{steps.get('epochs')} x {steps.get('iterations_per_epoch')} x {steps.get('batch_size')}"
                          + (f" + {steps['unlabeled_batch_size']} unl." if steps.get("unlabeled_batch_size") else "")
                          if first else "planned SAM schedule")
-            use = (first or {}).get("data_use") or {}
-            cells.append(str(use.get("unlabeled_used", "-")))
+            used = [str((r.get("data_use") or {}).get("unlabeled_used", "-"))
+                    for r in sorted(own or mine, key=lambda r: (r["fraction"], r["fold"]))]
+            cells.append(" / ".join(dict.fromkeys(used)) if len(set(used)) == 1 else " / ".join(used))
             rows.append(cells)
         head = ["trainer"]
         for fraction in fractions:
             head += [f"Dice @{fraction}", f"vs UNet @{fraction}"]
         head += ["train s per run (" + ", ".join(f"f={f}" for f in fractions) + ")",
-                 "schedule (epochs x iterations x batch)", "unlabeled used"]
+                 "schedule (epochs x iterations x batch)", "unlabeled used (per fraction)"]
         info = results["machine"]
         where = (f"{info.get('gpu') or 'CPU'}, {info['cpus']} CPU cores" + (
             f"; the U-Net schedule is shortened to {results['cpu_schedule']['epochs']} x "
@@ -340,9 +349,12 @@ def write_report() -> None:
         "validation), from training_log.csv.\n\n"
         "The planned U-Net schedule (50 x 50 steps, what a GPU run would use) runs as one prepared GPU call with "
         "`bash benchmarks/device_ssl_busi.sh` (payload and settings in its header; `SCHEDULE=cpu` for the shortened "
-        "one). With all ten runs at once on an H200 and 16 cores the call is loader-bound (unet_loader.md): an epoch "
-        "takes about 4.5 s for UNet, 8 s for MeanTeacher, CPS and FixMatch and 11 s for UAMT, so the shortened "
-        "schedule needs about 300 s and the planned one about 600 s of training.\n\n"
+        "one). On an H200 with 16 cores and `WORKERS=0` each run is bound by its own single-process loader "
+        "(unet_loader.md), not by the GPU: an epoch of 50 steps takes about 4.5 s for UNet, 8 s for MeanTeacher, "
+        "CPS and FixMatch and 11-12 s for UAMT whether 3, 8 or 10 runs share the GPU. The shortened schedule "
+        "therefore needs about 300 s of training and the planned one about 600 s, more than one session's "
+        "15 minutes of device time leaves after the shortened runs. Rows marked '(CPU run)' or '(dpo_busi)' are "
+        "SAM trainers, whose schedule does not depend on the U-Net's, run elsewhere on the same fold.\n\n"
         + "\n\n".join(sections))
     print(write_markdown("ssl_busi", "Semi-supervised baselines on BUSI", body,
                          "see each section's command"))
