@@ -9,13 +9,17 @@ set -euo pipefail
 work=${1:?usage: bash docs/make_busi_picture.sh WORKDIR [VENV]}
 venv=${2:-.venv}
 dataset=Dataset003_BUSI
-# Fold 0 of each: the baseline at 0.1 and 0.2, its extra-steps control, no prompt, pseudo-labels, the three
-# DPO trainers with their chosen defaults (DPORanking: IPO + anchor, threshold candidates), a U-Net.
+# Fold 0 of each: the baseline at 0.1 and 0.2, its extra-steps control and pseudo-labels at 0.1 and 0.2, no
+# prompt, the three DPO trainers with their chosen defaults (DPORanking: IPO + anchor, threshold candidates), a
+# U-Net and two semi-supervised U-Nets (the 2-core CPU schedule, 25 x 50 steps).
 runs=(SAMBaseline__samprefPlans__2d__f0.1 SAMBaseline__samprefPlans__2d__f0.2
-      SAMBaselineContinued__samprefPlans__2d-bench-control__f0.1 SAMNoPrompt__samprefPlans__2d__f0.1
-      SAMPseudoLabel__samprefPlans__2d__f0.1 DPORanking__samprefPlans__2d-bench-ipo-thr__f0.2
+      SAMBaselineContinued__samprefPlans__2d-bench-control__f0.1
+      SAMBaselineContinued__samprefPlans__2d-bench-control__f0.2 SAMNoPrompt__samprefPlans__2d__f0.1
+      SAMPseudoLabel__samprefPlans__2d__f0.1 SAMPseudoLabel__samprefPlans__2d__f0.2
+      DPORanking__samprefPlans__2d-bench-ipo-thr__f0.2
       DPOBestOnly__samprefPlans__2d-bench-default__f0.2 DPORating__samprefPlans__2d-bench-default__f0.2
-      UNet__samprefPlans__2d-bench-cpu25x50__f0.1)
+      UNet__samprefPlans__2d-bench-cpu25x50__f0.1 MeanTeacher__samprefPlans__2d-bench-cpu25x50__f0.1
+      CPS__samprefPlans__2d-bench-cpu25x50__f0.1)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/raw/$dataset" "$tmp/preprocessed/$dataset" "$tmp/results/$dataset"

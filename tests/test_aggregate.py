@@ -365,7 +365,7 @@ def test_plot_draws_oracle_dashed_and_labelled(marked):
     assert "DPORanking 2d" in series and "DPORanking 2d-lr0.0003" in series
     fig = figure_vs_fraction(series, "t", "Dice", dashed)
     ax = fig.axes[0]
-    assert {t.get_text() for t in ax.get_legend().get_texts()} == set(series)
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == set(series)
     styles = {line.get_label(): line.get_linestyle() for line in ax.lines}  # the data line of each series
     assert styles["SAMBoxOracle 2d (oracle)"] == "--" and styles["SAMBoxOracle 2d-lr0.001 (oracle)"] == "--"
     assert styles["DPORanking 2d"] == "-" and styles["SAMNoPrompt 2d"] == "-"

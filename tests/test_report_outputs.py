@@ -289,7 +289,41 @@ def test_vs_fraction_figure_draws_bands_dashed_oracle_and_dodged_lines():
     boxes = {"A": [(0.1, [0.4, 0.5, 0.6]), (0.5, [NAN])], "B": [(0.5, [0.7, 0.8])]}
     drawn = box_data(boxes, "t", "Dice")
     assert [len(s["boxes"]) for s in drawn["series"]] == [1, 1] and drawn["fractions"] == [0.1, 0.5]
-    assert figure_boxplots(boxes, "t", "Dice").axes[0].get_legend() is not None
+    [legend] = figure_boxplots(boxes, "t", "Dice").legends
+    assert [t.get_text() for t in legend.get_texts()] == ["A", "B"]
+
+
+@pytest.mark.parametrize("n_series", [1, 4, 9])
+def test_legends_sit_below_the_axes_and_never_cover_them(n_series):
+    """However many series, the legend is outside the axes (below them) and the axes keep their height."""
+    from matplotlib.transforms import Bbox
+
+    from sampref_bench.evaluation.plots import figure_boxplots, figure_vs_fraction
+
+    names = [f"Trainer{i} 2d-bench-a-long-configuration [saliency: dark-basin]" for i in range(n_series)]
+    series = {name: [(0.1, 0.5 + 0.01 * i, None), (0.2, 0.55, None)] for i, name in enumerate(names)}
+    boxes = {name: [(0.1, [0.4, 0.5, 0.6])] for name in names}
+    heights = []
+    for fig in (figure_vs_fraction(series, "t", "Dice"), figure_boxplots(boxes, "t", "Dice")):
+        renderer = fig.canvas.get_renderer()
+        fig.draw(renderer)  # the constrained layout runs at draw time
+        [ax], [legend] = fig.axes, fig.legends
+        assert ax.get_legend() is None
+        box, axes_box = legend.get_window_extent(renderer), ax.get_tightbbox(renderer)
+        assert [t.get_text() for t in legend.get_texts()] == names
+        assert box.y1 <= axes_box.y0 + 1  # wholly under the axes and their tick labels
+        assert Bbox.intersection(box, ax.get_window_extent(renderer)) is None
+        assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+        heights.append(ax.get_window_extent(renderer).height)
+    assert min(heights) > 250  # pixels at 100 dpi: the axes are not squeezed by a long legend
+
+
+def test_legend_columns_follow_label_width():
+    from sampref_bench.evaluation.plots import legend_columns
+
+    assert legend_columns([]) == 1
+    assert legend_columns(["UNet 2d", "CPS 2d"]) == 2  # short names: two columns
+    assert legend_columns(["x" * 120]) == 1  # one label wider than half the figure: one column
 
 
 # ------------------------------------------------------------------------------------------------------- CLI

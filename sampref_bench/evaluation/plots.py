@@ -9,6 +9,9 @@ not hide each other; the true fractions stay the tick labels.
 ``dice_boxplots.png``: for each fraction, one box per series over its per-fold values (median, quartiles,
 whiskers at 1.5 IQR as matplotlib draws them), boxes of one fraction side by side.
 
+Both put their legend below the axes, outside them, in two columns where the labels fit (one otherwise); the
+figure grows by a row's height per legend row, so a long legend never covers a point or shrinks the axes.
+
 The sidecars (``dice_vs_fraction.json``, ``dice_boxplots.json``, see :func:`vs_fraction_data` and
 :func:`box_data`) hold exactly what was drawn, per series, so tests and readers can check the figure against the
 table without reading pixels.
@@ -65,13 +68,48 @@ def vs_fraction_data(series: Mapping[str, Sequence[Point]], title: str, ylabel: 
             "band": "mean ± std over folds (no width with one fold)", "dodge_offsets": offsets, "series": drawn}
 
 
-def _new_figure() -> Figure:
+#: The figure's width (inches) and resolution (dots per inch), the legend's font size (points), the most legend
+#: entries per row below the axes and the figure height (inches) each legend row adds.
+FIGURE_WIDTH = 7.0
+DPI = 100
+LEGEND_FONT = 8
+LEGEND_COLUMNS = 2
+LEGEND_ROW_INCHES = 0.2
+
+
+def legend_columns(labels: Sequence[str]) -> int:
+    """How many legend columns fit the figure's width: :data:`LEGEND_COLUMNS` when that many of the widest label
+    (text, line handle and spacing: about 5 font sizes beside the text) fit in it, fewer otherwise, at least 1."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    if not labels:
+        return 1
+    renderer = RendererAgg(FIGURE_WIDTH * DPI, 100, DPI)
+    font = FontProperties(size=LEGEND_FONT)
+    widest = max(renderer.get_text_width_height_descent(label, font, ismath=False)[0] for label in labels)
+    column = widest + 5 * LEGEND_FONT * DPI / 72  # pixels
+    return max(1, min(LEGEND_COLUMNS, int(0.95 * FIGURE_WIDTH * DPI // column)))
+
+
+def _new_figure(labels: Sequence[str] = ()) -> Figure:
+    """A :data:`FIGURE_WIDTH`-inch-wide figure with a constrained layout, 4.5 inches tall plus room for the
+    legend of ``labels`` below the axes (:func:`_legend_below`), so the axes keep their size however many series
+    there are."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5))
+    rows = -(-len(labels) // legend_columns(labels))
+    fig = Figure(figsize=(FIGURE_WIDTH, 4.5 + LEGEND_ROW_INCHES * rows), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _legend_below(fig: Figure, handles: Sequence[Any]) -> None:
+    """The legend of ``handles`` under the axes, outside them, so it never hides a point or a box."""
+    if handles:
+        columns = legend_columns([h.get_label() for h in handles])
+        fig.legend(handles=handles, fontsize=LEGEND_FONT, loc="outside lower center", ncols=columns, frameon=False)
 
 
 def figure_vs_fraction(series: Mapping[str, Sequence[Point]], title: str, ylabel: str,
@@ -79,29 +117,30 @@ def figure_vs_fraction(series: Mapping[str, Sequence[Point]], title: str, ylabel
     """A figure with one dodged line and mean ± std band per series (see the module docstring); the line's label
     is the series name, dashed for the series in ``dashed``."""
     data = vs_fraction_data(series, title, ylabel, dashed)
-    fig = _new_figure()
+    fig = _new_figure([entry["name"] for entry in data["series"]])
     ax = fig.add_subplot()
+    handles = []
     for entry in data["series"]:
         [line] = ax.plot(entry["x"], entry["y"], marker="o", markersize=4, label=entry["name"],
                          linestyle="--" if entry["dashed"] else "-")
         ax.fill_between(entry["x"], entry["band_low"], entry["band_high"], color=line.get_color(), alpha=0.15,
                         linewidth=0)
+        handles.append(line)
     fractions = sorted({f for entry in data["series"] for f in entry["fraction"]})
     if fractions:
         ax.set_xticks(fractions)
-        ax.legend(fontsize=8, loc="best")
+    _legend_below(fig, handles)
     ax.set_xlabel(data["xlabel"])
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
 def _save(fig: Figure, path: Path, data: Mapping[str, Any]) -> Path:
     """Write ``fig`` as PNG (100 dpi) to ``path`` and ``data`` to its ``.json`` sidecar, both atomically."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=DPI)
     write_bytes_atomic(Path(path), buffer.getvalue())
     write_json_atomic(Path(path).with_suffix(".json"), data)
     return Path(path)
@@ -151,7 +190,7 @@ def figure_boxplots(boxes: Mapping[str, Sequence[Box]], title: str, ylabel: str,
     from matplotlib.patches import Patch
 
     data = box_data(boxes, title, ylabel, dashed)
-    fig = _new_figure()
+    fig = _new_figure([entry["name"] for entry in data["series"]])
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(data["series"]))]
     handles = []
@@ -170,13 +209,11 @@ def figure_boxplots(boxes: Mapping[str, Sequence[Box]], title: str, ylabel: str,
     ax.set_xticks(range(len(data["fractions"])), [f"{f:g}" for f in data["fractions"]])
     if data["fractions"]:
         ax.set_xlim(-0.6, len(data["fractions"]) - 0.4)
-    if handles:
-        ax.legend(handles=handles, fontsize=8, loc="best")
+    _legend_below(fig, handles)
     ax.set_xlabel(data["xlabel"])
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
     return fig
 
 
