@@ -318,7 +318,7 @@ def write_report() -> None:
                          if first else "planned SAM schedule")
             used = [str((r.get("data_use") or {}).get("unlabeled_used", "-"))
                     for r in sorted(own or mine, key=lambda r: (r["fraction"], r["fold"]))]
-            cells.append(" / ".join(dict.fromkeys(used)) if len(set(used)) == 1 else " / ".join(used))
+            cells.append(used[0] if len(set(used)) == 1 else " / ".join(used))
             rows.append(cells)
         head = ["trainer"]
         for fraction in fractions:

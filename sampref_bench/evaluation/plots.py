@@ -92,23 +92,23 @@ def legend_columns(labels: Sequence[str]) -> int:
     return max(1, min(LEGEND_COLUMNS, int(0.95 * FIGURE_WIDTH * DPI // column)))
 
 
-def _new_figure(labels: Sequence[str] = ()) -> Figure:
-    """A :data:`FIGURE_WIDTH`-inch-wide figure with a constrained layout, 4.5 inches tall plus room for the
-    legend of ``labels`` below the axes (:func:`_legend_below`), so the axes keep their size however many series
-    there are."""
+def _new_figure(n_legend: int, columns: int) -> Figure:
+    """A :data:`FIGURE_WIDTH`-inch-wide figure with a constrained layout, 4.5 inches tall plus room for a legend
+    of ``n_legend`` entries in ``columns`` columns below the axes (:func:`_legend_below`), so the axes keep their
+    size however many series there are."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = -(-len(labels) // legend_columns(labels))
+    rows = -(-n_legend // columns)
     fig = Figure(figsize=(FIGURE_WIDTH, 4.5 + LEGEND_ROW_INCHES * rows), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _legend_below(fig: Figure, handles: Sequence[Any]) -> None:
-    """The legend of ``handles`` under the axes, outside them, so it never hides a point or a box."""
+def _legend_below(fig: Figure, handles: Sequence[Any], columns: int) -> None:
+    """The legend of ``handles`` in ``columns`` columns under the axes, outside them, so it never hides a point
+    or a box."""
     if handles:
-        columns = legend_columns([h.get_label() for h in handles])
         fig.legend(handles=handles, fontsize=LEGEND_FONT, loc="outside lower center", ncols=columns, frameon=False)
 
 
@@ -117,7 +117,8 @@ def figure_vs_fraction(series: Mapping[str, Sequence[Point]], title: str, ylabel
     """A figure with one dodged line and mean ± std band per series (see the module docstring); the line's label
     is the series name, dashed for the series in ``dashed``."""
     data = vs_fraction_data(series, title, ylabel, dashed)
-    fig = _new_figure([entry["name"] for entry in data["series"]])
+    columns = legend_columns([entry["name"] for entry in data["series"]])
+    fig = _new_figure(len(data["series"]), columns)
     ax = fig.add_subplot()
     handles = []
     for entry in data["series"]:
@@ -129,7 +130,7 @@ def figure_vs_fraction(series: Mapping[str, Sequence[Point]], title: str, ylabel
     fractions = sorted({f for entry in data["series"] for f in entry["fraction"]})
     if fractions:
         ax.set_xticks(fractions)
-    _legend_below(fig, handles)
+    _legend_below(fig, handles, columns)
     ax.set_xlabel(data["xlabel"])
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -190,7 +191,8 @@ def figure_boxplots(boxes: Mapping[str, Sequence[Box]], title: str, ylabel: str,
     from matplotlib.patches import Patch
 
     data = box_data(boxes, title, ylabel, dashed)
-    fig = _new_figure([entry["name"] for entry in data["series"]])
+    columns = legend_columns([entry["name"] for entry in data["series"]])
+    fig = _new_figure(len(data["series"]), columns)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(data["series"]))]
     handles = []
@@ -209,7 +211,7 @@ def figure_boxplots(boxes: Mapping[str, Sequence[Box]], title: str, ylabel: str,
     ax.set_xticks(range(len(data["fractions"])), [f"{f:g}" for f in data["fractions"]])
     if data["fractions"]:
         ax.set_xlim(-0.6, len(data["fractions"]) - 0.4)
-    _legend_below(fig, handles)
+    _legend_below(fig, handles, columns)
     ax.set_xlabel(data["xlabel"])
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
