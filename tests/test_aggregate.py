@@ -16,20 +16,17 @@ from scipy.stats import wilcoxon
 
 import sampref_bench.evaluation as evaluation_package
 from sampref_bench.cli.evaluate import main as evaluate_main
-from sampref_bench.evaluation.aggregate import (
-    FOREGROUND,
+from sampref_bench.evaluation.aggregate import FOREGROUND, build_table, parse_baseline
+from sampref_bench.evaluation.data_use import DataUse, data_use_range, read_data_use
+from sampref_bench.evaluation.plots import figure_vs_fraction
+from sampref_bench.evaluation.run_scan import (
     RunConfig,
-    build_table,
-    fold_stat,
     merge_prompt_sources,
-    paired_test,
-    parse_baseline,
     parse_run_name,
     read_run_config,
     scan_runs,
 )
-from sampref_bench.evaluation.data_use import DataUse, data_use_range, read_data_use
-from sampref_bench.evaluation.plots import figure_vs_fraction
+from sampref_bench.evaluation.statistics import fold_stat, paired_test
 from sampref_bench.evaluation.summary import CaseResult, build_summary, write_summary
 from sampref_bench.evaluation.table_output import format_table, plot_series, write_outputs
 from sampref_bench.utilities.errors import SamprefError

@@ -10,9 +10,10 @@ import math
 import pytest
 from test_aggregate import DATASET, row, write_fold, write_folds_tree
 
-from sampref_bench.evaluation.aggregate import FOREGROUND, build_table, scan_runs
+from sampref_bench.evaluation.aggregate import FOREGROUND, build_table
 from sampref_bench.evaluation.grid import GridPlan, check_grid, read_plan
 from sampref_bench.evaluation.paper_tables import PaperTable, latex_escape, to_latex, to_markdown
+from sampref_bench.evaluation.run_scan import scan_runs
 from sampref_bench.evaluation.statistics import holm_adjust
 from sampref_bench.evaluation.table_output import format_table, write_outputs
 

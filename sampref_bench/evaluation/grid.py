@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from sampref_bench import paths
-from sampref_bench.evaluation.aggregate import ResultTable, RunKey, TableRow, parse_run_name
+from sampref_bench.evaluation.aggregate import ResultTable, TableRow
+from sampref_bench.evaluation.run_scan import RunKey, parse_run_name
 from sampref_bench.utilities.atomic import load_json
 from sampref_bench.utilities.errors import SamprefError
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sampref_bench import paths
-from sampref_bench.evaluation.aggregate import ResultTable, build_table, scan_runs
+from sampref_bench.evaluation.aggregate import ResultTable, build_table
+from sampref_bench.evaluation.run_scan import scan_runs
 from sampref_bench.evaluation.table_output import write_outputs
 
 

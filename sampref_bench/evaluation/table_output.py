@@ -44,11 +44,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sampref_bench.evaluation.aggregate import PAPER_METRICS, ResultTable, TableRow, merge_prompt_sources
+from sampref_bench.evaluation.aggregate import PAPER_METRICS, ResultTable, TableRow
 from sampref_bench.evaluation.data_use import DATA_USE_FIELDS, data_use_range
 from sampref_bench.evaluation.grid import GridCheck, check_grid, grid_notes
 from sampref_bench.evaluation.paper_tables import PaperTable, to_latex, to_markdown
 from sampref_bench.evaluation.plots import Box, Point, plot_boxplots, plot_vs_fraction
+from sampref_bench.evaluation.run_scan import merge_prompt_sources
 from sampref_bench.evaluation.statistics import FoldStat
 from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
 
@@ -352,7 +353,7 @@ def plot_series(table: ResultTable) -> tuple[dict[str, list[Point]], set[str]]:
     foreground mean (or the chosen label), one per (trainer, configuration[, plans]), and the names of the oracle
     lines (a line is oracle when any of its rows is; its name ends in ``(oracle)``). A line whose rows name a
     prompt source carries its mark before that (``SAMBaseline 2d [saliency: dark-basin]``; rows that disagree
-    merged as in :func:`~sampref_bench.evaluation.aggregate.merge_prompt_sources`)."""
+    merged as in :func:`~sampref_bench.evaluation.run_scan.merge_prompt_sources`)."""
     column = table.columns[-1]
     named, oracle = _series_rows(table)
     return {name: [(row.key.fraction_value, row.values[column].mean, row.values[column].std) for row in rows]
