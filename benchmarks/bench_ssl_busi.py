@@ -290,7 +290,7 @@ def write_report() -> None:
         names = list(dict.fromkeys([*TRAINERS, *(r["trainer"] for r in runs)]))
         rows = []
         for name in names:
-            mine = [r for r in runs if r["trainer"] == name]
+            mine = sorted((r for r in runs if r["trainer"] == name), key=lambda r: (r["fraction"], r["fold"]))
             if not mine:
                 continue
             cells = [name]
@@ -306,7 +306,7 @@ def write_report() -> None:
                                              for c, d in r["dice"].items()])
                 paired = text if name != "UNet" and text else "-"
                 cells += [f"{dice:.4f}", paired]
-            own = sorted((r for r in mine if not r.get("source")), key=lambda r: (r["fraction"], r["fold"]))
+            own = [r for r in mine if not r.get("source")]  # in fraction order, as mine
             cells.append(" / ".join(f"{r['train_s']:.0f}" for r in own)
                          or "(" + ", ".join(dict.fromkeys(r["source"] for r in mine)) + ")")
             first = own[0] if own else None
@@ -316,8 +316,7 @@ def write_report() -> None:
             cells.append(f"{steps.get('epochs')} x {steps.get('iterations_per_epoch')} x {steps.get('batch_size')}"
                          + (f" + {steps['unlabeled_batch_size']} unl." if steps.get("unlabeled_batch_size") else "")
                          if first else "planned SAM schedule")
-            used = [str((r.get("data_use") or {}).get("unlabeled_used", "-"))
-                    for r in sorted(own or mine, key=lambda r: (r["fraction"], r["fold"]))]
+            used = [str((r.get("data_use") or {}).get("unlabeled_used", "-")) for r in own or mine]
             cells.append(used[0] if len(set(used)) == 1 else " / ".join(used))
             rows.append(cells)
         head = ["trainer"]
