@@ -201,3 +201,59 @@ def test_semi_supervised_needs_unlabeled_images(sampref_roots):
         _trainer("MeanTeacher", dataset, fraction=1.0, use_unlabeled_images=False)
     with pytest.raises(SamprefError, match="channels"):
         _trainer("UNet", dataset, channels=[8]).architecture()
+
+
+# ------------------------------------------------------------------ UA-MT's Monte-Carlo dropout
+def test_ssl4mis_dropout_rates_per_depth():
+    from sampref_bench.trainers.ssl_trainers import ssl4mis_dropout
+
+    assert ssl4mis_dropout(5) == [0.05, 0.1, 0.2, 0.3, 0.5]
+    assert ssl4mis_dropout(3) == [0.05, 0.1, 0.5]
+    assert ssl4mis_dropout(6) == [0.05, 0.1, 0.2, 0.3, 0.3, 0.5]
+
+
+def test_encoder_dropout_sits_once_per_encoder_level_only():
+    from sampref_bench.models.unet import build_unet
+
+    arch = {"in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2],
+            "num_res_units": 2}
+    plain = build_unet(arch, 0)
+    dropped = build_unet({**arch, "encoder_dropout": [0.05, 0.1, 0.2, 0.3, 0.5]}, 0)
+    rates = {name: m.p for name, m in dropped.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0}
+    # one layer per level, in the down path (MONAI's ``SkipConnection`` nesting: ``submodule.0`` is a level's
+    # down block, the innermost ``submodule`` the bottleneck); none in an up block (index 2 of a level)
+    assert sorted(rates.values()) == [0.05, 0.1, 0.2, 0.3, 0.5]
+    assert all(".2." not in name and not name.startswith("model.2") for name in rates)
+    assert rates["model.0.conv.unit0.adn.D"] == 0.05
+    assert all(m.p == 0 for m in plain.modules() if isinstance(m, torch.nn.Dropout))
+    # dropout has no parameters: the same weights, and the same output in eval mode
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), dropped.state_dict().values()))
+    x = torch.rand(2, 1, 32, 32)
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain(x), dropped(x))
+    with pytest.raises(SamprefError, match="one rate in"):
+        build_unet({**arch, "encoder_dropout": [0.1, 0.1]}, 0)
+
+
+def test_uamt_teacher_passes_differ_without_input_noise():
+    dataset = _planned_phantoms()
+    trainer = _trainer("UAMT", dataset, noise_std=0.0, noise_bound=0.0, mc_passes=2)
+    trainer.initialize()
+    trainer.set_train_mode()
+    image = torch.rand(1, int(trainer.plans["unet"]["in_channels"]), SIZE, SIZE)
+    passes = trainer.teacher_passes(image, batch_index=0)
+    assert passes.shape[:2] == (2, 1)
+    assert not torch.allclose(passes[0], passes[1])  # dropout, not input noise, makes them differ
+    assert trainer.architecture()["encoder_dropout"] == [0.05, 0.1, 0.5]
+    # with the dropout switched off, zero input noise gives identical passes (what UAMT did before)
+    off = _trainer("UAMT", dataset, run_name="nodrop", noise_std=0.0, noise_bound=0.0, mc_passes=2,
+                   mc_dropout=[0.0, 0.0, 0.0])
+    off.initialize()
+    off.set_train_mode()
+    passes = off.teacher_passes(image, batch_index=0)
+    assert torch.equal(passes[0], passes[1])
+    # the other U-Net trainers keep MONAI's dropout 0
+    mean_teacher = _trainer("MeanTeacher", dataset)
+    mean_teacher.initialize()
+    assert all(m.p == 0 for m in mean_teacher.network.modules() if isinstance(m, torch.nn.Dropout))
+    assert "encoder_dropout" not in mean_teacher.architecture()

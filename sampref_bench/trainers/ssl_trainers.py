@@ -169,25 +169,71 @@ class MeanTeacher(SemiSupervisedUNet):
                 "consistency": float(consistency.detach()), "consistency_weight": weight, **extra}
 
 
+#: SSL4MIS's encoder dropout rates of its 2D U-Net, top level to bottleneck (``networks/unet.py``).
+SSL4MIS_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def ssl4mis_dropout(levels: int) -> list[float]:
+    """SSL4MIS's per-level encoder dropout for a U-Net of ``levels`` levels: its rates from the top down, the
+    bottleneck always at its 0.5; a deeper U-Net repeats 0.3 above the bottleneck, a shallower one drops the
+    deepest rates above it (``levels`` 3 -> 0.05, 0.1, 0.5)."""
+    if levels < 2:
+        raise SamprefError(f"a U-Net needs at least 2 levels, got {levels}")
+    above = list(SSL4MIS_DROPOUT[:-1])
+    above += [above[-1]] * max(0, levels - 1 - len(above))
+    return [*above[:levels - 1], SSL4MIS_DROPOUT[-1]]
+
+
 class UAMT(MeanTeacher):
     """Uncertainty-aware Mean Teacher (Yu et al., MICCAI 2019): the consistency is kept only where the teacher is
     certain. Uncertainty is the entropy of the mean softmax of ``mc_passes`` (T = 8, the paper's) teacher passes on
-    independently noised inputs; the threshold rises from 0.75 ln C to ln C over the run (sigmoid ramp-up; the paper's
-    schedule with its ln 2 generalized to C classes). The consistency is the class-averaged squared softmax
-    difference over the kept pixels (the paper's ``sum(mask * dist) / (2 sum(mask))`` for two classes)."""
+    independently noised inputs with Monte-Carlo dropout; the threshold rises from 0.75 ln C to ln C over the run
+    (sigmoid ramp-up; the paper's schedule with its ln 2 generalized to C classes). The consistency is the
+    class-averaged squared softmax difference over the kept pixels (the paper's ``sum(mask * dist) / (2 sum(mask))``
+    for two classes).
 
-    defaults: ClassVar[dict[str, Any]] = {**MeanTeacher.defaults, "mc_passes": 8}
+    Monte-Carlo dropout: ``mc_dropout`` (``None``: :func:`ssl4mis_dropout`, SSL4MIS's 0.05, 0.1, 0.2, 0.3, 0.5 per
+    encoder level for the planned 5 levels) puts dropout into the encoder of UAMT's U-Net, student and teacher
+    alike (the teacher is the student's EMA). As in SSL4MIS's UA-MT, the teacher runs in training mode, so its
+    target pass and its T uncertainty passes all drop out and the T passes differ even on one input; the student
+    trains with dropout and predicts without it. Only UAMT's network has dropout: the other U-Net trainers keep
+    MONAI's dropout 0 (SSL4MIS has dropout in every method's U-Net), so their rows stand as they were measured.
+    ``mc_dropout=[0, 0, 0, 0, 0]`` gives the earlier behaviour (passes that differ by input noise only).
+    """
+
+    defaults: ClassVar[dict[str, Any]] = {**MeanTeacher.defaults, "mc_passes": 8, "mc_dropout": None}
+
+    def architecture(self) -> dict[str, Any]:
+        """The U-Net arguments with the encoder dropout of ``mc_dropout``."""
+        arch = super().architecture()
+        rates = self.config["mc_dropout"]
+        arch["encoder_dropout"] = (ssl4mis_dropout(len(arch["channels"])) if rates is None
+                                   else [float(r) for r in rates])
+        return arch
+
+    def restore(self, state: dict[str, Any], path: Any) -> None:
+        """Refuse a checkpoint of a UAMT run trained before Monte-Carlo dropout (its config lacks ``mc_dropout``)."""
+        if "mc_dropout" not in state.get("config", {}):
+            raise SamprefError(f"{path} is a UAMT run trained before UAMT had Monte-Carlo dropout; it cannot be "
+                               "continued or loaded as today's UAMT. Move its run folder away and train again "
+                               "(or pass another --run-name).")
+        super().restore(state, path)
+
+    def teacher_passes(self, unlabeled: torch.Tensor, batch_index: int) -> torch.Tensor:
+        """``(T, B, C, H, W)`` softmax probabilities of the teacher's ``mc_passes`` stochastic passes (input noise
+        and, in training mode, dropout) on ``(B, C_in, H, W)`` unlabeled slices."""
+        passes = int(self.config["mc_passes"])
+        with torch.no_grad():
+            repeated = unlabeled.repeat(passes, 1, 1, 1)
+            logits = self.networks["teacher"](self.noisy(repeated, batch_index, MC_NOISE_STREAM))
+            return torch.softmax(logits, dim=1).reshape(passes, unlabeled.shape[0], *logits.shape[1:])
 
     def consistency(self, student_u: torch.Tensor, unlabeled: torch.Tensor, batch_index: int,
                     step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked squared softmax difference; also returns the share of unlabeled pixels kept."""
-        teacher = self.networks["teacher"]
-        passes = int(self.config["mc_passes"])
         with torch.no_grad():
-            target = teacher(self.noisy(unlabeled, batch_index, NOISE_STREAM))
-            repeated = unlabeled.repeat(passes, 1, 1, 1)
-            probabilities = torch.softmax(teacher(self.noisy(repeated, batch_index, MC_NOISE_STREAM)), dim=1)
-            probabilities = probabilities.reshape(passes, *target.shape)
+            target = self.networks["teacher"](self.noisy(unlabeled, batch_index, NOISE_STREAM))
+            probabilities = self.teacher_passes(unlabeled, batch_index)
             threshold = uncertainty_threshold(step, self.total_steps(), target.shape[1])
             mask = uncertainty_mask(probabilities, threshold)
         loss = masked_consistency(softmax_mse(student_u, target), mask)
