@@ -1,4 +1,5 @@
-"""SAM builders and checkpoint loading (text-prompt projection and U-Net baselines come in later issues).
+"""SAM flavours, builders and checkpoint reading; the text-prompt projection (:mod:`.text_prompt`) and the
+U-Net of the U-Net baselines (:mod:`.unet`) live beside them.
 
 Public API::
 
