@@ -92,6 +92,8 @@ def train_one(workdir: str, name: str, fold: int, fraction: float, schedule: str
             "run": f"{trainer.output_dir.parent.name}/{trainer.output_dir.name}",
             "steps": {k: hp.get(k) for k in ("epochs", "iterations_per_epoch", "batch_size", "unlabeled_batch_size")},
             "data_use": record.get("data_use"), "train_s": training_seconds(trainer.output_dir),
+            # UAMT runs since Monte-Carlo dropout record their rates (the report marks runs without them)
+            **({"encoder_dropout": record.get("architecture", {}).get("encoder_dropout")} if name == "UAMT" else {}),
             "wall_s": round(time.perf_counter() - start, 1),
             "dice": case_dice(json.loads(summary_path.read_text()))}
 
@@ -266,6 +268,17 @@ def control_comparison(runs: list[dict[str, Any]]) -> str:
             "labeled cases only), paired per case: " + "; ".join(parts) + ".")
 
 
+#: Row name of UAMT runs trained before UAMT had Monte-Carlo dropout (their records carry no encoder dropout).
+UAMT_BEFORE_DROPOUT = "UAMT (before Monte-Carlo dropout)"
+
+
+def row_name(run: dict[str, Any]) -> str:
+    """The table row of a run: its trainer, except UAMT runs without recorded encoder dropout."""
+    if run["trainer"] == "UAMT" and not run.get("encoder_dropout"):
+        return UAMT_BEFORE_DROPOUT
+    return run["trainer"]
+
+
 def write_report() -> None:
     """ssl_busi.md: one table per schedule present (Dice per fraction, paired against UNet), timing, data use."""
     sections = []
@@ -287,6 +300,7 @@ def write_report() -> None:
         runs = (results["runs"] + [run for key, run in sam_runs.items() if key not in own_keys]
                 + dpo_rows())
         fractions = sorted({r["fraction"] for r in runs})
+        runs = [{**r, "trainer": row_name(r)} for r in runs]
         names = list(dict.fromkeys([*TRAINERS, *(r["trainer"] for r in runs)]))
         rows = []
         for name in names:
@@ -311,7 +325,7 @@ def write_report() -> None:
                          or "(" + ", ".join(dict.fromkeys(r["source"] for r in mine)) + ")")
             first = own[0] if own else None
             steps = dict(first["steps"]) if first else {}
-            if name in UNET_TRAINERS[1:] and steps.get("unlabeled_batch_size") is None:
+            if (name in UNET_TRAINERS[1:] or name == UAMT_BEFORE_DROPOUT) and steps.get("unlabeled_batch_size") is None:
                 steps["unlabeled_batch_size"] = steps.get("batch_size")  # None: the plan's batch size
             cells.append(f"{steps.get('epochs')} x {steps.get('iterations_per_epoch')} x {steps.get('batch_size')}"
                          + (f" + {steps['unlabeled_batch_size']} unl." if steps.get("unlabeled_batch_size") else "")

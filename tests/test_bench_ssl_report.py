@@ -76,3 +76,16 @@ def test_report_pairs_orders_and_shares_sam_rows(results: Path) -> None:
     cpu = rows_of(cpu_section)
     assert cpu["SAMPseudoLabel"][3] == "2336"  # its own section (one fraction) shows its own time
     assert "CPS" not in cpu  # U-Net runs are never shared between schedules or machines
+
+
+def test_uamt_runs_without_monte_carlo_dropout_get_their_own_row(results: Path) -> None:
+    old = run("UAMT", 0.1, [0.5] * 6, 290, unlabeled=465)  # a record from before MC dropout: no rates
+    new = {**run("UAMT", 0.2, [0.7] * 6, 300, unlabeled=413), "encoder_dropout": [0.05, 0.1, 0.2, 0.3, 0.5]}
+    (results / "ssl_busi_cpu_gpu.json").write_text(json.dumps(part(
+        [run("UNet", 0.1, [0.6] * 6, 110), run("UNet", 0.2, [0.6] * 6, 116), old, new], "GPU X", "call")))
+    bench_ssl_busi.write_report()
+    rows = rows_of((results / "ssl_busi.md").read_text())
+    before = rows["UAMT (before Monte-Carlo dropout)"]
+    assert before[1] == "0.5000" and before[3] == "-" and before[6].endswith("+ 8 unl.")
+    assert rows["UAMT"][1] == "-" and rows["UAMT"][3] == "0.7000"
+    assert rows["UAMT"][4].startswith("+0.1000")
