@@ -4,7 +4,7 @@ U-Net of the U-Net baselines (:mod:`.unet`) live beside them.
 Public API::
 
     build_sam(flavour="litemedsam", checkpoint=None, image_size=256, device="cpu", seed=0) -> SamModel
-    model.embed(images01)                 (B, 3, S, S) in [0, 1] -> (B, 256, E, E)
+    model.embed(images01, valid_sizes)    (B, 3, S, S) in [0, 1], (B, 2) valid (h, w) px -> (B, 256, E, E)
     model.decode(embeddings, boxes=...)   -> low-res logits (B, 1, 4E, 4E), iou_pred (B, 1)
     upscale_logits(logits, size)          (B, K, L, L) -> (B, K, size, size)
 

@@ -73,6 +73,7 @@ def build_sam_architecture(
         image_size=image_size,
         input_norm=spec.input_norm,
         weights_id=_weights_id(spec, image_size, f"random-seed-{int(seed)}", arch_overrides),
+        input_convention=spec.input_convention,
     )
 
 

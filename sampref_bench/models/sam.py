@@ -10,7 +10,9 @@ vit_*, medsam,    256 -> 16 -> 64    (ViT patch 16: E = S / 16)
 sam-med2d
 ================  ==============================================================
 
-* ``embed(images01)``: (B, 3, S, S) floats in [0, 1] -> (B, 256, E, E) image embeddings.
+* ``embed(images01, valid_sizes=None)``: (B, 3, S, S) floats in [0, 1] -> (B, 256, E, E) image embeddings.
+  ``valid_sizes`` gives each image's valid (resized) region ``(h, w)`` in px at the top left; the rest is
+  padding and reaches the encoder as 0 in its input space (see :meth:`SamModel.normalize_input`).
 * ``decode(embeddings, boxes=..., points=..., extra_sparse=...)``: -> low-res mask logits
   (B, 1, L, L) (or (B, 3, L, L) with ``multimask=True``) and predicted IoU (B, 1) (or (B, 3)).
   SAM's mask decoder always upsamples the embedding grid 4x, so L = 4 E; use
@@ -31,9 +33,11 @@ import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder
 from torch import nn
 
-from sampref_bench.models.flavours import SAM_PIXEL_MEAN, SAM_PIXEL_STD, InputNorm
+from sampref_bench.models.flavours import SAM_PIXEL_MEAN, SAM_PIXEL_STD, InputNorm, input_convention_tag
 
 Points = tuple[torch.Tensor, torch.Tensor]
+#: Valid (unpadded) region of each image: (B, 2) rows ``(h, w)`` in px, a tensor or a sequence of pairs.
+ValidSizes = torch.Tensor | Sequence[Sequence[int]]
 
 
 class PerImageMaskDecoder(MaskDecoder):
@@ -98,6 +102,29 @@ def upscale_logits(low_res: torch.Tensor, size: int | Sequence[int]) -> torch.Te
     return F.interpolate(low_res, size=target, mode="bilinear", align_corners=False)
 
 
+def valid_mask(valid_sizes: ValidSizes, batch: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, 1, S, S) bool mask, True on each image's valid region ``[:h, :w]`` (the top-left ``(h, w)`` px).
+
+    Args:
+        valid_sizes: (B, 2) rows ``(h, w)`` in px, 1 <= h, w <= S (each slice's
+            :attr:`~sampref_bench.planners.transforms.SliceTransform.valid_size`).
+        batch: B, the number of images.
+        size: S, the side of the (square) input in px.
+        device: where the mask is made.
+    Raises:
+        ValueError: not B rows of two sizes, or a size outside 1..S.
+    """
+    sizes = torch.as_tensor(valid_sizes, dtype=torch.long, device=device)
+    if sizes.ndim != 2 or tuple(sizes.shape) != (batch, 2):
+        raise ValueError(f"valid_sizes must hold one (h, w) pair per image ({batch}), got shape {tuple(sizes.shape)}")
+    if bool((sizes < 1).any()) or bool((sizes > size).any()):
+        raise ValueError(f"valid sizes must lie in 1..{size} px, got {sizes.tolist()}")
+    positions = torch.arange(size, device=device)
+    rows = positions[None, :] < sizes[:, :1]  # (B, S)
+    cols = positions[None, :] < sizes[:, 1:]  # (B, S)
+    return (rows[:, :, None] & cols[:, None, :])[:, None]
+
+
 class SamModel(nn.Module):
     """A SAM network: ``image_encoder``, ``prompt_encoder`` (SAM's), ``mask_decoder`` (SAM's, batched per image).
 
@@ -107,8 +134,11 @@ class SamModel(nn.Module):
         input_norm: ``"unit"`` (encoder takes [0, 1] input) or ``"sam"`` (SAM mean/std on 0-255).
         weights_id: filename-safe identifier of the weights the model was built with, e.g.
             ``litemedsam-256-79d8c9dca6db4d69`` (flavour, S, first 16 hex digits of the checkpoint's
-            SHA-256) or ``tiny-256-random-seed-0``. Image-embedding caches use it as a key; it does
-            not change when the model is trained afterwards.
+            SHA-256) or ``tiny-256-random-seed-0``; it does not change when the model is trained afterwards.
+        input_convention: version of what the encoder receives for a given image (see
+            :mod:`sampref_bench.models.flavours`): 1 for ``unit`` flavours, 2 for ``sam`` flavours.
+        embedding_id: key of what the encoder computes from a preprocessed image: ``weights_id``, plus
+            ``-in{N}`` for input convention N > 1. Image-embedding caches use it as their folder name.
 
     The state dict uses SAM's official key layout (``image_encoder.*``, ``prompt_encoder.*``,
     ``mask_decoder.*``); the normalization constants are non-persistent buffers.
@@ -124,6 +154,7 @@ class SamModel(nn.Module):
         image_size: int,
         input_norm: InputNorm,
         weights_id: str,
+        input_convention: int = 1,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -133,6 +164,7 @@ class SamModel(nn.Module):
         self.image_size = int(image_size)
         self.input_norm: InputNorm = input_norm
         self.weights_id = weights_id
+        self.input_convention = int(input_convention)
         self.register_buffer("pixel_mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -153,36 +185,57 @@ class SamModel(nn.Module):
         return int(self.prompt_encoder.embed_dim)
 
     @property
+    def embedding_id(self) -> str:
+        """Key of image embeddings: ``weights_id`` (input convention 1) or ``{weights_id}-in{N}`` (convention N)."""
+        return f"{self.weights_id}{input_convention_tag(self.input_convention)}"
+
+    @property
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return self.pixel_mean.device
 
     # ------------------------------------------------------------------ image side
-    def normalize_input(self, images01: torch.Tensor) -> torch.Tensor:
-        """Map images in [0, 1] to what the encoder expects.
+    def normalize_input(self, images01: torch.Tensor, valid_sizes: ValidSizes | None = None) -> torch.Tensor:
+        """Map images in [0, 1] to what the encoder expects, padding included.
 
         Args:
             images01: (B, 3, S, S) float in [0, 1] (a (B, 1, S, S) grey image is repeated to 3 channels).
+            valid_sizes: (B, 2) rows ``(h, w)`` in px: image ``i``'s valid (resized) region is
+                ``[:h, :w]`` and the rest is padding, as :class:`~sampref_bench.planners.transforms.SliceTransform`
+                lays a slice out (its ``valid_size``). ``None``: every pixel is valid (no padding).
         Returns:
             (B, 3, S, S): unchanged for input norm ``unit``; ``(255 x - mean) / std`` with SAM's
-            RGB mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375) for ``sam``.
+            RGB mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375) for ``sam``. The padding
+            is 0 for every flavour, as each one's own code pads: in [0, 1] for ``unit`` (LiteMedSAM pads
+            the [0, 1] image with 0), after normalization for ``sam`` (SAM and SAM-Med2D normalize, then
+            pad with 0).
         """
         if images01.ndim != 4 or images01.shape[1] not in (1, 3):
             raise ValueError(f"expected images of shape (B, 3, S, S) or (B, 1, S, S), got {tuple(images01.shape)}")
         if images01.shape[1] == 1:
             images01 = images01.expand(-1, 3, -1, -1)
-        if self.input_norm == "unit":
-            return images01
-        return (images01 * 255.0 - self.pixel_mean) / self.pixel_std
+        normalized = images01 if self.input_norm == "unit" else (images01 * 255.0 - self.pixel_mean) / self.pixel_std
+        if valid_sizes is None:
+            return normalized
+        if images01.shape[-1] != images01.shape[-2]:
+            raise ValueError(f"valid_sizes needs square images, got {tuple(images01.shape[-2:])}")
+        mask = valid_mask(valid_sizes, images01.shape[0], images01.shape[-1], images01.device)
+        return normalized.masked_fill(~mask, 0.0)
 
-    def embed(self, images01: torch.Tensor) -> torch.Tensor:
-        """Image embeddings (B, 256, E, E) of (B, 3, S, S) images in [0, 1] (S = ``image_size``)."""
+    def embed(self, images01: torch.Tensor, valid_sizes: ValidSizes | None = None) -> torch.Tensor:
+        """Image embeddings (B, 256, E, E) of (B, 3, S, S) images in [0, 1] (S = ``image_size``).
+
+        ``valid_sizes``: (B, 2) rows ``(h, w)`` in px of each image's valid region (the rest is padding that
+        reaches the encoder as 0, see :meth:`normalize_input`); ``None`` treats every pixel as valid. Callers
+        feeding preprocessed slices pass their ``SliceTransform.valid_size``
+        (:func:`sampref_bench.planners.embedding_cache.embed_slices` does).
+        """
         if tuple(images01.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(
                 f"{self.flavour} model was built for {self.image_size} px input, got images of size "
                 f"{tuple(images01.shape[-2:])}; resize them (the planner's model input size) or rebuild the model"
             )
-        return self.image_encoder(self.normalize_input(images01))
+        return self.image_encoder(self.normalize_input(images01, valid_sizes))
 
     # ------------------------------------------------------------------ prompt side
     def encode_prompts(
@@ -287,9 +340,10 @@ class SamModel(nn.Module):
         extra_sparse: torch.Tensor | None = None,
         multimask: bool = False,
         mask_inputs: torch.Tensor | None = None,
+        valid_sizes: ValidSizes | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``decode(embed(images01), ...)``: (B, 3, S, S) in [0, 1] -> logits (B, K, L, L), iou (B, K)."""
-        return self.decode(self.embed(images01), boxes=boxes, points=points, extra_sparse=extra_sparse,
+        """``decode(embed(images01, valid_sizes), ...)``: (B, 3, S, S) in [0, 1] -> logits (B, K, L, L), iou (B, K)."""
+        return self.decode(self.embed(images01, valid_sizes), boxes=boxes, points=points, extra_sparse=extra_sparse,
                            multimask=multimask, mask_inputs=mask_inputs)
 
     # ------------------------------------------------------------------ utilities
@@ -310,5 +364,6 @@ class SamModel(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"flavour={self.flavour!r}, image_size={self.image_size}, embedding_size={self.embedding_size}, "
-            f"input_norm={self.input_norm!r}, weights_id={self.weights_id!r}"
+            f"input_norm={self.input_norm!r}, input_convention={self.input_convention}, "
+            f"weights_id={self.weights_id!r}"
         )

@@ -267,7 +267,14 @@ def make_plans(dataset_json: dict[str, Any], fingerprint: dict[str, Any], *, ima
                                      "probabilities bilinear), restack slices along slicing_axis"}
     reasons["transform"] = ("SAM-style: the longest side is resized to image_size keeping the aspect ratio and the "
                             "rest padded, so objects are not distorted; nearest-exact label resizing makes the "
-                            "inverse exact whenever a slice is enlarged")
+                            "inverse exact whenever a slice is enlarged. The padding reaches every image encoder "
+                            "as 0 in its input space, as each flavour's own code pads: after the mean/std "
+                            "normalization for SAM (vit_*) and SAM-Med2D, in [0, 1] for LiteMedSAM, MedSAM and "
+                            "tiny. One transform serves every flavour (prompts, labels and the inverse share it); "
+                            "this deviates from two flavours' own geometry: MedSAM's inference resizes straight to "
+                            "1024 x 1024, and SAM-Med2D resizes straight to 256 x 256 (nearest-neighbour, aspect "
+                            "ratio not kept; its data loaders instead pad images smaller than 256 on both sides, "
+                            "centred, with 0 after normalization)")
     plans["batch_size"] = BATCH_SIZE
     reasons["batch_size"] = (f"{BATCH_SIZE} slices per step at every fraction: {BATCH_SIZE} slices at {image_size} px "
                              "keep CPU decoder steps short and fit a 16 GB GPU; the batch counts slices, not cases, "

@@ -6,6 +6,13 @@ training pipeline do. Images use bilinear interpolation (anti-aliased when shrin
 half-pixel nearest neighbour (``nearest-exact``), which makes ``inverse(forward(label)) == label``
 exactly whenever the slice is enlarged or kept at its size.
 
+The padding is 0 in the stored [0, 1] image. :attr:`SliceTransform.valid_size` (the resized region) tells the
+model which pixels are padding, so that each SAM flavour's encoder receives the padding value of its own code
+(0 after SAM's mean/std normalization for SAM and SAM-Med2D, 0 in [0, 1] for LiteMedSAM and MedSAM; see
+:meth:`sampref_bench.models.sam.SamModel.normalize_input`). One transform serves every flavour; where a
+flavour's own code lays images out differently (MedSAM and SAM-Med2D resize straight to a square) the plan's
+``reasons["transform"]`` says so (:mod:`sampref_bench.models.flavours` has the details).
+
 Resizing calls ``torch.nn.functional.interpolate`` directly (with torch's built-in ``antialias`` filter when
 shrinking) rather than MONAI's ``Resize``: importing MONAI costs several seconds of CPU in every
 preprocessing worker, more than the work itself on small datasets (``benchmarks/bench_plan.py``).
@@ -57,6 +64,11 @@ class SliceTransform:
     def from_dict(cls, data: dict) -> SliceTransform:
         """Inverse of :meth:`to_dict`."""
         return cls(tuple(data["original"]), tuple(data["resized"]), int(data["image_size"]))
+
+    @property
+    def valid_size(self) -> tuple[int, int]:
+        """``(h, w)`` px of the valid (resized) region at the top left of the ``(S, S)`` slice; the rest is padding."""
+        return (int(self.resized[0]), int(self.resized[1]))
 
     @property
     def scale(self) -> float:

@@ -25,7 +25,7 @@ from monai.losses import DiceFocalLoss
 from torchvision.ops import masks_to_boxes
 
 from sampref_bench.evaluation.metrics import confusion_per_label, overlap_scores
-from sampref_bench.planners.embedding_cache import EmbeddingCache
+from sampref_bench.planners.embedding_cache import EmbeddingCache, embed_slices
 from sampref_bench.planners.preprocessing import from_slices
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer, epoch_generator, seeded_passes
@@ -81,10 +81,13 @@ class SAMTrainer(BaseTrainer):
         return {**config, "model": resolve_flavour(config["model"]).name}
 
     def base_configuration_name(self) -> str:
-        """``2d`` for LiteMedSAM with a frozen encoder; other models and an unfrozen encoder are named."""
+        """``2d`` for LiteMedSAM with a frozen encoder; other models (by their flavour identity, e.g. ``2d-tiny``,
+        ``2d-vit_b-in2``) and an unfrozen encoder are named."""
+        from sampref_bench.models import resolve_flavour
+
         name = self.configuration
         if self.config["model"] != "litemedsam":
-            name += f"-{self.config['model']}"
+            name += f"-{resolve_flavour(self.config['model']).identity}"
         if not self.config["freeze_image_encoder"]:
             name += "-unfrozen"
         return name
@@ -191,8 +194,7 @@ class SAMTrainer(BaseTrainer):
         if self.cache is not None:
             arrays = [self.cache.get(s.case, s.slice) for s in samples]
             return torch.from_numpy(np.stack(arrays).astype(np.float32)).to(self.device)
-        images = np.concatenate([self.data.rgb(s.case, [s.slice]) for s in samples])
-        return self.network.embed(torch.from_numpy(images).to(self.device))
+        return embed_slices(self.network, self.data, [(s.case, s.slice) for s in samples], self.device)
 
     def targets(self, samples: list[Sample]) -> torch.Tensor:
         """``(B, 1, S, S)`` float binary masks of each training sample's label (labeled cases only)."""
