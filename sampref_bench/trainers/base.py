@@ -27,7 +27,7 @@ from __future__ import annotations
 import platform
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -172,6 +172,9 @@ class BaseTrainer:
         self._oracle_store: LabelStore | None = None
         #: DDP wrappers of :meth:`distributed_networks` by name (empty outside a group of several processes).
         self.ddp_networks: dict[str, torch.nn.Module] = {}
+        #: Called with each epoch's log row on rank 0, after :meth:`on_epoch_end` (``sampref_benchmark`` prints a
+        #: line per epoch through one); an observer, not a hook to change training.
+        self.epoch_callbacks: list[Callable[[dict[str, Any]], None]] = []
 
     # ----------------------------------------------------------- configuration
     def resolve_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -478,6 +481,9 @@ class BaseTrainer:
                 print(f"{desc}: loss {row['train_loss']:.4f}, val pseudo Dice "
                       f"{row.get('val_dice', float('nan')):.4f}, {row['seconds']:.1f} s", flush=True)
         self.on_epoch_end(row)
+        if main:
+            for callback in self.epoch_callbacks:
+                callback(row)
 
     def perform_final_validation(self) -> dict[str, Any]:
         """Predict every validation case in original geometry, write it and ``validation/summary.json``."""
