@@ -1,7 +1,11 @@
 """Reading SAM checkpoints safely, fitting them to the model's input size, and explaining mismatches.
 
-* :func:`read_state_dict` loads with ``torch.load(map_location="cpu", weights_only=True)`` and turns a
-  missing, corrupt or unsafe file into a :class:`SamprefError` that names the file and the fix.
+* :func:`read_state_dict` loads with ``torch.load(map_location="cpu", weights_only=True)``. A file that
+  also pickles Python objects (SAM-Med2D saves its ``torch.optim.Adam`` object beside ``model``) is
+  read again without running them: every global outside a small allowlist of torch's tensor rebuild
+  functions, storage types, dtypes and ``collections.OrderedDict`` becomes an inert stub, and only the
+  tensors of the state dict are kept. A missing or corrupt file, or one whose weights cannot be
+  recovered that way, becomes a :class:`SamprefError` that names the file, the global and the fix.
 * :func:`fit_state_dict` interpolates a ViT's absolute position embedding (1, 64, 64, C at 1024 px)
   and its global-attention relative position tables (127, C/heads at 1024 px) to the model's grid
   (16x16 and 31 at 256 px), bilinearly with ``align_corners=False`` as SAM-Med2D does.
@@ -11,14 +15,18 @@
 
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
+import functools
 import hashlib
 import pickle
 import re
 import warnings
+import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +38,11 @@ from sampref_bench.utilities.errors import SamprefError
 _NESTING_KEYS = ("model", "state_dict", "model_state_dict", "network_weights", "weights")
 _REL_POS_KEY = re.compile(r"(^|\.)image_encoder\.blocks\.\d+\.attn\.rel_pos_[hw]$")
 _POS_EMBED_KEY = re.compile(r"(^|\.)image_encoder\.pos_embed$")
+#: How torch's weights_only unpickler names the global it refused (not allowlisted, or its module blocked).
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) (?:was not an allowed global|whose module [\w.]+ is blocked)")
 _digest_cache: dict[tuple[str, int, int], str] = {}
+#: Modules whose globals a refusal never suggests allowlisting (torch blocks the first four outright).
+_NEVER_ALLOWLIST = frozenset({"os", "posix", "nt", "sys", "builtins", "subprocess"})
 
 
 # ---------------------------------------------------------------------------- files
@@ -53,11 +65,20 @@ def read_state_dict(path: str | Path, flavour: str = "SAM") -> dict[str, torch.T
 
     Accepts a bare state dict (official SAM, MedSAM, LiteMedSAM) or one nested under ``model``,
     ``state_dict``, ``model_state_dict``, ``network_weights`` or ``weights`` (SAM-Med2D, training
-    checkpoints); a ``module.`` prefix (DataParallel/DDP) is removed. ``flavour`` only words errors.
+    checkpoints); a ``module.`` prefix (DataParallel/DDP) is removed. Tensors keep the shapes and
+    dtypes they were saved with. ``flavour`` only words errors.
+
+    The file is first read with ``torch.load(weights_only=True)``. Only if that refuses a global
+    (SAM-Med2D's release pickles its whole ``torch.optim.Adam`` object) is it read a second time
+    with a pickle reader that never imports or calls what the file names: tensors are rebuilt by
+    torch's own rebuild functions, everything else is an inert stub, and a ``UserWarning`` lists the
+    stubbed globals. Only the tensors of the state dict are returned then, detached (no hooks or
+    attributes the pickle may have set).
 
     Raises:
-        SamprefError: the file is missing, is not a PyTorch checkpoint, holds Python objects that
-            ``weights_only`` loading refuses, or holds no tensors.
+        SamprefError: the file is missing, is not a PyTorch checkpoint, holds no tensors, or needs a
+            stubbed global for its weights themselves (or is not in ``torch.save``'s zip format) so
+            they cannot be recovered without running the pickle.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -69,13 +90,9 @@ def read_state_dict(path: str | Path, flavour: str = "SAM") -> dict[str, torch.T
             warnings.simplefilter("ignore", UserWarning)
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        if unsafe:
-            raise SamprefError(
-                f"{path} stores a Python object ({unsafe.group(1)}) besides its weights, and sampref only loads "
-                "checkpoints with torch.load(weights_only=True). If you trust the file, re-save just the weights: "
-                f"torch.save(torch.load('{path}', weights_only=False)['model'], 'weights_only.pth')"
-            ) from None
+        refused = _REFUSED_GLOBAL.search(str(error))
+        if refused:
+            return _read_with_stubs(path, refused.group(1))
         raise _not_a_checkpoint(path, flavour) from None
     except Exception:  # torch reports corrupt files with many exception types
         raise _not_a_checkpoint(path, flavour) from None
@@ -90,15 +107,21 @@ def _not_a_checkpoint(path: Path, flavour: str) -> SamprefError:
     )
 
 
+def _unrecoverable(path: Path, name: str, problem: str, allowlist: bool = True) -> SamprefError:
+    """The refusal of a file whose weights need the global(s) ``name``; ``allowlist`` offers torch's allowlist."""
+    fix = "ask the file's authors for plain tensors (a file saved with torch.save(model.state_dict(), path))"
+    if allowlist and name.split(".")[0] not in _NEVER_ALLOWLIST:
+        fix += (f", or, if you trust the code that defines {name}, allowlist it with "
+                f"torch.serialization.add_safe_globals([{name}]) before loading")
+    return SamprefError(
+        f"{path} {problem}. sampref never imports or runs the Python objects a checkpoint pickles, so these "
+        f"weights cannot be recovered. Fix: {fix}"
+    )
+
+
 def extract_state_dict(loaded: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Find the ``{name: tensor}`` mapping in what ``torch.load`` returned (see :func:`read_state_dict`)."""
-    for _ in range(3):  # unwrap {"model": {...}} and the like, at most three levels deep
-        if not isinstance(loaded, Mapping) or _is_tensor_mapping(loaded):
-            break
-        nested = next((loaded[k] for k in _NESTING_KEYS if isinstance(loaded.get(k), Mapping)), None)
-        if nested is None:
-            break
-        loaded = nested
+    loaded, _ = _locate_state_dict(loaded)
     state = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)} if isinstance(loaded, Mapping) else {}
     if not state:
         kind = type(loaded).__name__
@@ -110,6 +133,185 @@ def extract_state_dict(loaded: Any, source: str = "checkpoint") -> dict[str, tor
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
+
+
+def _locate_state_dict(loaded: Any) -> tuple[Any, list[str]]:
+    """The object the weights are read from, and the nesting keys leading to it (``[]``: the top level)."""
+    keys: list[str] = []
+    for _ in range(3):  # unwrap {"model": {...}} and the like, at most three levels deep
+        if not isinstance(loaded, Mapping) or _is_tensor_mapping(loaded):
+            break
+        nested = next((k for k in _NESTING_KEYS if isinstance(loaded.get(k), Mapping)), None)
+        if nested is None:
+            break
+        loaded = loaded[nested]
+        keys.append(nested)
+    return loaded, keys
+
+
+# ---------------------------------------------------------------------------- reading without running the pickle
+class _Stub:
+    """Inert stand-in for a global a checkpoint names: built, called, filled or given state, it does nothing.
+
+    One subclass per global (``global_name``); its instances keep nothing of what the pickle passes them.
+    """
+
+    global_name: ClassVar[str] = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Stub:  # any construction is accepted
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Stub:
+        return type(self)()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+    def add(self, item: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<inert stub for {self.global_name}>"
+
+
+@functools.cache
+def _allowed_globals() -> dict[str, Any]:
+    """The globals a stubbing read resolves to real objects: what rebuilding plain tensors needs, nothing more."""
+    allowed: dict[str, Any] = {
+        "collections.OrderedDict": OrderedDict,
+        "torch.Size": torch.Size,
+        "torch.device": torch.device,
+        "torch.UntypedStorage": torch.UntypedStorage,
+        "torch.storage.UntypedStorage": torch.UntypedStorage,
+    }
+    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+                 "_rebuild_parameter_with_state"):
+        function = getattr(torch._utils, name, None)
+        if function is not None:
+            allowed[f"torch._utils.{name}"] = function
+    allowed.update({f"torch.{name}": value for name, value in vars(torch).items() if isinstance(value, torch.dtype)})
+    return allowed
+
+
+class _StubbingUnpickler(pickle.Unpickler):
+    """``find_class`` returns an allowlisted torch object or an inert :class:`_Stub` subclass; it never imports.
+
+    Legacy storage types (``torch.FloatStorage`` ...) never reach it: ``torch.load`` maps them itself.
+    """
+
+    stubs: ClassVar[dict[str, type[_Stub]]] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol 2 spells Python 3's names the Python 2 way
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        full_name = f"{module}.{name}"
+        allowed = _allowed_globals().get(full_name)
+        if allowed is not None:
+            return allowed
+        if full_name not in self.stubs:
+            self.stubs[full_name] = type(f"Stub[{full_name}]", (_Stub,), {"global_name": full_name})
+        return self.stubs[full_name]
+
+
+class _StubbingPickleModule:
+    """What ``torch.load(pickle_module=...)`` uses of a pickle module, reading through :class:`_StubbingUnpickler`.
+
+    ``stubs`` collects, per instance, the globals the file named that were stubbed.
+    """
+
+    __name__ = "sampref_stubbing_pickle"
+
+    def __init__(self) -> None:
+        self.stubs: dict[str, type[_Stub]] = {}
+        self.Unpickler = type("Unpickler", (_StubbingUnpickler,), {"stubs": self.stubs})
+
+    def load(self, file: IO[bytes], **kwargs: Any) -> Any:
+        return self.Unpickler(file, **kwargs).load()
+
+
+def _is_torch_zip(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.save`` zip archive (not the legacy format, not TorchScript)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("data.pkl") for n in names) and not any(n.endswith("constants.pkl") for n in names)
+
+
+def _read_with_stubs(path: Path, refused: str) -> dict[str, torch.Tensor]:
+    """Second reading of a file ``weights_only`` refused (for ``refused``): stubs for every other global."""
+    if not _is_torch_zip(path):
+        # torch.load(weights_only=False) would run TorchScript archives and legacy tar containers' hooks.
+        raise _unrecoverable(path, refused, f"pickles a {refused} object besides its weights and is not a "
+                             "torch.save zip archive (legacy format or TorchScript), which cannot be read safely")
+    reader = _StubbingPickleModule()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            loaded = torch.load(path, map_location="cpu", weights_only=False, pickle_module=reader)
+    except Exception as error:  # an allowlisted rebuild function was handed a stub, or the file is corrupt
+        names = ", ".join(sorted(reader.stubs)) or refused
+        raise _unrecoverable(path, names, "cannot rebuild its tensors once the globals it names are replaced by "
+                             f"inert stubs ({type(error).__name__}: {error})") from None
+    node, keys = _locate_state_dict(loaded)
+    prefix = "".join(f"[{k!r}]" for k in keys)
+    where = prefix or "the top level"
+    if isinstance(node, Mapping):  # {"model": <a pickled nn.Module>}: the state dict itself is an object
+        nested = next((k for k in _NESTING_KEYS if isinstance(node.get(k), _Stub)), None)
+        if nested is not None:
+            node, where = node[nested], f"{prefix}[{nested!r}]"
+    if isinstance(node, _Stub):
+        problem = (f"holds a pickled {node.global_name} object at {where} instead of a state dict (e.g. a whole "
+                   "model saved with torch.save(model))")
+        raise _unrecoverable(path, node.global_name, problem, allowlist=False)
+    found = _find_stub(node)
+    if found is not None:
+        position, stub = found
+        raise _unrecoverable(path, stub.global_name, f"has a pickled {stub.global_name} object among the weights "
+                             f"it would keep, at {prefix + position}")
+    state = {k: v.detach() for k, v in extract_state_dict(loaded, source=str(path)).items()}
+    warnings.warn(
+        f"{path} pickles Python objects besides its weights ({', '.join(sorted(reader.stubs))}); sampref read them "
+        f"as inert stubs without importing or running them and dropped them, keeping the {len(state)} tensors "
+        f"at {where}",
+        UserWarning,
+        stacklevel=3,
+    )
+    return state
+
+
+def _find_stub(root: Any) -> tuple[str, _Stub | type[_Stub]] | None:
+    """The first stub (instance or class) among the keys and values of the containers under ``root``, with its
+    position (``['key'][0]``...), or None. Iterative, so a deeply nested pickle cannot exhaust the stack."""
+    pending: list[tuple[str, Any]] = [("", root)]
+    seen: set[int] = set()
+    while pending:
+        position, item = pending.pop()
+        if isinstance(item, _Stub) or (isinstance(item, type) and issubclass(item, _Stub)):
+            return position, item
+        if id(item) in seen or not isinstance(item, Mapping | list | tuple | set | frozenset):
+            continue
+        seen.add(id(item))
+        if isinstance(item, Mapping):
+            for key, value in item.items():
+                pending += [(f"{position}[{key!r}]", key), (f"{position}[{key!r}]", value)]
+        else:
+            pending += [(f"{position}[{index}]", value) for index, value in enumerate(item)]
+    return None
 
 
 def _is_tensor_mapping(mapping: Mapping) -> bool:
