@@ -122,3 +122,43 @@ def test_file_annotator_refuses_changed_candidates_and_rankings_for_ratings(tmp_
     assert "candidates changed" in str(err.value) and "DPORating needs ratings" in str(err.value)
     with pytest.raises(SamprefError, match="not a sampref preferences file"):
         FileAnnotator(_write(tmp_path / "q.json", [], format="other"))
+
+
+def _rated(case, ratings):
+    return {"case": case, "slice": 0, "label": 1, "ratings": ratings, "ranking": None}
+
+
+def test_file_annotator_reads_ratings_on_the_files_scale(tmp_path):
+    cands = _candidates()
+    s = Sample("a", 0, 1)
+    five = FileAnnotator(_write(tmp_path / "five.json", [_rated("a", [5, 4, 3, 1])], scale=5))
+    five.check({s: cands})
+    got = five.annotate(s, cands)
+    assert five.scale == 5 and got.scale == 5 and got.ratings.tolist() == [5, 4, 3, 1]
+    three = FileAnnotator(_write(tmp_path / "three.json", [_rated("a", [3, 2, 2, 1])], scale=3))
+    three.check({s: cands})
+    assert three.annotate(s, cands).scale == 3
+    # a file of rankings needs no scale
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps({"format": FORMAT, "entries": [
+        {"case": "a", "slice": 0, "label": 1, "ratings": None, "ranking": [0, 1, 2, 3]}]}))
+    FileAnnotator(path).check({s: cands})
+
+
+@pytest.mark.parametrize(("scale", "ratings", "needle"), [
+    (5, [6, 4, 3, 1], "rating(s) [6] out of range 1..5"),
+    (3, [4, 3, 2, 1], "rating(s) [4] out of range 1..3"),
+    (None, [3, 2, 2, 1], "gives ratings but no \"scale\""),
+    ("five", [3, 2, 2, 1], "\"scale\" must be a whole number of rating points, at least 2"),
+    (1, [1, 1, 1, 1], "got 1"),
+])
+def test_file_annotator_refuses_ratings_outside_the_files_scale(tmp_path, scale, ratings, needle):
+    cands = _candidates()
+    path = tmp_path / "p.json"
+    content = {"format": FORMAT, "entries": [_rated("a", ratings)]}
+    if scale is not None:
+        content["scale"] = scale
+    path.write_text(json.dumps(content))
+    with pytest.raises(SamprefError) as err:
+        FileAnnotator(path).check({Sample("a", 0, 1): cands})
+    assert needle in str(err.value) and str(path) in str(err.value) and "1 problem(s)" in str(err.value)

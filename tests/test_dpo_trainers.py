@@ -237,3 +237,63 @@ def test_finished_dpo_run_loads_without_its_ratings_file(dataset, tmp_path):
 
     saved = sitk.GetArrayFromImage(sitk.ReadImage(str(human / "validation" / f"{case}.nii.gz")))
     np.testing.assert_array_equal(prediction, saved)
+
+
+#: Per scale: ratings given to the rated samples in turn, and their weights computed by hand
+#: (:func:`~sampref_bench.trainers.preference.rating_weights`: 5 points 1, 0.5, 0, -0.5, -1; 3 points 1, 0, -1;
+#: minus the sample's mean value).
+SCALED_RATINGS = {
+    5: [([5, 4, 3, 1], [0.875, 0.375, -0.125, -1.125]), ([2, 2, 3, 5], [-0.5, -0.5, 0.0, 1.0])],
+    # the old 4-point reading weighted rating 3 as +b2: [3, 2, 2, 1] -> [0.875, -0.125, -0.125, -0.625]
+    3: [([3, 2, 2, 1], [1.0, 0.0, 0.0, -1.0]), ([3, 3, 3, 2], [0.25, 0.25, 0.25, -0.75])],
+}
+
+
+def _rating_file(trainer, path, scale, ratings_cycle):
+    """A preferences file for ``trainer``'s candidates, the rated samples rated from ``ratings_cycle`` in turn."""
+    from sampref_bench.trainers.annotators import FORMAT, preference_entry
+
+    entries = []
+    for i, (sample, cands, _) in enumerate(trainer.candidate_sets):
+        entry = preference_entry(sample, cands.numpy(), None)
+        entry["ratings"] = ratings_cycle[i % len(ratings_cycle)]
+        entries.append(entry)
+    path.write_text(json.dumps({"format": FORMAT, "scale": scale, "entries": entries}))
+    return path
+
+
+@pytest.mark.parametrize("scale", [5, 3])
+def test_rating_trainer_weights_a_files_ratings_on_its_scale(dataset, tmp_path, scale):
+    path = tmp_path / f"ratings_{scale}.json"
+    trainer = _dpo("DPORating", dataset, annotator="file", ratings_file=str(path), run_name=f"scale{scale}")
+    trainer.annotate = False
+    trainer.initialize()
+    assert len(trainer.candidate_sets) >= 2 and trainer.candidate_sets[0][1].shape[0] == 4
+    cycle = SCALED_RATINGS[scale]
+    _rating_file(trainer, path, scale, [ratings for ratings, _ in cycle])
+    trainer.prepare_preferences()
+    for i, rated in enumerate(trainer.rated):
+        np.testing.assert_allclose(rated.weights, cycle[i % len(cycle)][1])
+    written = json.loads((trainer.output_dir / "preferences.json").read_text())
+    assert written["scale"] == scale
+    assert [e["ratings"] for e in written["entries"]] == [cycle[i % len(cycle)][0] for i in range(len(trainer.rated))]
+
+
+def test_rating_outside_the_files_scale_names_the_file(dataset, tmp_path, monkeypatch):
+    from sampref_bench.trainers.annotators import FileAnnotator
+
+    path = tmp_path / "ratings_5.json"
+    trainer = _dpo("DPORating", dataset, annotator="file", ratings_file=str(path), run_name="scale5bad")
+    trainer.annotate = False
+    trainer.initialize()
+    _rating_file(trainer, path, 5, [[6, 4, 3, 1]])
+    with pytest.raises(SamprefError) as err:
+        trainer.prepare_preferences()
+    assert str(path) in str(err.value) and "rating(s) [6] out of range 1..5" in str(err.value)
+    # past the file check too (a check that missed it): the weights' ValueError is a SamprefError naming the file
+    monkeypatch.setattr(FileAnnotator, "check", lambda self, candidates: None)
+    with pytest.raises(SamprefError) as err:
+        trainer.prepare_preferences()
+    first = trainer.candidate_sets[0][0]
+    assert f"ratings file {path}, {first.case} slice {first.slice} label {first.label}" in str(err.value)
+    assert "1..5" in str(err.value)

@@ -50,9 +50,45 @@ def test_rating_weights(ratings, expected):
     np.testing.assert_allclose(rating_weights(ratings), expected)
 
 
+@pytest.mark.parametrize(("ratings", "scale", "expected"), [
+    # 5 points: 5 -> +1, 4 -> +0.5, 3 -> 0, 2 -> -0.5, 1 -> -1
+    ([5, 4, 3, 2, 1], 5, [1.0, 0.5, 0.0, -0.5, -1.0]),
+    ([5, 4, 3, 1], 5, [0.875, 0.375, -0.125, -1.125]),      # values 1, 0.5, 0, -1 minus their mean 0.125
+    ([3, 3, 3, 3], 5, [0.0, 0.0, 0.0, 0.0]),
+    # 3 points: 3 -> +1 (the best, not b2), 2 -> 0, 1 -> -1
+    ([3, 2, 1], 3, [1.0, 0.0, -1.0]),
+    ([3, 2, 2, 1], 3, [1.0, 0.0, 0.0, -1.0]),
+    ([3, 3, 3, 2], 3, [0.25, 0.25, 0.25, -0.75]),           # values 1, 1, 1, 0 minus 0.75
+    # 2 points: 2 -> +1, 1 -> -1
+    ([2, 1, 1, 1], 2, [1.5, -0.5, -0.5, -0.5]),              # values 1, -1, -1, -1 minus -0.5
+    # 6 points: +1, +0.75, +0.5, -0.5, -0.75, -1
+    ([6, 4, 3, 1], 6, [1.0, 0.5, -0.5, -1.0]),
+])
+def test_rating_weights_on_other_scales(ratings, scale, expected):
+    np.testing.assert_allclose(rating_weights(ratings, scale=scale), expected)
+
+
+def test_rating_weights_of_four_points_keep_b1_and_b2():
+    np.testing.assert_allclose(rating_weights([4, 3, 2, 1], b1=2.0, b2=0.25), [2.0, 0.25, -0.25, -2.0])
+    np.testing.assert_allclose(rating_weights([4, 3, 2, 1], b1=2.0, b2=0.25, scale=4),
+                               rating_weights([4, 3, 2, 1], b1=2.0, b2=0.25))
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 5, 6, 7])
+def test_every_rating_once_weighs_as_the_ranking(scale):
+    ratings = np.random.default_rng(scale).permutation(np.arange(1, scale + 1))
+    np.testing.assert_allclose(rating_weights(ratings, 1.0, 0.5, scale), ranking_weights(ratings, 1.0, 0.5))
+
+
 def test_rating_weights_refuse_out_of_range():
     with pytest.raises(ValueError, match="1..4"):
         rating_weights([0, 2, 3, 4])
+    with pytest.raises(ValueError, match="1..4"):
+        rating_weights([5, 4, 3, 2])  # a 5-point rating read on the default scale
+    with pytest.raises(ValueError, match="1..3"):
+        rating_weights([4, 3, 2, 1], scale=3)
+    with pytest.raises(ValueError, match="at least two points"):
+        rating_weights([1, 1], scale=1)
 
 
 def test_best_only_weights():

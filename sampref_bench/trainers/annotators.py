@@ -11,7 +11,9 @@ weights (:mod:`sampref_bench.trainers.preference`).
   per sample, which reproduces the paper's robustness test.
 * :class:`FileAnnotator` (a real lab) reads a JSON file of human ratings or rankings, in the format that
   ``sampref_candidates`` writes as a template and that every DPO run writes as ``preferences.json``
-  (:data:`FORMAT`). Every problem in the file is reported at once.
+  (:data:`FORMAT`). Every problem in the file is reported at once. Its ratings may use any scale of two or more
+  points (``"scale"``); the rating trainers weight them on that scale
+  (:func:`~sampref_bench.trainers.preference.rating_weights`).
 
 Preferences file (:data:`FORMAT`)::
 
@@ -21,8 +23,10 @@ Preferences file (:data:`FORMAT`)::
                   "ratings": [3, 4, 2, 1],            # 1 (bad) .. scale (good) per candidate, or
                   "ranking": [1, 0, [2, 3]]}]}        # candidate indices best to worst, [..] = a tie
 
-An entry gives ``ratings`` or ``ranking`` (the other ``null``). ``candidates_sha`` ties the entry to the exact
-candidate masks it was made for: a stage-1 model or candidate setting that changed them is refused.
+An entry gives ``ratings`` or ``ranking`` (the other ``null``). ``scale`` is the number of rating points (an
+integer of at least 2; ratings are ``1..scale``); a file whose entries give ratings must state it, so that a
+3- or 5-point file is never read as a 4-point one. ``candidates_sha`` ties the entry to the exact candidate masks
+it was made for: a stage-1 model or candidate setting that changed them is refused.
 """
 
 from __future__ import annotations
@@ -51,13 +55,15 @@ class Annotation:
     """What an annotator says about the K candidates of one sample.
 
     ``scores`` (K,): higher is better (ratings, IoU, or minus the ranking place). ``ratings`` (K,) ints in
-    1..scale when the annotator rated. ``ious`` (K,) the candidates' IoU with the hidden mask, known only to a
-    simulated annotator (diagnostics), else ``None``.
+    1..``scale`` when the annotator rated. ``ious`` (K,) the candidates' IoU with the hidden mask, known only to a
+    simulated annotator (diagnostics), else ``None``. ``scale``: the number of rating points the ratings use
+    (:data:`SCALE` for the simulated annotator, the file's ``scale`` for a file).
     """
 
     scores: np.ndarray
     ratings: np.ndarray | None = None
     ious: np.ndarray | None = None
+    scale: int = SCALE
 
 
 def candidates_sha(candidates: np.ndarray) -> str:
@@ -111,7 +117,11 @@ class SimulatedAnnotator:
     """Rates or ranks candidates by IoU with the hidden ground truth of the rated cases (benchmarking only).
 
     ``labels`` is the one label store opened for the rated cases; ``kind`` is ``"rating"`` or ``"ranking"``.
+    Its ratings use :data:`SCALE` (4) points, the buckets of :data:`RATING_EDGES`.
     """
+
+    #: Rating points of the IoU buckets.
+    scale: int = SCALE
 
     def __init__(self, labels: LabelStore, kind: str, noise: float = 0.0, seed: int = 0) -> None:
         if kind not in ("rating", "ranking"):
@@ -119,6 +129,10 @@ class SimulatedAnnotator:
         if not 0.0 <= noise <= 1.0:
             raise SamprefError(f"rating_noise must lie in [0, 1], got {noise}")
         self.labels, self.kind, self.noise, self.seed = labels, kind, float(noise), int(seed)
+
+    def describe(self) -> str:
+        """Who judged, for messages."""
+        return "the simulated annotator"
 
     def annotate(self, sample: Sample, candidates: np.ndarray) -> Annotation:
         """Score ``(K, H, W)`` binary candidates of ``sample``."""
@@ -128,9 +142,9 @@ class SimulatedAnnotator:
         if self.kind == "rating":
             if self.noise > 0:
                 ratings = flip_adjacent_ratings(ratings, self.noise, rng)
-            return Annotation(ratings.astype(np.float64), ratings, ious)
+            return Annotation(ratings.astype(np.float64), ratings, ious, self.scale)
         scores = swap_adjacent_places(ious, self.noise, rng) if self.noise > 0 else ious.astype(np.float64)
-        return Annotation(scores, None, ious)
+        return Annotation(scores, None, ious, self.scale)
 
 
 def ranking_scores(ranking: list[Any], k: int) -> np.ndarray:
@@ -160,7 +174,9 @@ def _ranking_problems(ranking: Any, k: int) -> list[str]:
 class FileAnnotator:
     """Human ratings or rankings from a preferences file (:data:`FORMAT`), checked against the run's candidates.
 
-    ``needs_ratings``: a rating trainer cannot use a ranking (it has no absolute grades).
+    ``needs_ratings``: a rating trainer cannot use a ranking (it has no absolute grades). ``scale``: the file's
+    number of rating points (:data:`SCALE` when the file gives none and holds no ratings; a file with ratings but
+    without a valid ``scale`` is refused by :meth:`check`).
     """
 
     def __init__(self, path: str | Path, needs_ratings: bool = False) -> None:
@@ -172,25 +188,48 @@ class FileAnnotator:
                 content.get("entries"), list):
             raise SamprefError(f"{self.path} is not a sampref preferences file: expected a JSON object with "
                                f"\"format\": \"{FORMAT}\" and a list \"entries\" (see sampref_candidates --help)")
-        self.scale = int(content.get("scale", SCALE))
         self.needs_ratings = needs_ratings
         self.entries: dict[Sample, dict[str, Any]] = {}
-        self._duplicates: list[str] = []
+        self._problems: list[str] = []
+        self._scale_known = True
+        self.scale = self._read_scale(content)
         for entry in content["entries"]:
             try:
                 key = Sample(str(entry["case"]), int(entry.get("slice", 0)), int(entry["label"]))
             except (KeyError, TypeError, ValueError):
-                self._duplicates.append(f"entry {entry!r} lacks case/label")
+                self._problems.append(f"entry {entry!r} lacks case/label")
                 continue
             if key in self.entries:
-                self._duplicates.append(f"{_name(key)} appears twice")
+                self._problems.append(f"{_name(key)} appears twice")
             self.entries[key] = entry
+
+    def _read_scale(self, content: dict[str, Any]) -> int:
+        """The file's ``scale``; a missing or unusable one is recorded as a problem when entries give ratings."""
+        raw = content.get("scale")
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 2:
+            return raw
+        rates = any(isinstance(e, dict) and e.get("ratings") is not None for e in content["entries"])
+        if raw is None and not rates:
+            return SCALE  # a file of rankings needs no scale
+        self._scale_known = False
+        if raw is None:
+            self._problems.append(f"the file gives ratings but no \"scale\": add \"scale\": N at its top, N the "
+                                  f"number of rating points (ratings are 1..N; sampref_candidates writes "
+                                  f"\"scale\": {SCALE})")
+        else:
+            self._problems.append(f"\"scale\" must be a whole number of rating points, at least 2 (ratings are "
+                                  f"1..scale), got {raw!r}")
+        return SCALE
+
+    def describe(self) -> str:
+        """Who judged, for messages: the file."""
+        return f"ratings file {self.path}"
 
     def check(self, candidates: dict[Sample, np.ndarray]) -> None:
         """Check every entry against the run's rated samples and their ``(K, H, W)`` candidates; raise one
         :class:`SamprefError` listing every problem (unknown cases or candidates, values out of range, missing
         samples, candidates that changed)."""
-        problems = list(self._duplicates)
+        problems = list(self._problems)
         unknown = sorted(_name(key) for key in self.entries if key not in candidates)
         if unknown:
             problems.append(f"unknown rated sample(s) (not rated cases of this fold and fraction): {unknown}")
@@ -212,7 +251,7 @@ class FileAnnotator:
             elif ratings is not None:
                 if not isinstance(ratings, list) or len(ratings) != k:
                     problems.append(f"{where}: ratings must list {k} values (one per candidate), got {ratings!r}")
-                else:
+                elif self._scale_known:
                     bad = [r for r in ratings if not isinstance(r, int) or isinstance(r, bool) or
                            not 1 <= r <= self.scale]
                     if bad:
@@ -231,8 +270,8 @@ class FileAnnotator:
         entry = self.entries[sample]
         if entry.get("ratings") is not None:
             ratings = np.asarray(entry["ratings"], dtype=np.int64)
-            return Annotation(ratings.astype(np.float64), ratings, None)
-        return Annotation(ranking_scores(entry["ranking"], len(candidates)), None, None)
+            return Annotation(ratings.astype(np.float64), ratings, None, self.scale)
+        return Annotation(ranking_scores(entry["ranking"], len(candidates)), None, None, self.scale)
 
 
 def _name(sample: Sample) -> str:

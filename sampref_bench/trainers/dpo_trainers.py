@@ -20,8 +20,9 @@ whose pixel labels it never sees. Per rated sample (case, slice, label):
    Every run writes the annotations it used to ``preferences.json`` (the file format), so a human file that
    holds the same judgements gives the same run.
 3. **The loss** (:mod:`sampref_bench.trainers.preference`): preference weights from the judgement (ranking:
-   ``(+b1, +b2, -b2, -b1)`` by place; rating: the rating's value on the same scale, centred; best only:
-   ``+b1`` on the best), the log-likelihood of each candidate reduced over pixels by ``reduction``, the loss
+   ``(+b1, +b2, -b2, -b1)`` by place; rating: the rating's value on the annotator's scale, centred (4 points:
+   ``+b1, +b2, -b2, -b1``; a file's own scale otherwise, top ``+b1``, bottom ``-b1``); best only: ``+b1`` on the
+   best), the log-likelihood of each candidate reduced over pixels by ``reduction``, the loss
    ``"dpo"`` (the paper) or ``"ipo"`` (bounded), plus ``anchor_weight`` x the stage-1 loss on a batch of
    ``anchor_batch_size`` labeled samples and ``kl_weight`` x the mean pixel KL to the reference. Samples whose
    candidates all tie carry no preference and are skipped (``tied_share`` in the log).
@@ -302,7 +303,12 @@ class DPOTrainer(TwoStageSAMTrainer):
                                               str(self.config["reduction"]), region)
             for i, (sample, cand, logits) in enumerate(part):
                 annotation = annotator.annotate(sample, cand.numpy())
-                weights = self.preference_weights(annotation)
+                try:
+                    weights = self.preference_weights(annotation)
+                except ValueError as error:
+                    raise SamprefError(f"{annotator.describe()}, {sample.case} slice {sample.slice} label "
+                                       f"{sample.label}: {error}; ratings are whole numbers 1..scale, \"scale\" "
+                                       "the number of rating points at the file's top") from error
                 entries.append(preference_entry(sample, cand.numpy(), annotation))
                 self.rated.append(RatedSample(sample, cand, region[i], ref_ll[i], torch.sigmoid(logits).half(), weights,
                                               annotation))
@@ -314,7 +320,7 @@ class DPOTrainer(TwoStageSAMTrainer):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.output_dir / "preferences.json", {
             "format": "sampref-preferences/1", "dataset": self.dataset_name, "fold": self.fold,
-            "fraction": self.fraction, "trainer": type(self).__name__, "scale": 4,
+            "fraction": self.fraction, "trainer": type(self).__name__, "scale": annotator.scale,
             "candidates": self.config["candidates"], "thresholds": self.thresholds,
             "annotator": self.config["annotator"], "rating_noise": self.config["rating_noise"],
             "iou_spread": self.iou_spread, "tied_share": self.tied_share, "entries": entries})
@@ -404,14 +410,17 @@ class DPORanking(DPOTrainer):
 
 
 class DPORating(DPOTrainer):
-    """DPO with absolute ratings 1..4 per candidate: each rating's value on the scale, centred per sample."""
+    """DPO with absolute ratings per candidate (1..4 from the simulated annotator, 1..scale from a file): each
+    rating's value on the annotator's scale, centred per sample."""
 
     annotation_kind: ClassVar[str] = "rating"
 
     def preference_weights(self, annotation: Annotation) -> np.ndarray:
-        """Weights from the ratings (:func:`~sampref_bench.trainers.preference.rating_weights`)."""
+        """Weights from the ratings on the annotation's own scale
+        (:func:`~sampref_bench.trainers.preference.rating_weights`)."""
         assert annotation.ratings is not None
-        return rating_weights(annotation.ratings, float(self.config["b1"]), float(self.config["b2"]))
+        return rating_weights(annotation.ratings, float(self.config["b1"]), float(self.config["b2"]),
+                              scale=annotation.scale)
 
 
 class DPOBestOnly(DPOTrainer):

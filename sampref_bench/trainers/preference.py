@@ -83,9 +83,32 @@ def ranking_weights(scores: Sequence[float], b1: float = 1.0, b2: float = 0.5) -
 
 
 def rating_weights(ratings: Sequence[int], b1: float = 1.0, b2: float = 0.5, scale: int = 4) -> np.ndarray:
-    """``(K,)`` weights from absolute ratings ``1..scale``: each rating's value on the scale
-    (:func:`position_weights` of ``scale`` read from the top: 4 -> +b1, 3 -> +b2, 2 -> -b2, 1 -> -b1), minus
-    the sample's mean value, so equal ratings cancel and an all-equal sample gets zeros."""
+    """``(K,)`` weights from absolute ratings ``1..scale``: each rating's value on the scale, minus the sample's
+    mean value, so equal ratings cancel and an all-equal sample gets zeros.
+
+    A rating's value is its place on the scale read from the top, weighted as :func:`position_weights` weights
+    ``scale`` ranked places: rating ``scale`` (the best) is place 0, rating 1 (the worst) the last place. The
+    scale's better half runs linearly from ``+b1`` down to ``+b2``, its worse half mirrors it, and the middle
+    rating of an odd scale is neutral (0):
+
+    * 4 points (the paper's and the simulated annotator's): 4 -> +b1, 3 -> +b2, 2 -> -b2, 1 -> -b1;
+    * 5 points: 5 -> +b1, 4 -> +b2, 3 -> 0, 2 -> -b2, 1 -> -b1 (with b1 = 1, b2 = 0.5: evenly spaced);
+    * 3 points: 3 -> +b1, 2 -> 0, 1 -> -b1 (no rating between best and neutral, so ``b2`` is unused);
+    * 2 points: 2 -> +b1, 1 -> -b1; 6 points (b1 = 1, b2 = 0.5): +1, +0.75, +0.5, -0.5, -0.75, -1.
+
+    Why this rule and not one straight line from ``+b1`` to ``-b1``: a line gives 4 points the values
+    (1, 1/3, -1/3, -1), not the paper's (+b1, +b2, -b2, -b1), whatever ``b2`` is; this rule keeps the paper's
+    weights at 4 points for every ``b1, b2``, keeps the top rating at ``+b1`` and the bottom at ``-b1`` on every
+    scale (a 3-point file's top rating is the best, not the second best), reads the sign of a weight as "better
+    or worse than the scale's middle", and gives a sample whose K = ``scale`` candidates got every rating once
+    exactly the weights :func:`ranking_weights` gives that ranking.
+
+    Raises :class:`ValueError` for a scale below 2 or a rating outside ``1..scale`` (the trainers check a file's
+    ratings first and name the file).
+    """
+    if int(scale) != scale or scale < 2:
+        raise ValueError(f"a rating scale needs at least two points, got scale={scale!r}")
+    scale = int(scale)
     ratings = np.asarray(ratings, dtype=np.int64)
     if ratings.min() < 1 or ratings.max() > scale:
         raise ValueError(f"ratings must lie in 1..{scale}, got {ratings.tolist()}")
