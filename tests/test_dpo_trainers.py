@@ -297,3 +297,35 @@ def test_rating_outside_the_files_scale_names_the_file(dataset, tmp_path, monkey
     first = trainer.candidate_sets[0][0]
     assert f"ratings file {path}, {first.case} slice {first.slice} label {first.label}" in str(err.value)
     assert "1..5" in str(err.value)
+
+
+def test_dropout_candidates_leave_the_global_random_states_alone(dataset, monkeypatch):
+    from sampref_bench.trainers.dpo_trainers import seeded_dropout
+
+    trainer = _dpo("DPORanking", dataset, candidates="dropout", run_name="dropout")
+    trainer.annotate = False
+    trainer.initialize()
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(("cuda all", seed)))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: reseeded.append(("cuda", seed)))
+    made = []
+    for seed in (1, 2):
+        torch.random.default_generator.manual_seed(seed)  # the CPU generator alone: the spies stay silent
+        cpu_before = torch.get_rng_state()
+        cuda_before = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        made.append(trainer.generate_candidates())
+        assert torch.equal(torch.get_rng_state(), cpu_before)
+        if torch.cuda.is_available():
+            assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), cuda_before))
+    assert reseeded == []  # no CUDA generator was reseeded
+    # the candidates depend on the run's seed only, not on the global state they were made under
+    assert len(made[0]) == len(trainer.rated_samples) > 0
+    for (s1, c1, _), (s2, c2, _) in zip(*made):
+        assert s1 == s2 and torch.equal(c1, c2) and c1.shape[0] == 4
+    # the dropout does drop: two seeds, two masks, and the logits move
+    x = torch.ones(2, 8, 4, 4)
+    assert not torch.equal(seeded_dropout(x, 0.5, 0), seeded_dropout(x, 0.5, 1))
+    assert torch.equal(seeded_dropout(x, 0.5, 3), seeded_dropout(x, 0.5, 3))
+    assert set(seeded_dropout(x, 0.5, 0).unique().tolist()) == {0.0, 2.0}
+    samples = trainer.rated_samples[:2]
+    assert not torch.equal(trainer.reference_logits(samples), trainer.reference_logits(samples, dropout=0.5))

@@ -13,7 +13,9 @@ whose pixel labels it never sees. Per rated sample (case, slice, label):
    * ``"jitter"``: the reference under the sample's box and ``n_candidates - 1`` boxes whose sides move by up
      to ``jitter`` of the box size (seeded per sample), each at the run's ``threshold`` (0.5);
    * ``"multimask"``: the single output and SAM's three multimask outputs, each at the run's ``threshold`` (0.5);
-   * ``"dropout"``: ``n_candidates`` decodes with dropout ``dropout_p`` on the image embedding, at ``threshold``.
+   * ``"dropout"``: ``n_candidates`` decodes with dropout ``dropout_p`` on the image embedding, at ``threshold``;
+     the dropout masks come from a generator of their own (:func:`seeded_dropout`), so making candidates leaves
+     torch's global CPU and CUDA random states as they were.
 
 2. **The annotator** (``annotator``): ``"simulated"`` rates by IoU with the hidden mask (only it reads the
    rated cases' labels); ``"file"`` reads ``ratings_file``. ``rating_noise`` flips adjacent ratings.
@@ -55,7 +57,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sampref_bench.trainers.annotators import Annotation, FileAnnotator, SimulatedAnnotator, preference_entry
 from sampref_bench.trainers.base import epoch_generator, seeded_passes
@@ -202,12 +203,13 @@ class DPOTrainer(TwoStageSAMTrainer):
 
     @torch.no_grad()
     def reference_logits(self, samples: list[Sample], prompts: dict[str, Any] | None = None,
-                         multimask: bool = False, dropout: float = 0.0) -> torch.Tensor:
-        """``(B, 1 or 3, S, S)`` logits of the frozen reference at the preprocessed size."""
+                         multimask: bool = False, dropout: float = 0.0, dropout_seed: int = 0) -> torch.Tensor:
+        """``(B, 1 or 3, S, S)`` logits of the frozen reference at the preprocessed size; ``dropout > 0`` drops
+        out image-embedding features with :func:`seeded_dropout` (seed ``dropout_seed``)."""
         prompts = prompts if prompts is not None else self.reference_prompts(samples)
         embeddings = self.embeddings(samples)
         if dropout > 0:
-            embeddings = F.dropout(embeddings, p=dropout, training=True)
+            embeddings = seeded_dropout(embeddings, dropout, dropout_seed)
         return self.decode_with(self.networks["reference"], embeddings, prompts, multimask)
 
     def reference_prompts(self, samples: list[Sample]) -> dict[str, Any]:
@@ -267,9 +269,8 @@ class DPOTrainer(TwoStageSAMTrainer):
         else:  # dropout
             outs = []
             for k in range(int(self.config["n_candidates"])):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(self.config["seed"]) * 1000 + k)
-                    dropped = self.reference_logits(samples, dropout=float(self.config["dropout_p"]))
+                dropped = self.reference_logits(samples, dropout=float(self.config["dropout_p"]),
+                                                dropout_seed=int(self.config["seed"]) * 1000 + k)
                 outs.append(torch.sigmoid(dropped[:, 0]) >= cut)
             cands = torch.stack(outs, dim=1)
         return cands, logits
@@ -393,6 +394,23 @@ class DPOTrainer(TwoStageSAMTrainer):
                                  "thresholds": getattr(self, "thresholds", []),
                                  "iou_spread": getattr(self, "iou_spread", None)}
         return record
+
+
+def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """Inverted dropout of ``x`` (each element zeroed with probability ``p``, the rest scaled by ``1 / (1 - p)``)
+    whose mask comes from a CPU generator of its own seeded with ``seed``.
+
+    torch's global random states (CPU and every CUDA device) are neither read nor changed, and the mask is drawn on
+    the CPU and moved to ``x``'s device, so it is the same on every device. On the CPU, for float32 ``x``, the
+    result equals ``torch.manual_seed(seed); torch.nn.functional.dropout(x, p)`` bit for bit (the same Bernoulli
+    draws, the same division and product): the ``"dropout"`` candidates of earlier CPU runs are unchanged.
+    """
+    if not 0.0 <= p < 1.0:
+        raise SamprefError(f"dropout_p must lie in [0, 1), got {p}")
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = torch.empty(x.shape, dtype=torch.float32).bernoulli_(1.0 - p, generator=generator)
+    noise.div_(1.0 - p)
+    return x * noise.to(device=x.device, dtype=x.dtype)
 
 
 def _sample_rng(seed: int, sample: Sample, k: int) -> np.random.Generator:
