@@ -7,6 +7,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 from test_aggregate import DATASET, row, write_fold, write_folds_tree
 
@@ -44,10 +45,50 @@ def test_holm_leaves_nan_out_of_the_family():
         holm_adjust([1.5])
 
 
-def test_holm_matches_statsmodels_when_installed():
-    multitest = pytest.importorskip("statsmodels.stats.multitest")
+@pytest.mark.parametrize(("raw", "expected"), [
+    # m = 3 finite: 0.01 x 3 = 0.03, 0.02 x 2 = 0.04, 0.03 x 1 = 0.03 -> running max 0.04
+    ([0.01, NAN, 0.03, 0.02, NAN], [0.03, NAN, 0.04, 0.04, NAN]),
+    # m = 2: 0.3 x 2 = 0.6, then 0.6 x 1 = 0.6
+    ([NAN, 0.6, 0.3], [NAN, 0.6, 0.6]),
+    # a tie, m = 2: 0.02 x 2 = 0.04, then max(0.04, 0.02 x 1) = 0.04
+    ([0.02, NAN, 0.02], [0.04, NAN, 0.04]),
+    # one finite p among NaNs is a family of one: unadjusted (0.3, not 3 x 0.3 = 0.9)
+    ([NAN, 0.3, NAN], [NAN, 0.3, NAN]),
+    # the cap at one with NaNs around: m = 3, 0.2 x 3 = 0.6, 0.45 x 2 = 0.9, 0.7 x 1 -> 0.9
+    ([0.7, NAN, 0.2, 0.45], [0.9, NAN, 0.6, 0.9]),
+    ([0.0, NAN, 1.0], [0.0, NAN, 1.0]),  # the ends of [0, 1] are p-values
+])
+def test_holm_by_hand_with_nan(raw, expected):
+    adjusted = holm_adjust(raw)
+    assert len(adjusted) == len(raw)
+    assert [math.isnan(p) for p in adjusted] == [math.isnan(p) for p in expected]
+    assert [p for p in adjusted if not math.isnan(p)] == pytest.approx([p for p in expected if not math.isnan(p)])
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, -0.01, 1.0001])
+def test_holm_refuses_p_values_outside_the_unit_interval(bad):
+    with pytest.raises(ValueError, match="must lie in"):
+        holm_adjust([0.01, bad, NAN])
+
+
+def test_holm_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
     raw = [0.001, 0.3, 0.02, 0.049, 0.5, 0.0001]
-    assert holm_adjust(raw) == pytest.approx(list(multitest.multipletests(raw, method="holm")[1]))
+    assert holm_adjust(raw) == pytest.approx(list(multipletests(raw, method="holm")[1]))
+    # with NaNs (left out of the family) and ties, over many random tables: statsmodels on the finite p alone
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 12))
+        raw = rng.choice([0.01, 0.04, 0.2], n).tolist() if rng.random() < 0.3 else (rng.random(n) ** 3).tolist()
+        for i in np.flatnonzero(rng.random(n) < 0.3):
+            raw[i] = NAN
+        adjusted = holm_adjust(raw)
+        finite = [i for i, p in enumerate(raw) if not math.isnan(p)]
+        assert all(math.isnan(adjusted[i]) for i in range(n) if i not in finite)
+        if finite:
+            reference = multipletests([raw[i] for i in finite], method="holm")[1]
+            assert [adjusted[i] for i in finite] == pytest.approx(list(reference), abs=1e-12)
 
 
 def test_table_p_values_holm_adjusted_over_the_table(results):

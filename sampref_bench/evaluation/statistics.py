@@ -4,7 +4,10 @@
 ``p_(1) <= ... <= p_(m)``, the adjusted value of the ``i``-th (1-based) is
 ``max_{j <= i} min(1, (m - j + 1) * p_(j))``. It controls the family-wise error rate at the nominal level under
 any dependence between the tests, and rejects at least as much as Bonferroni. NaN p-values (a row with too few
-paired cases, or no baseline run) stay NaN and are not part of the family: they do not raise ``m``.
+paired cases, or no baseline run) stay NaN and are not part of the family: they do not raise ``m``, which counts
+the finite p-values only. It equals ``statsmodels.stats.multitest.multipletests(p, method="holm")`` applied to the
+finite p-values (the tests compare the two); it is kept here because statsmodels has no notion of a p-value
+outside the family, and a NaN handed to it would not stay out of ``m``.
 """
 
 from __future__ import annotations
@@ -71,9 +74,11 @@ def paired_test(values: Mapping[Hashable, float], reference: Mapping[Hashable, f
 
 
 def holm_adjust(p_values: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values in the order given; NaN in, NaN out (and left out of the family size).
+    """Holm-adjusted p-values in the order given; NaN in, NaN out (and left out of the family size ``m``, which
+    counts the finite p-values only).
 
-    Raises :class:`ValueError` for a defined p-value outside ``[0, 1]`` (a bug upstream, not a user mistake).
+    Raises :class:`ValueError` for any other p-value outside ``[0, 1]``, infinities included (a bug upstream, not
+    a user mistake).
     """
     defined = [(p, i) for i, p in enumerate(p_values) if not math.isnan(p)]
     bad = [p for p, _ in defined if not 0.0 <= p <= 1.0]
