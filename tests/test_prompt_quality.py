@@ -161,6 +161,12 @@ def test_sampref_prompts_computes_every_prompt_and_reports_quality(capsys, monke
     assert main(["-d", "3", "--no-progress", "--overlays", "2"]) == 0
     out = capsys.readouterr().out
     assert "LLM text of 'lesion' (dataset_text): breast tumor" in out
+    # one count per kind of file, each against the same 100 (case, slice, label) prompts of the 100 images
+    assert ("100 (case, slice, label) prompts of 100 cases; box prompts: 100 computed, 0 read from the cache; "
+            "VQA answers: 100 computed, 0 read from the cache") in out
+    assert "new of" not in out
+    assert ("  scored: all 100 cases, including every fold's validation cases; choose settings from a fold's "
+            "training-case report (sampref_prompts --fold K)") in out.splitlines()
     summary = [line for line in out.splitlines() if line.lstrip().startswith("all labels")]
     assert len(summary) == 1 and "box IoU" in summary[0] and "pairs   100" in summary[0]
     report_path = Path(re.search(r"^report: (.+)$", out, re.MULTILINE).group(1))
@@ -168,6 +174,7 @@ def test_sampref_prompts_computes_every_prompt_and_reports_quality(capsys, monke
     assert report_path.parent.name.startswith("dark-basin-")
 
     report = json.loads(report_path.read_text())
+    assert report["fold"] is None and report["n_scored_cases"] == 100 and report["scored"].startswith("scored: all")
     pooled = report["pooled"]
     assert pooled["pairs"] == 100 and report["per_label"]["lesion"]["pairs"] == 100
     for key in ("box_iou", "box_iou_median", "centre_inside", "points_inside", "saliency_empty"):
@@ -189,13 +196,35 @@ def test_sampref_prompts_computes_every_prompt_and_reports_quality(capsys, monke
     # a second run reads every prompt from the cache
     assert main(["-d", "3", "--sources", "saliency", "vqa", "--no-report"]) == 0
     out = capsys.readouterr().out
-    assert "0 new of 100 (case, slice, label) prompts read" in out and "box IoU" not in out
+    assert ("100 (case, slice, label) prompts of 100 cases; box prompts: 0 computed, 100 read from the cache; "
+            "VQA answers: 0 computed, 100 read from the cache") in out and "box IoU" not in out
+
+    # --fold 0 scores fold 0's training cases only, and says so; the all-case report stays as it was
+    splits = json.loads((report_path.parents[2] / "splits_final.json").read_text())
+    train, val = set(splits[0]["train"]), set(splits[0]["val"])
+    assert len(train) == 80 and len(val) == 20
+    all_cases = report_path.read_bytes()
+    assert main(["-d", "3", "--sources", "saliency", "--fold", "0", "--no-progress", "--overlays", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "box prompts: 0 computed, 100 read from the cache" in out  # every case is still prompted
+    assert "  scored: fold 0 training cases (80)" in out.splitlines()
+    assert re.search(r"all labels +pairs +80 ", out)
+    fold_path = Path(re.search(r"^report: (.+)$", out, re.MULTILINE).group(1))
+    assert fold_path == report_path.parent / "prompt_quality_fold0.json"
+    fold_report = json.loads(fold_path.read_text())
+    assert set(fold_report["cases"]) == train and not set(fold_report["cases"]) & val
+    assert fold_report["fold"] == 0 and fold_report["n_scored_cases"] == 80
+    assert fold_report["scored"] == "scored: fold 0 training cases (80)" and fold_report["pooled"]["pairs"] == 80
+    assert [Path(p).parent.name for p in fold_report["overlays"]] == ["overlays_fold0"]
+    assert Path(fold_report["overlays"][0]).stem.rsplit("_", 2)[0] in train
+    assert report_path.read_bytes() == all_cases
 
 
 @pytest.mark.parametrize(("setup", "argv", "message"), [
     ("nothing", ["-d", "3"], "sampref_convert"),
     ("converted", ["-d", "3"], "run `sampref_plan -d Dataset003_BUSI` first"),
     ("planned", ["-d", "3", "--saliency", "spectral-residual"], "unknown saliency source"),
+    ("planned", ["-d", "3", "--fold", "5"], "splits_final.json has folds 0..4"),
 ])
 def test_sampref_prompts_user_errors(setup, argv, message, capsys):
     if setup == "converted":
@@ -207,3 +236,13 @@ def test_sampref_prompts_user_errors(setup, argv, message, capsys):
     assert err.startswith("sampref_prompts: error: ") and message in err
     assert "Traceback" not in err
 
+
+
+def test_sampref_prompts_help_says_settings_come_from_training_case_reports(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "settings are chosen from training-case reports only" in text
+    assert "--fold K scores only fold K's training cases (splits_final.json)" in text
+    assert "every fold's validation cases included; that report describes the prompts and is not for choosing" in text

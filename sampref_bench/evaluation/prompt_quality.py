@@ -8,8 +8,13 @@ ground-truth box of that label on that slice. Figures (per label and pooled):
 * ``points_inside``: share of interior points that lie inside the target;
 * ``saliency_empty``: share of pairs where the saliency found nothing and the whole image became the box.
 
-Reading labels here is a report, not training: nothing in it feeds a trainer. ``prompt_quality.json`` is
-written into the visual prompts' folder, with overlay PNGs (image, saliency, CRF mask, boxes) for a few cases.
+Reading labels here is a report, not training: nothing in it feeds a trainer. But a person who picks prompt
+settings (saliency source, CRF, points) from it tunes on the cases it scored, so a report states which cases
+those are (``scored``, :func:`scored_statement`): a fold's training cases (``prompt_quality_fold{K}.json``, the
+report to choose settings from: that fold's validation cases stay unseen) or every case
+(``prompt_quality.json``, which includes every fold's validation cases and serves as a description, not for
+choosing). Both are written into the visual prompts' folder, with overlay PNGs (image, saliency, CRF mask,
+boxes) of a few scored cases (``overlays/`` or ``overlays_fold{K}/``).
 """
 
 from __future__ import annotations
@@ -86,8 +91,11 @@ def _percent(value: float | None) -> str:
 
 
 def summary_text(report: dict[str, Any]) -> str:
-    """One line per label and the pooled figures, for the console."""
+    """One line per label and the pooled figures, for the console (after the report's ``scored`` statement, when
+    it has one)."""
     lines = [f"prompt quality ({report['saliency']}), against the ground-truth boxes:"]
+    if report.get("scored"):
+        lines.append(f"  {report['scored']}")
     for name, s in [*report["per_label"].items(), ("all labels", report["pooled"])]:
         if not s.get("pairs"):
             lines.append(f"  {name:<12} no present pair")
@@ -138,18 +146,42 @@ def write_overlays(store: PromptStore, labels: LabelStore, samples: list[Sample]
     return written
 
 
+def scored_statement(n_cases: int, fold: int | None = None) -> str:
+    """Which cases a report scored, as it states them: ``fold`` ``None`` means every case of the dataset."""
+    if fold is not None:
+        return f"scored: fold {fold} training cases ({n_cases})"
+    return (f"scored: all {n_cases} cases, including every fold's validation cases; choose settings from a fold's "
+            "training-case report (sampref_prompts --fold K)")
+
+
+def report_names(fold: int | None = None) -> tuple[str, str]:
+    """``(JSON file, overlay folder)`` names of the report of ``fold`` (``None``: every case)."""
+    return ("prompt_quality.json", "overlays") if fold is None else (f"prompt_quality_fold{fold}.json",
+                                                                     f"overlays_fold{fold}")
+
+
 def write_quality_report(store: PromptStore, labels: LabelStore, cases: list[str], label_values: list[int],
-                         n_overlays: int = 6, progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Compute :func:`prompt_quality`, write ``prompt_quality.json`` and overlays of ``n_overlays`` cases (spread
-    evenly over the sorted case names) into the visual prompts' folder; return the JSON path and the report."""
+                         n_overlays: int = 6, progress: bool = True,
+                         fold: int | None = None) -> tuple[Path, dict[str, Any]]:
+    """Compute :func:`prompt_quality` of ``cases``, write it and overlays of ``n_overlays`` cases (spread evenly
+    over the sorted case names) into the visual prompts' folder (:func:`report_names`); return the JSON path and
+    the report.
+
+    ``fold``: ``cases`` are that fold's training cases (``None``: every case of the dataset); the report records
+    it (``fold``, ``n_scored_cases``) and states it (``scored``, :func:`scored_statement`).
+    """
     report = prompt_quality(store, labels, cases, label_values, progress=progress)
+    report["fold"] = fold
+    report["n_scored_cases"] = len(cases)
+    report["scored"] = scored_statement(len(cases), fold)
+    json_name, overlay_name = report_names(fold)
     picked = []
     scored = sorted(report["cases"])
     spread = np.unique(np.linspace(0, len(scored) - 1, max(0, min(n_overlays, len(scored)))).round().astype(int))
     for case in [scored[i] for i in spread]:
         first = report["cases"][case][0]
         picked.append(Sample(case, first["slice"], first["label"]))
-    report["overlays"] = [str(p) for p in write_overlays(store, labels, picked, store.visual_folder / "overlays")]
-    path = store.visual_folder / "prompt_quality.json"
+    report["overlays"] = [str(p) for p in write_overlays(store, labels, picked, store.visual_folder / overlay_name)]
+    path = store.visual_folder / json_name
     write_json_atomic(path, report)
     return path, report
