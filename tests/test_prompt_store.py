@@ -115,7 +115,7 @@ def test_changed_settings_use_another_folder_and_recompute(overrides, folder_pre
             assert len({tuple(p) for p in prompt.points}) == 2
 
 
-def test_vqa_and_llm_text_without_labels_or_api_key(monkeypatch):
+def test_vqa_and_llm_text_without_labels_or_api_key(monkeypatch, capsys):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     planned_busi()
     store, cases = dataset_prompt_store("3")
@@ -128,7 +128,15 @@ def test_vqa_and_llm_text_without_labels_or_api_key(monkeypatch):
         for suffix in ("_seg.npy", "_labels.json"):
             path = store.data.data_dir / f"{case}{suffix}"
             hidden.append((path.rename(path.with_name(path.name + ".hidden")), path))
-    assert store.ensure(triples, ["vqa"], progress=False) == 8  # 4 visual prompts (VQA reads their mask) + 4 VQA
+    # 4 visual prompts (VQA reads their mask) + 4 VQA answers; the count line counts each against the 4 triples
+    assert store.ensure(triples[:1], ["vqa"]) == 2
+    line = [text for text in capsys.readouterr().out.splitlines() if text.startswith("prompt cache")]
+    assert line and line[-1].endswith(": 1 (case, slice, label) prompts; box prompts: 1 computed, 0 read from the "
+                                      "cache; VQA answers: 1 computed, 0 read from the cache")
+    assert store.ensure(triples, ["vqa"]) == 6
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(
+        ": 4 (case, slice, label) prompts; box prompts: 3 computed, 1 read from the cache; VQA answers: 3 computed, "
+        "1 read from the cache")
     for moved, path in hidden:
         moved.rename(path)
 

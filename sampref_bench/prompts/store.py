@@ -225,6 +225,7 @@ class PromptStore:
                 if not self.visual_path(case, k, v).is_file():
                     todo_visual.setdefault((case, k), []).append(v)
         todo_vqa = [t for t in triples if "vqa" in sources and not self.vqa_path(*t).is_file()]
+        visual_missing = sum(len(labels) for labels in todo_visual.values())
         total = len(todo_visual) + len(todo_vqa)
         with tqdm(total=total, desc=f"prompts ({self.settings['saliency']})", unit="item",
                   disable=not progress or not total) as bar:
@@ -236,7 +237,14 @@ class PromptStore:
                 bar.update(1)
         new = self.computed - before
         if progress and triples:
-            print(f"prompt cache {self.root}: {new} new of {len(triples)} (case, slice, label) prompts read",
+            parts = []
+            if sources & {"saliency", "vqa"}:
+                parts.append(f"box prompts: {visual_missing} computed, {len(triples) - visual_missing} read from the "
+                             "cache")
+            if "vqa" in sources:
+                parts.append(f"VQA answers: {len(todo_vqa)} computed, {len(triples) - len(todo_vqa)} read from "
+                             "the cache")
+            print(f"prompt cache {self.root}: {len(triples)} (case, slice, label) prompts; " + "; ".join(parts),
                   flush=True)
         return new
 
