@@ -40,7 +40,8 @@ print(p["epochs"], p["iterations_per_epoch"], p["batch_size"])' "$preprocessed/D
 
 echo "== 4. unsupervised prompts for every image: weights-free saliency -> dense CRF -> box and point, VQA text"
 echo "   from the saliency mask, LLM text (dataset.json's target_text without OPENAI_API_KEY); quality vs ground truth"
-"$bin/sampref_prompts" -d 003 --overlays 4
+echo "   scored on fold 0's training cases only (--fold 0): prompt settings are chosen from training-case reports"
+"$bin/sampref_prompts" -d 003 --fold 0 --overlays 4
 
 echo "== 5. train the grid with sampref_benchmark: fold 0 at fraction 0.2 (16 labeled images), LiteMedSAM"
 echo "   the plan trains every run for $epochs epochs x $iterations iterations x $batch slices, the same at every"
