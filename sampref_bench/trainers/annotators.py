@@ -1,4 +1,4 @@
-"""Annotators of candidate masks: who says which candidate is better (DESIGN.md, "Stage 2").
+"""Annotators of candidate masks: who says which candidate is better (``docs/preference_optimization.md``).
 
 An annotator looks at the K candidate masks of one rated sample (case, slice, label) and returns an
 :class:`Annotation`: a score per candidate, higher is better, from which the DPO trainers derive preference
@@ -45,7 +45,8 @@ from sampref_bench.utilities.atomic import load_json
 from sampref_bench.utilities.errors import SamprefError
 
 FORMAT = "sampref-preferences/1"
-#: Lower IoU edges of ratings 2, 3 and 4 (DESIGN.md): IoU < 0.4 -> 1, 0.4-0.55 -> 2, 0.55-0.7 -> 3, >= 0.7 -> 4.
+#: Lower IoU edges of ratings 2, 3 and 4: IoU < 0.4 -> 1, 0.4-0.55 -> 2, 0.55-0.7 -> 3, >= 0.7 -> 4, the paper's
+#: rating bins as sampref's design adopts them (``docs/preference_optimization.md``).
 RATING_EDGES = (0.4, 0.55, 0.7)
 SCALE = len(RATING_EDGES) + 1
 

@@ -38,8 +38,9 @@ unbounded DPO variant lowered the inner Dice below stage 1's 0.592 (pixel sum 0.
 plain mean 0.409), while IPO + anchor raised it with every candidate source tried (thresholds 0.619, jittered
 boxes 0.615, adaptive thresholds 0.611; differences among them are within noise, and the first is the
 simplest). The same number of extra steps on the labeled cases alone (``SAMBaselineContinued``) lowered it
-(0.564). This agrees with ``DPO_REFERENCE.md``: candidates that are nested thresholds make the DPO margin
-linear in the logits over the disagreement region, with no optimum; the squared IPO loss has one.
+(0.564). This agrees with the early measurements in ``docs/preference_optimization.md``: candidates that are
+nested thresholds make the DPO margin linear in the logits over the disagreement region, with no optimum; the
+squared IPO loss has one.
 
 Logged every epoch (``training_log.csv``, ``progress.png``): the loss and its parts, ``reward_margin`` (the
 implicit reward of the best minus the worst candidate), ``kl_to_reference``, ``iou_spread`` (the mean over
