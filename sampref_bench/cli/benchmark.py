@@ -9,6 +9,7 @@ from typing import Any
 
 from sampref_bench.cli.common import run_cli
 from sampref_bench.cli.train import _overrides
+from sampref_bench.grid.locks import LOCK_MODES, STALE_S
 
 EPILOG = """\
 examples:
@@ -18,6 +19,7 @@ examples:
   sampref_benchmark -d 003 -t UNet MeanTeacher CPS --workers 2 --device cuda           # two local workers, one GPU each
   sampref_benchmark -d 003 -t DPORanking DPORating --executor slurm --slurm-partition gpu --slurm-gpus 1 \\
       --slurm-cpus 8 --slurm-mem 32 --slurm-time 720 --slurm-array                       # one SLURM array
+  sampref_benchmark -d 003 -t UNet --workers 4 --lock-mode lockfile --lock-stale 900   # locks across cluster nodes
 
 What happens:
   1. The whole request is checked first; every problem is listed at once (unknown trainers with the closest
@@ -41,6 +43,19 @@ a key none of them has is an error. A run with non-default settings gets its own
 --slurm-array); the command stays up to submit dependent runs when their stage 1 finishes and to write the
 report; job logs go to $SAMPREF_results/DatasetXXX_Name/benchmark_logs/. A submission error is reported for
 its run and the rest of the grid goes on. Exit status: 0 when every run finished, 1 when some failed.
+
+Locks (--lock-mode; every command on one results folder must use the same mode):
+  auto      (default) flock on a local file system; lock files where the results folder is on nfs, nfs4,
+            lustre, gpfs, beegfs, cifs/smb3/smbfs, 9p, afs, glusterfs, panfs, wekafs, orangefs, pvfs2 or a
+            fuse.* mount (read from /proc/mounts), whose flock may hold on one node only, and where a flock
+            fails with ENOLCK, EOPNOTSUPP or ENOSYS; the choice is printed when it is not flock.
+  flock     fcntl.flock, released by the kernel when its holder dies; refused where flock fails.
+  lockfile  an O_CREAT|O_EXCL file holding host, PID and a heartbeat refreshed every 30 s (or a quarter of
+            --lock-stale) while the run trains: holds across nodes. A lock whose process on this host is gone,
+            or whose heartbeat is older than --lock-stale seconds (default 600; keep it well above the clock
+            skew between nodes), is taken over, by one command only.
+  none      no locks: this command never starts a run twice, but a second command on the same results folder
+            could train the same runs.
 """
 
 
@@ -70,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trainer-module", action="append", default=[],
                         help="import this module or .py file first so its trainers register (also in workers)")
     parser.add_argument("--poll", type=float, default=5.0, help="seconds between checks of waiting runs (default 5)")
+    parser.add_argument("--lock-mode", default="auto", choices=list(LOCK_MODES),
+                        help="run locks: auto (default: flock, or lock files on nfs/lustre/gpfs/beegfs/smb...), "
+                             "flock, lockfile (across nodes, with a heartbeat) or none; see below")
+    parser.add_argument("--lock-stale", type=float, default=STALE_S, metavar="SECONDS",
+                        help=f"lock files: a heartbeat older than this is a stale lock (default {STALE_S:g})")
     slurm = parser.add_argument_group("slurm (with --executor slurm)")
     slurm.add_argument("--slurm-partition", default=None)
     slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (default 1)")
@@ -122,7 +142,8 @@ def main(argv: list[str] | None = None, executor: Any = None) -> int:
         runner = executor if executor is not None else make_executor(args, plan.dataset)
         try:
             result = run_grid(plan, runner, device=args.device, trainer_modules=modules,
-                              echo=lambda text: print(text, flush=True), poll_s=args.poll)
+                              echo=lambda text: print(text, flush=True), poll_s=args.poll,
+                              lock_mode=args.lock_mode, lock_stale_s=args.lock_stale)
         finally:
             runner.close()
         trained = result.count("trained")

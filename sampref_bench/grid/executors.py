@@ -8,6 +8,9 @@ jobs of a failed dependency as blocked. Executors share one small interface (:cl
 :class:`InlineExecutor` (sequential, in this process), :class:`ProcessExecutor` (``--workers N`` processes) and
 :class:`SubmititExecutor` (one SLURM job per run or a job array; any ``submitit`` executor can be injected, e.g.
 ``submitit.LocalExecutor`` in tests).
+
+The lock kind (:mod:`.locks`) is resolved once by :func:`run_grid` and travels in every :class:`RunCall`, so the
+scheduler's probes, worker processes and SLURM jobs all use the same one.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sampref_bench import paths
-from sampref_bench.grid.locks import RunLock, is_locked, lock_holder
+from sampref_bench.grid.locks import STALE_S, LockPolicy, lock_holder, lock_path, resolve_lock_policy
 from sampref_bench.grid.plan import GridPlan, Job, RunSpec, run_state
 from sampref_bench.trainers.registry import BUILTIN_MODULES
 from sampref_bench.utilities.errors import SamprefError
@@ -40,6 +43,8 @@ class RunCall:
     roots: tuple[tuple[str, str], ...] = ()
     trainer_modules: tuple[str, ...] = ()
     progress: bool = False
+    #: The lock kind of the grid (resolved once by :func:`run_grid`).
+    lock: LockPolicy = LockPolicy()
 
 
 @dataclass
@@ -54,11 +59,11 @@ class RunOutcome:
 
 
 def make_call(plan: GridPlan, job: Job, device: str, trainer_modules: tuple[str, ...] = (),
-              progress: bool = False) -> RunCall:
+              progress: bool = False, lock: LockPolicy | None = None) -> RunCall:
     """The :class:`RunCall` of ``job``, carrying the ``SAMPREF_*`` roots so a remote worker sees the same folders."""
     roots = (("SAMPREF_raw", str(paths.raw_root())), ("SAMPREF_preprocessed", str(paths.preprocessed_root())),
              ("SAMPREF_results", str(paths.results_root())))
-    return RunCall(plan.dataset, job.spec, device, roots, tuple(trainer_modules), progress)
+    return RunCall(plan.dataset, job.spec, device, roots, tuple(trainer_modules), progress, lock or LockPolicy())
 
 
 def execute_run(call: RunCall) -> RunOutcome:
@@ -76,16 +81,23 @@ def execute_run(call: RunCall) -> RunOutcome:
                                             device=call.device, overrides=spec.overrides_dict(),
                                             progress=call.progress, run_name=spec.run_name)
         folder = trainer.output_dir
-        lock = RunLock(folder)
+        lock = call.lock.lock(folder)
         if not lock.acquire():
-            return RunOutcome("busy", str(folder), message=f"locked by {lock_holder(folder) or 'another worker'}")
+            why = getattr(lock, "refusal", "") or lock_holder(folder) or "another worker"
+            return RunOutcome("busy", str(folder), message=f"locked by {why}")
         try:
+            recovered = getattr(lock, "recovered", "")
+            if recovered:
+                print(f"  {spec.label}: took over the stale lock {lock_path(folder)} of {recovered}", flush=True)
             state = run_state(folder)
             if state == "done":
                 return RunOutcome("done", str(folder))
             trainer.run_training(continue_training=state == "resume")
         finally:
             lock.release()
+        if getattr(lock, "lost", False):
+            print(f"  {spec.label}: warning: its lock file {lock_path(folder)} was taken over by another command "
+                  "while it trained (a heartbeat older than --lock-stale); check that run", flush=True)
         dice = _dice(folder)
         return RunOutcome("trained", str(folder), time.perf_counter() - start, "resumed" if state == "resume" else "",
                           dice)
@@ -328,11 +340,18 @@ def _duration(seconds: float) -> str:
 
 
 def run_grid(plan: GridPlan, executor: Executor, device: str = "cpu", trainer_modules: tuple[str, ...] = (),
-             progress: bool = False, echo: Callable[[str], None] = print, poll_s: float = 5.0) -> GridResult:
+             progress: bool = False, echo: Callable[[str], None] = print, poll_s: float = 5.0,
+             lock_mode: str = "auto", lock_stale_s: float = STALE_S) -> GridResult:
     """Train every job of ``plan`` that is not done, dependencies first; returns each job's outcome.
 
     A job waits while a dependency is unfinished or while another worker holds its lock (that worker's result is
-    taken when it finishes); a job whose dependency failed is ``blocked``."""
+    taken when it finishes); a job whose dependency failed is ``blocked``; a job whose lock cannot even be checked
+    fails alone. ``lock_mode`` (one of :data:`~sampref_bench.grid.locks.LOCK_MODES`) is resolved once for the
+    dataset's results folder (:func:`~sampref_bench.grid.locks.resolve_lock_policy`; a note is echoed when the
+    choice is worth saying) and used by every worker."""
+    policy = resolve_lock_policy(lock_mode, paths.results_root() / plan.dataset, lock_stale_s)
+    if policy.note and plan.to_run:
+        echo(f"locks: {policy.note}")
     result = GridResult()
     jobs = {job.folder: job for job in plan.jobs}
     pending = [job for job in plan.jobs if job.state != "done"]
@@ -353,6 +372,13 @@ def run_grid(plan: GridPlan, executor: Executor, device: str = "cpu", trainer_mo
             per = sum(durations) / len(durations)
             eta = f", ETA {_duration(per * (left + len(running) / 2) / max(1, min(executor.slots, total)))}"
         return f"[{finished}/{total} done, {len(running)} running, {left} left{eta}]"
+
+    def locked(folder: Path) -> bool:
+        """Whether another holder has ``folder``'s lock; an error checking it propagates as SamprefError."""
+        try:
+            return policy.is_locked(folder)
+        except OSError as err:
+            raise SamprefError(f"cannot check the lock {lock_path(folder)}: {err}") from err
 
     def dependency_failed(job: Job) -> str | None:
         for dep in job.depends_on:
@@ -377,7 +403,14 @@ def run_grid(plan: GridPlan, executor: Executor, device: str = "cpu", trainer_mo
                 result.outcomes[job.folder] = RunOutcome("done", str(job.folder), message="finished by another worker")
                 echo(f"{status_line()} {job.spec.label} was finished by another worker")
                 continue
-            if is_locked(job.folder):
+            try:
+                busy = locked(job.folder)
+            except SamprefError as err:
+                pending.remove(job)
+                result.outcomes[job.folder] = RunOutcome("failed", str(job.folder), message=str(err))
+                echo(f"{status_line()} FAILED {job.spec.label}: {err}")
+                continue
+            if busy:
                 if job.folder not in waiting_on_other:
                     waiting_on_other.add(job.folder)
                     echo(f"{status_line()} waiting: {job.spec.label} is locked by {lock_holder(job.folder)}")
@@ -387,7 +420,7 @@ def run_grid(plan: GridPlan, executor: Executor, device: str = "cpu", trainer_mo
         for job in ready:
             pending.remove(job)
         if ready:
-            calls = [make_call(plan, job, device, trainer_modules, progress) for job in ready]
+            calls = [make_call(plan, job, device, trainer_modules, progress, policy) for job in ready]
             for job in ready:
                 started[job.folder] = time.monotonic()
                 echo(f"{status_line()} start {job.spec.label}" + (" (resume)" if job.state == "resume" else ""))
@@ -400,9 +433,14 @@ def run_grid(plan: GridPlan, executor: Executor, device: str = "cpu", trainer_mo
                     running[handle] = job
         if not running:
             if pending:
-                locked = any(is_locked(job.folder) or any(is_locked(dep) for dep in job.depends_on)
-                             for job in pending)
-                if not ready and not locked:
+                def held(folder: Path) -> bool:
+                    try:
+                        return locked(folder)
+                    except SamprefError:  # reported when the job itself is checked
+                        return False
+
+                any_locked = any(held(job.folder) or any(held(dep) for dep in job.depends_on) for job in pending)
+                if not ready and not any_locked:
                     # nothing runs, nothing is locked, yet nothing is ready: dependencies outside the grid failed
                     for job in pending:
                         result.outcomes[job.folder] = RunOutcome("blocked", str(job.folder),
