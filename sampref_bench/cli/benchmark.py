@@ -33,7 +33,9 @@ What happens:
      trained once, never by two workers at the same time.
   5. Each run is trained under a lock ({run folder}.lock): two workers, or two sampref_benchmark commands on
      the same results folder, never train the same run; a run locked by another command is waited for.
-  6. Progress lines say runs done / running / left and an ETA from the finished runs' durations.
+  6. Progress lines say runs done / running / left and an ETA from the finished runs' durations; while a run
+     trains, a line per epoch says its epoch i/N, loss, pseudo Dice and seconds (from --workers processes too;
+     a SLURM job writes them to its log). --no-epoch-lines leaves them out.
   7. At the end the report of `sampref_evaluate -d DATASET` is written (summary_table.*, plots).
 
 --set KEY=VALUE goes to every trainer of the grid that has the option (model=tiny is not given to UNet);
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trainer-module", action="append", default=[],
                         help="import this module or .py file first so its trainers register (also in workers)")
     parser.add_argument("--poll", type=float, default=5.0, help="seconds between checks of waiting runs (default 5)")
+    parser.add_argument("--no-epoch-lines", action="store_true",
+                        help="do not print a line per epoch of the running runs")
     parser.add_argument("--lock-mode", default="auto", choices=list(LOCK_MODES),
                         help="run locks: auto (default: flock, or lock files on nfs/lustre/gpfs/beegfs/smb...), "
                              "flock, lockfile (across nodes, with a heartbeat) or none; see below")
@@ -143,7 +147,8 @@ def main(argv: list[str] | None = None, executor: Any = None) -> int:
         try:
             result = run_grid(plan, runner, device=args.device, trainer_modules=modules,
                               echo=lambda text: print(text, flush=True), poll_s=args.poll,
-                              lock_mode=args.lock_mode, lock_stale_s=args.lock_stale)
+                              lock_mode=args.lock_mode, lock_stale_s=args.lock_stale,
+                              epoch_lines=not args.no_epoch_lines)
         finally:
             runner.close()
         trained = result.count("trained")

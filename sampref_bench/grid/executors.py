@@ -11,17 +11,26 @@ jobs of a failed dependency as blocked. Executors share one small interface (:cl
 
 The lock kind (:mod:`.locks`) is resolved once by :func:`run_grid` and travels in every :class:`RunCall`, so the
 scheduler's probes, worker processes and SLURM jobs all use the same one.
+
+Epoch lines: a run prints one line per epoch (:func:`epoch_line`: run, epoch i/N, loss, pseudo Dice, seconds)
+through the trainer's ``epoch_callbacks``. The lines go to the executor's *line sink*: the grid's ``echo`` in this
+process (:class:`InlineExecutor`), a queue the parent drains into its ``echo`` between polls (:class:`ProcessExecutor`:
+whole lines, never interleaved), the job's own stdout elsewhere (a SLURM job's log).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import datetime
+import math
 import multiprocessing
 import os
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +54,8 @@ class RunCall:
     progress: bool = False
     #: The lock kind of the grid (resolved once by :func:`run_grid`).
     lock: LockPolicy = LockPolicy()
+    #: Print one line per epoch (:func:`epoch_line`) to the line sink.
+    epoch_lines: bool = False
 
 
 @dataclass
@@ -59,11 +70,52 @@ class RunOutcome:
 
 
 def make_call(plan: GridPlan, job: Job, device: str, trainer_modules: tuple[str, ...] = (),
-              progress: bool = False, lock: LockPolicy | None = None) -> RunCall:
+              progress: bool = False, lock: LockPolicy | None = None, epoch_lines: bool = False) -> RunCall:
     """The :class:`RunCall` of ``job``, carrying the ``SAMPREF_*`` roots so a remote worker sees the same folders."""
     roots = (("SAMPREF_raw", str(paths.raw_root())), ("SAMPREF_preprocessed", str(paths.preprocessed_root())),
              ("SAMPREF_results", str(paths.results_root())))
-    return RunCall(plan.dataset, job.spec, device, roots, tuple(trainer_modules), progress, lock or LockPolicy())
+    return RunCall(plan.dataset, job.spec, device, roots, tuple(trainer_modules), progress, lock or LockPolicy(),
+                   epoch_lines)
+
+
+# ------------------------------------------------------------------------------------------------ run lines
+#: Where :func:`emit_line` sends a run's lines in this process; None: this process's stdout.
+_LINE_SINK: Callable[[str], None] | None = None
+
+
+def emit_line(text: str) -> None:
+    """Send one line of a running run (an epoch line) to this process's line sink, else to stdout in one write."""
+    sink = _LINE_SINK
+    if sink is not None:
+        sink(text)
+        return
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def line_sink(sink: Callable[[str], None] | None) -> Iterator[None]:
+    """Within the block, :func:`emit_line` calls ``sink`` (None: stdout)."""
+    global _LINE_SINK
+    previous, _LINE_SINK = _LINE_SINK, sink
+    try:
+        yield
+    finally:
+        _LINE_SINK = previous
+
+
+def _number(value: object, digits: int = 4) -> str:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(number) else f"{number:.{digits}f}"
+
+
+def epoch_line(label: str, row: dict[str, Any], epochs: int) -> str:
+    """One epoch of a running run: ``  SAMBaseline f0.1 fold 0: epoch 3/50, loss 0.4120, pseudo Dice 0.6011, 5.2 s``."""
+    return (f"  {label}: epoch {row.get('epoch', '?')}/{epochs}, loss {_number(row.get('train_loss'))}, "
+            f"pseudo Dice {_number(row.get('val_dice'))}, {_number(row.get('seconds'), 1)} s")
 
 
 def execute_run(call: RunCall) -> RunOutcome:
@@ -88,16 +140,19 @@ def execute_run(call: RunCall) -> RunOutcome:
         try:
             recovered = getattr(lock, "recovered", "")
             if recovered:
-                print(f"  {spec.label}: took over the stale lock {lock_path(folder)} of {recovered}", flush=True)
+                emit_line(f"  {spec.label}: took over the stale lock {lock_path(folder)} of {recovered}")
             state = run_state(folder)
             if state == "done":
                 return RunOutcome("done", str(folder))
+            if call.epoch_lines:
+                epochs = int(trainer.config["epochs"])
+                trainer.epoch_callbacks.append(lambda row: emit_line(epoch_line(spec.label, row, epochs)))
             trainer.run_training(continue_training=state == "resume")
         finally:
             lock.release()
         if getattr(lock, "lost", False):
-            print(f"  {spec.label}: warning: its lock file {lock_path(folder)} was taken over by another command "
-                  "while it trained (a heartbeat older than --lock-stale); check that run", flush=True)
+            emit_line(f"  {spec.label}: warning: its lock file {lock_path(folder)} was taken over by another command "
+                      "while it trained (a heartbeat older than --lock-stale); check that run")
         dice = _dice(folder)
         return RunOutcome("trained", str(folder), time.perf_counter() - start, "resumed" if state == "resume" else "",
                           dice)
@@ -128,6 +183,8 @@ class Executor(Protocol):
     def submit(self, calls: list[RunCall]) -> list[Any]:
         """Start ``calls``; one handle per call, or the exception that prevented its submission."""
 
+    # optional: ``connect(echo)``, where the runs' lines (epoch lines) go; without it they go to the runs' stdout
+
     def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, RunOutcome]]:
         """Finished handles among ``handles`` with their outcomes (waits up to ``timeout`` for one)."""
 
@@ -149,10 +206,19 @@ class InlineExecutor:
 
     def __init__(self, function: Callable[[RunCall], RunOutcome] = execute_run) -> None:
         self.function = function
+        self.echo: Callable[[str], None] | None = None
+
+    def connect(self, echo: Callable[[str], None]) -> None:
+        """Send the runs' lines (epoch lines) to ``echo``."""
+        self.echo = echo
 
     def submit(self, calls: list[RunCall]) -> list[Any]:
         """Run each call now; its handle holds its outcome."""
-        return [_Finished(self.function(call)) for call in calls]
+        out = []
+        for call in calls:
+            with line_sink(self.echo):
+                out.append(_Finished(self.function(call)))
+        return out
 
     def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, RunOutcome]]:
         """Everything submitted has finished."""
@@ -183,13 +249,17 @@ def visible_gpus() -> list[str]:
     return [str(k) for k in range(torch.cuda.device_count())]
 
 
-def _pin_worker_gpu(counter: Any, gpus: tuple[str, ...]) -> None:
-    """Pool initializer: the k-th worker process started sees only ``gpus[k % len(gpus)]`` (as its ``cuda:0``).
-    It runs before the worker touches CUDA, which is what makes ``CUDA_VISIBLE_DEVICES`` take effect."""
-    with counter.get_lock():
-        index = counter.value
-        counter.value += 1
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+def _init_worker(counter: Any, gpus: tuple[str, ...], lines: Any) -> None:
+    """Pool initializer: the runs' lines go to the parent through ``lines`` (a queue); with ``gpus``, the k-th worker
+    process started sees only ``gpus[k % len(gpus)]`` (as its ``cuda:0``). It runs before the worker touches CUDA,
+    which is what makes ``CUDA_VISIBLE_DEVICES`` take effect."""
+    global _LINE_SINK
+    _LINE_SINK = lines.put
+    if gpus:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
 
 
 class ProcessExecutor:
@@ -214,18 +284,35 @@ class ProcessExecutor:
         if device == "cuda" and not self.gpus:
             raise SamprefError("--device cuda: no GPU is visible (CUDA_VISIBLE_DEVICES is empty or torch sees no "
                                "CUDA device). Use --device cpu, or name the GPUs with --gpus.")
-        setup: dict[str, Any] = {}
-        if self.gpus:
-            setup = {"initializer": _pin_worker_gpu, "initargs": (context.Value("i", 0), tuple(self.gpus))}
-        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, **setup)
+        #: The workers' lines (one message per line, written whole under the queue's lock), drained in :meth:`wait`.
+        self.lines = context.SimpleQueue()
+        self.echo: Callable[[str], None] = emit_line
+        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                           initargs=(context.Value("i", 0), tuple(self.gpus), self.lines))
+
+    def connect(self, echo: Callable[[str], None]) -> None:
+        """Print the workers' lines (epoch lines) through ``echo`` (default: this process's stdout)."""
+        self.echo = echo
+
+    def drain(self) -> None:
+        """Echo every line the workers have sent so far."""
+        while not self.lines.empty():
+            self.echo(self.lines.get())
 
     def submit(self, calls: list[RunCall]) -> list[Any]:
         """One future per call."""
         return [self.pool.submit(self.function, call) for call in calls]
 
     def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, RunOutcome]]:
-        """Futures that finished (a crashed worker is a failed run)."""
-        done, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        """Futures that finished (a crashed worker is a failed run); the workers' lines are echoed meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.drain()
+            left = deadline - time.monotonic()
+            done, _ = cf.wait(handles, timeout=max(0.0, min(0.2, left)), return_when=cf.FIRST_COMPLETED)
+            if done or left <= 0.2:
+                break
+        self.drain()
         out = []
         for future in done:
             try:
@@ -235,8 +322,23 @@ class ProcessExecutor:
         return out
 
     def close(self) -> None:
-        """Shut the pool down."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        """Shut the pool down, echoing the workers' lines meanwhile (a worker blocked on a full line pipe could
+        otherwise never finish) and the last ones after."""
+        stop = threading.Event()
+
+        def pump() -> None:
+            while not stop.is_set():
+                self.drain()
+                stop.wait(0.05)
+
+        pumping = threading.Thread(target=pump, daemon=True, name="worker lines")
+        pumping.start()
+        try:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            stop.set()
+            pumping.join()
+        self.drain()
 
 
 @dataclass
@@ -341,17 +443,21 @@ def _duration(seconds: float) -> str:
 
 def run_grid(plan: GridPlan, executor: Executor, device: str = "cpu", trainer_modules: tuple[str, ...] = (),
              progress: bool = False, echo: Callable[[str], None] = print, poll_s: float = 5.0,
-             lock_mode: str = "auto", lock_stale_s: float = STALE_S) -> GridResult:
+             lock_mode: str = "auto", lock_stale_s: float = STALE_S, epoch_lines: bool = True) -> GridResult:
     """Train every job of ``plan`` that is not done, dependencies first; returns each job's outcome.
 
     A job waits while a dependency is unfinished or while another worker holds its lock (that worker's result is
     taken when it finishes); a job whose dependency failed is ``blocked``; a job whose lock cannot even be checked
     fails alone. ``lock_mode`` (one of :data:`~sampref_bench.grid.locks.LOCK_MODES`) is resolved once for the
     dataset's results folder (:func:`~sampref_bench.grid.locks.resolve_lock_policy`; a note is echoed when the
-    choice is worth saying) and used by every worker."""
+    choice is worth saying) and used by every worker. ``epoch_lines``: each run's epochs are echoed as they end
+    (:func:`epoch_line`; through ``executor.connect(echo)`` where the executor has it)."""
     policy = resolve_lock_policy(lock_mode, paths.results_root() / plan.dataset, lock_stale_s)
     if policy.note and plan.to_run:
         echo(f"locks: {policy.note}")
+    connect = getattr(executor, "connect", None)
+    if epoch_lines and callable(connect):
+        connect(echo)
     result = GridResult()
     jobs = {job.folder: job for job in plan.jobs}
     pending = [job for job in plan.jobs if job.state != "done"]
@@ -420,7 +526,7 @@ def run_grid(plan: GridPlan, executor: Executor, device: str = "cpu", trainer_mo
         for job in ready:
             pending.remove(job)
         if ready:
-            calls = [make_call(plan, job, device, trainer_modules, progress, policy) for job in ready]
+            calls = [make_call(plan, job, device, trainer_modules, progress, policy, epoch_lines) for job in ready]
             for job in ready:
                 started[job.folder] = time.monotonic()
                 echo(f"{status_line()} start {job.spec.label}" + (" (resume)" if job.state == "resume" else ""))
