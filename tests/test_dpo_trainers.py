@@ -168,13 +168,24 @@ def test_guards_no_rated_case_foreign_stage1_and_all_ties(dataset, tmp_path):
     stage1 = _dpo("DPORanking", dataset).stage1_trainer().output_dir
     foreign = tmp_path / "foreign" / "fold_0"
     shutil.copytree(stage1, foreign)
-    record = json.loads((foreign / "config.json").read_text())
-    record["plans_hash"] = "0000000000000000"
+    original = json.loads((foreign / "config.json").read_text())
+    record = json.loads(json.dumps(original))
+    record["plan_snapshot"]["image_size"] = 999
     record["hyperparameters"]["model"] = "litemedsam"
     (foreign / "config.json").write_text(json.dumps(record))
     with pytest.raises(SamprefError) as err:
         _dpo("DPORanking", dataset, stage1_run=str(foreign)).run_training()
-    assert "0000000000000000" in str(err.value) and "model" in str(err.value) and str(foreign) in str(err.value)
+    message = str(err.value)
+    assert "image_size: 999 ->" in message and "model" in message and str(foreign) in message
+    # a replan of fractions or thresholds changes the plan's hash, not what stage 1 saw: accepted
+    checker = _dpo("DPORanking", dataset, stage1_run=str(foreign))
+    (foreign / "config.json").write_text(json.dumps({**original, "plans_hash": "0000000000000000"}))
+    checker._check_stage1(foreign, explicit=True)
+    # a stage-1 run from before plan snapshots falls back to the hash
+    (foreign / "config.json").write_text(json.dumps(
+        {k: v for k, v in original.items() if k != "plan_snapshot"} | {"plans_hash": "0000000000000000"}))
+    with pytest.raises(SamprefError, match="0000000000000000"):
+        checker._check_stage1(foreign, explicit=True)
 
 
 def test_inner_selection_keeps_the_best_epoch_on_held_out_labeled_cases(dataset):

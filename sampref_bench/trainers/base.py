@@ -53,6 +53,30 @@ TRAINER_CLASSES: dict[str, type] = {}
 PLANNED = ("epochs", "iterations_per_epoch", "batch_size")
 
 
+#: Plan keys a run depends on, snapshotted into ``config.json`` and the checkpoints (``plan_snapshot``) and compared
+#: with the current plan on ``--continue`` and before a finished run predicts. Fractions, thresholds and the DPO
+#: fractions are left out: replanning them changes no run's inputs (budgets are nested prefixes).
+PLAN_INPUT_KEYS = ("configuration", "dimensionality", "labels", "slicing_axis", "normalization", "channels_to_rgb",
+                   "storage_dtype", "image_size", "transform")
+#: Plan keys of how a run is trained (which slices, how long): compared on ``--continue`` only, since a finished run
+#: predicts the same whatever the plan now says about training.
+PLAN_TRAINING_KEYS = ("background_slice_share", "hidden_label_min_content", "batch_size", "epochs",
+                      "iterations_per_epoch", "dpo_epochs", "dpo_iterations_per_epoch", "unet_epochs",
+                      "unet_iterations_per_epoch")
+PLAN_SNAPSHOT_KEYS = PLAN_INPUT_KEYS + PLAN_TRAINING_KEYS
+
+
+def plan_snapshot(plans: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`PLAN_SNAPSHOT_KEYS` of ``plans`` (a key the plan lacks is ``None``)."""
+    return {key: plans.get(key) for key in PLAN_SNAPSHOT_KEYS}
+
+
+def plan_differences(saved: dict[str, Any], plans: dict[str, Any], keys: Iterable[str]) -> list[str]:
+    """``key: saved -> current`` for each of ``keys`` whose snapshotted value differs from the plan's, sorted."""
+    current = plan_snapshot(plans)
+    return config_differences({k: saved.get(k) for k in keys}, {k: current.get(k) for k in keys})
+
+
 def resolve_device(name: str) -> torch.device:
     """``cpu`` or ``cuda`` (a clear error when CUDA is asked for but absent)."""
     if name == "cuda" and not torch.cuda.is_available():
@@ -215,16 +239,20 @@ class BaseTrainer:
     def initialize(self) -> None:
         """Check the preprocessed data against the plan, seed everything, build networks, optimizers and data."""
         self.check_preprocessing()
-        seed = int(self.config["seed"])
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        self.seed_everything()
         self.networks = {name: net.to(self.device) for name, net in self.build_networks().items()}
         if "network" not in self.networks:
             raise RuntimeError(f"{type(self).__name__}.build_networks() must return a 'network' (it predicts)")
         self.optimizers, self.schedulers = self.configure_optimizers()
         self.build_data()
         self.prepare_distributed()
+
+    def seed_everything(self) -> None:
+        """Seed Python's, numpy's and torch's global generators with the run's ``seed``."""
+        seed = int(self.config["seed"])
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
 
     @property
     def network(self) -> torch.nn.Module:
@@ -356,6 +384,7 @@ class BaseTrainer:
             "configuration_family": self.family_configuration_name(), "run_tag": self.run_tag,
             "oracle": bool(type(self).oracle),
             "plans": self.plans["plans_name"], "plans_hash": self.plans.get("inputs_hash"),
+            "plan_snapshot": plan_snapshot(self.plans),
             "budget": self.budget, "device": str(self.device), "processes": ddp.world_size(),
             "hyperparameters": self.config,
             "cases": {"labeled": len(self.roles.labeled), "rated": len(self.roles.rated),
@@ -376,23 +405,85 @@ class BaseTrainer:
             "schedulers": {name: s.state_dict() for name, s in self.schedulers.items() if s is not None},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "log": self.log, "config": self.config,
+            "log": self.log, "config": self.config, "plan_snapshot": plan_snapshot(self.plans),
         }
 
-    def restore(self, state: dict[str, Any], path: Path) -> None:
-        """Load a checkpoint's state into the initialized trainer (same trainer and hyperparameters only)."""
+    def check_checkpoint(self, state: dict[str, Any], path: Path, for_training: bool = True) -> None:
+        """Refuse a checkpoint of another trainer, other hyperparameters, or a plan that changed what the run
+        depends on (:data:`PLAN_INPUT_KEYS`; with ``for_training`` also :data:`PLAN_TRAINING_KEYS`), naming the
+        keys and both values. A checkpoint written before plan snapshots existed is accepted with a warning."""
         if state.get("trainer") != type(self).__name__:
             raise SamprefError(f"{path} was written by trainer {state.get('trainer')!r}, not {type(self).__name__}")
+        what = "--continue" if for_training else "loading a finished run"
         differences = config_differences(state.get("config", {}), self.config, self.reference_config())
         if differences:
-            raise SamprefError(f"--continue: {path} was trained with other hyperparameters ({'; '.join(differences)}"
-                               "). Continue with the saved settings, or start a new run (another --run-name).")
+            advice = "Continue with the saved settings" if for_training else "Load it with its saved settings"
+            raise SamprefError(f"{what}: {path} was trained with other hyperparameters ({'; '.join(differences)}"
+                               f"). {advice}, or start a new run (another --run-name).")
+        saved = state.get("plan_snapshot")
+        if saved is None:
+            import warnings
+
+            warnings.warn(f"{path} predates plan snapshots: whether the plan it was trained under matches "
+                          f"{self.preprocessed_dir / 'plans.json'} (image size, normalization, slicing, transform) "
+                          "is not checked", stacklevel=2)
+            return
+        keys = PLAN_SNAPSHOT_KEYS if for_training else PLAN_INPUT_KEYS
+        changed = plan_differences(saved, self.plans, keys)
+        if changed:
+            raise SamprefError(
+                f"{what}: {path} was trained under another plan than {self.preprocessed_dir / 'plans.json'}: "
+                f"{'; '.join(changed)} (trained -> current plan). Replan with the run's settings, or train a new "
+                "run under the current plan (delete the run folder or pass another --run-name).")
+
+    def load_networks(self, state: dict[str, Any]) -> None:
+        """Load the checkpoint's stored networks (every network but :meth:`rebuilt_networks`) into :attr:`networks`;
+        a ``KeyError`` or ``RuntimeError`` when they do not match."""
+        expected = set(self.networks) - self.rebuilt_networks()
+        if set(state["networks"]) != expected:
+            raise KeyError(f"networks {sorted(state['networks'])} != {sorted(expected)}")
+        for name in sorted(expected):
+            self.load_network_state(name, self.networks[name], state["networks"][name])
+
+    # ----------------------------------------------------------- a finished run, for prediction
+    def build_inference_networks(self) -> dict[str, torch.nn.Module]:
+        """The networks a finished run needs to predict, with the weights its checkpoint will overwrite (default:
+        :meth:`build_networks`; a two-stage trainer builds its policy without reading its stage-1 run)."""
+        return self.build_networks()
+
+    def build_inference_data(self) -> None:
+        """What :meth:`predict_case` reads besides the networks (default: :meth:`build_data`; trainers whose
+        training data is expensive to prepare, such as DPO candidates, prepare less)."""
+        self.build_data()
+
+    def initialize_for_inference(self) -> None:
+        """Build a finished run's networks and inference data from its configuration and the plan alone: no stage-1
+        run, reference policy, candidates or optimizer is touched."""
+        self.check_preprocessing()
+        self.seed_everything()
+        self.networks = {name: net.to(self.device) for name, net in self.build_inference_networks().items()}
+        if "network" not in self.networks:
+            raise RuntimeError(f"{type(self).__name__}.build_inference_networks() must return a 'network'")
+        self.build_inference_data()
+
+    def load_inference_state(self, state: dict[str, Any], path: Path) -> None:
+        """Load a finished run's checkpoint into a trainer made by :meth:`initialize_for_inference`: trainer,
+        hyperparameters and the plan inputs it was trained under are checked; networks then go to eval mode."""
+        self.check_checkpoint(state, path, for_training=False)
         try:
-            expected = set(self.networks) - self.rebuilt_networks()
-            if set(state["networks"]) != expected:
-                raise KeyError(f"networks {sorted(state['networks'])} != {sorted(expected)}")
-            for name in sorted(expected):
-                self.load_network_state(name, self.networks[name], state["networks"][name])
+            self.load_networks(state)
+        except (RuntimeError, KeyError) as err:
+            raise SamprefError(f"{path} does not match this run's model ({str(err).splitlines()[0][:200]})") from err
+        self.epoch = int(state["epoch"])
+        self.log = list(state.get("log", []))
+        for network in self.networks.values():
+            network.eval()
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        """Load a checkpoint's state into the initialized trainer (same trainer, hyperparameters and plan only)."""
+        self.check_checkpoint(state, path, for_training=True)
+        try:
+            self.load_networks(state)
             for name, optimizer in self.optimizers.items():
                 optimizer.load_state_dict(state["optimizers"][name])
             for name, scheduler in self.schedulers.items():

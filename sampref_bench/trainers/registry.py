@@ -84,9 +84,11 @@ def get_trainer(name: str) -> type:
 def load_trained_run(run_dir: str | Path, device: str = "cpu", checkpoint: str = "checkpoint_final.pth",
                      progress: bool = False) -> Any:
     """A finished run as a ready model, in one call: its trainer rebuilt from ``run_dir/config.json`` (same
-    class, dataset, fold, fraction and hyperparameters), initialized, with the checkpoint's networks loaded
-    and in eval mode. ``trainer.predict_case(case)`` then predicts any preprocessed case, and
-    ``trainer.network`` is the model (a two-stage trainer's frozen reference, for example).
+    class, dataset, fold, fraction and hyperparameters), its networks built for inference
+    (:meth:`~sampref_bench.trainers.base.BaseTrainer.initialize_for_inference`: nothing is trained, no stage-1 run
+    or candidate is read) with the checkpoint's networks loaded and in eval mode; a checkpoint trained under
+    another plan (image size, normalization, slicing, transform, configuration, labels) is refused.
+    ``trainer.predict_case(case)`` then predicts any preprocessed case, and ``trainer.network`` is the model.
 
     ``run_dir`` is a fold folder (``.../{Trainer}__{plans}__{configuration}__f{fraction}/fold_k``); the
     dataset must still be planned under ``$SAMPREF_preprocessed``. A missing or foreign checkpoint is a
@@ -106,14 +108,13 @@ def load_trained_run(run_dir: str | Path, device: str = "cpu", checkpoint: str =
                   overrides=dict(record["hyperparameters"]), progress=progress)
     trainer.run_tag = record.get("run_tag") or ""  # a --run-name, or the tag the same hyperparameters give
     trainer.output_dir = run_dir
-    if hasattr(trainer, "annotate"):
-        trainer.annotate = False  # a finished DPO run predicts: it needs neither ratings nor a ratings file
-    trainer.initialize()
     path = run_dir / checkpoint
     if not path.is_file():
         raise SamprefError(f"{path} is missing: the run in {run_dir} has not finished (continue it with "
                            "`sampref_train ... --continue`, or pass checkpoint='checkpoint_latest.pth')")
-    trainer.restore(load_checkpoint(path), path)
-    for network in trainer.networks.values():
-        network.eval()
+    state = load_checkpoint(path)
+    if state.get("trainer") != cls.__name__:
+        raise SamprefError(f"{path} was written by trainer {state.get('trainer')!r}, not {cls.__name__}")
+    trainer.initialize_for_inference()
+    trainer.load_inference_state(state, path)
     return trainer

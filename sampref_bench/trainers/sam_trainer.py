@@ -158,6 +158,12 @@ class SAMTrainer(BaseTrainer):
             self.cache = EmbeddingCache(self.data, self.network, self.device)
             self.cache.ensure(self.slices_read(), progress=self.progress)
 
+    def build_inference_data(self) -> None:
+        """A finished run predicts from images alone: only the embedding cache of a frozen encoder (embeddings are
+        computed when first read); no sample list, label store or loss."""
+        self.cache = EmbeddingCache(self.data, self.network, self.device) if self.config["freeze_image_encoder"] \
+            else None
+
     def use_data(self, data: Any) -> None:
         """As :meth:`BaseTrainer.use_data`; a frozen encoder's embedding cache is rebuilt beside ``data``."""
         super().use_data(data)

@@ -211,13 +211,14 @@ class UAMT(MeanTeacher):
                                    else [float(r) for r in rates])
         return arch
 
-    def restore(self, state: dict[str, Any], path: Any) -> None:
-        """Refuse a checkpoint of a UAMT run trained before Monte-Carlo dropout (its config lacks ``mc_dropout``)."""
+    def check_checkpoint(self, state: dict[str, Any], path: Any, for_training: bool = True) -> None:
+        """Also refuse a checkpoint of a UAMT run trained before Monte-Carlo dropout (its config lacks
+        ``mc_dropout``), for ``--continue`` and for prediction alike."""
         if "mc_dropout" not in state.get("config", {}):
             raise SamprefError(f"{path} is a UAMT run trained before UAMT had Monte-Carlo dropout; it cannot be "
                                "continued or loaded as today's UAMT. Move its run folder away and train again "
                                "(or pass another --run-name).")
-        super().restore(state, path)
+        super().check_checkpoint(state, path, for_training)
 
     def teacher_passes(self, unlabeled: torch.Tensor, batch_index: int) -> torch.Tensor:
         """``(T, B, C, H, W)`` softmax probabilities of the teacher's ``mc_passes`` stochastic passes (input noise

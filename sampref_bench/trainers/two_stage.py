@@ -5,7 +5,9 @@ Stage 1 is ``SAMBaseline`` on the same fold, trained with this trainer's stage-1
 Its run folder is the one ``sampref_train DATASET SAMBaseline FOLD --fraction F1`` would use, so an existing
 finished run is reused; its identity is checked (same plan, same model, same hyperparameters). A missing
 stage 1 is trained first and kept as its own run; an interrupted one is continued. ``stage1_run`` names another
-finished stage-1 run folder explicitly; it must come from the same plan, model, fold and labeled cases.
+finished stage-1 run folder explicitly; it must come from the same plan, model, fold and labeled cases. "The same
+plan" means the plan keys stage 1 depends on (its ``plan_snapshot``): a replan with other fractions or thresholds
+keeps a stage-1 run usable.
 
 Stage 2 trains the mask decoder only (prompt encoder, text projection and image encoder stay as stage 1 left
 them), at ``dpo_lr``, for the plan's ``dpo_epochs`` x ``dpo_iterations_per_epoch`` batches of
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from sampref_bench.planners.plans import fraction_key
-from sampref_bench.trainers.base import PLANNED, epoch_generator, seeded_passes
+from sampref_bench.trainers.base import PLAN_INPUT_KEYS, PLANNED, epoch_generator, plan_differences, seeded_passes
 from sampref_bench.trainers.data import Sample
 from sampref_bench.trainers.prompt_trainers import SAMBaseline
 from sampref_bench.trainers.run_folder import load_checkpoint
@@ -45,6 +47,9 @@ from sampref_bench.utilities.errors import SamprefError
 SELECTIONS = ("last", "inner")
 #: Keys of a stage-1 run's hyperparameters that must agree with this trainer's for the weights to fit.
 STAGE1_MODEL_KEYS = ("model", "model_checkpoint", "model_arch", "freeze_image_encoder", "text_encoder")
+#: Plan keys a stage-1 run must share with this run: its inputs and which of its slices trained (its length is a
+#: hyperparameter, compared with the others).
+STAGE1_PLAN_KEYS = (*PLAN_INPUT_KEYS, "background_slice_share")
 
 
 class TwoStageSAMTrainer(SAMBaseline):
@@ -111,7 +116,12 @@ class TwoStageSAMTrainer(SAMBaseline):
         if record.get("dataset") != self.dataset_name or int(record.get("fold", -1)) != self.fold:
             problems.append(f"dataset {record.get('dataset')} fold {record.get('fold')} (this run: "
                             f"{self.dataset_name} fold {self.fold})")
-        if record.get("plans") != self.plans["plans_name"] or record.get("plans_hash") != self.plans.get("inputs_hash"):
+        if record.get("plans") != self.plans["plans_name"]:
+            problems.append(f"plan {record.get('plans')} (this run: {self.plans['plans_name']})")
+        elif record.get("plan_snapshot") is not None:  # what stage 1 saw; a replan of fractions changes nothing
+            problems += [f"plan key {d}" for d in plan_differences(record["plan_snapshot"], self.plans,
+                                                                    STAGE1_PLAN_KEYS)]
+        elif record.get("plans_hash") != self.plans.get("inputs_hash"):  # a run from before plan snapshots
             problems.append(f"plan {record.get('plans')} {record.get('plans_hash')} (this run: "
                             f"{self.plans['plans_name']} {self.plans.get('inputs_hash')})")
         if fraction_key(float(record.get("fraction", -1))) != fraction_key(self.stage1_fraction()):
@@ -232,6 +242,12 @@ class TwoStageSAMTrainer(SAMBaseline):
                 param.requires_grad_(name == "network" and param_name.startswith("mask_decoder."))
             networks[name] = model
         return networks
+
+    def build_inference_networks(self) -> dict[str, torch.nn.Module]:
+        """A finished run needs only its policy: built from the configuration, its weights (stage 2's, which hold
+        stage 1's frozen parts unchanged) come from the run's own checkpoint. The stage-1 run is never read, so a
+        finished run predicts after its stage-1 folder is gone."""
+        return {"network": self.build_network()}
 
     def rebuilt_networks(self) -> set[str]:
         """The reference is rebuilt from the stage-1 checkpoint, never stored."""
