@@ -23,6 +23,7 @@ from sampref_bench.grid.executors import (
 from sampref_bench.grid.locks import RunLock, is_locked, lock_path
 from sampref_bench.grid.plan import plan_grid
 from sampref_bench.utilities.errors import SamprefError
+from tests.lock_helpers import race_to_acquire
 from tests.trainer_helpers import planned_phantoms
 
 #: Tiny SAM settings as --set options (one epoch of two batches of two slices).
@@ -126,19 +127,8 @@ def test_local_grid_completes_second_run_trains_nothing_and_resumes(tmp_path: Pa
 
 def test_run_lock_is_exclusive_across_threads_and_processes(tmp_path: Path) -> None:
     folder = tmp_path / "Run__p__2d__f0.5" / "fold_0"
-    barrier = threading.Barrier(8)
     locks = [RunLock(folder) for _ in range(8)]
-    taken: list[bool] = [False] * 8
-
-    def take(i: int) -> None:
-        barrier.wait()
-        taken[i] = locks[i].acquire()
-
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    taken = race_to_acquire(locks)
     assert sum(taken) == 1
     holder = locks[taken.index(True)]
     assert is_locked(folder) and json.loads(lock_path(folder).read_text())["pid"] > 0

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import types
 from pathlib import Path
@@ -34,6 +33,7 @@ from sampref_bench.grid.locks import (
 )
 from sampref_bench.grid.plan import plan_grid
 from sampref_bench.utilities.errors import SamprefError
+from tests.lock_helpers import race_to_acquire
 from tests.trainer_helpers import planned_phantoms
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,19 +116,8 @@ def test_an_unknown_lock_mode_names_the_choices(capsys: pytest.CaptureFixture[st
 # ------------------------------------------------------------------------------------------------ lock files
 def test_lock_file_is_exclusive_and_names_its_holder(tmp_path: Path) -> None:
     folder = tmp_path / "Run__p__2d__f0.5" / "fold_0"
-    barrier = threading.Barrier(8)
     lockers = [LockFile(folder) for _ in range(8)]
-    taken = [False] * 8
-
-    def take(i: int) -> None:
-        barrier.wait()
-        taken[i] = lockers[i].acquire()
-
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    taken = race_to_acquire(lockers)
     assert sum(taken) == 1
     holder = lockers[taken.index(True)]
     record = json.loads(lock_path(folder).read_text())
@@ -187,19 +176,8 @@ def test_a_stale_heartbeat_is_taken_over_by_one_recoverer_only(tmp_path: Path) -
     # eight recoverers at once: exactly one holds the lock afterwards (one of them may take it while another
     # has the stale file renamed aside: then the winner saw no stale lock at all)
     stale_record(folder)
-    barrier = threading.Barrier(8)
     lockers = [LockFile(folder, stale_s=600) for _ in range(8)]
-    taken = [False] * 8
-
-    def take(i: int) -> None:
-        barrier.wait()
-        taken[i] = lockers[i].acquire()
-
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    taken = race_to_acquire(lockers)
     assert sum(taken) == 1
     winner = lockers[taken.index(True)]
     assert json.loads(lock_path(folder).read_text())["token"] == winner._record["token"]
