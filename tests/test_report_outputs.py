@@ -76,9 +76,10 @@ def test_holm_matches_statsmodels():
 
     raw = [0.001, 0.3, 0.02, 0.049, 0.5, 0.0001]
     assert holm_adjust(raw) == pytest.approx(list(multipletests(raw, method="holm")[1]))
-    # with NaNs (left out of the family) and ties, over many random tables: statsmodels on the finite p alone
+    # with NaNs (left out of the family) and ties, over 25 random tables (a statsmodels call costs ~0.1 s here):
+    # statsmodels on the finite p alone
     rng = np.random.default_rng(0)
-    for _ in range(200):
+    for _ in range(25):
         n = int(rng.integers(1, 12))
         raw = rng.choice([0.01, 0.04, 0.2], n).tolist() if rng.random() < 0.3 else (rng.random(n) ** 3).tolist()
         for i in np.flatnonzero(rng.random(n) < 0.3):
