@@ -69,10 +69,35 @@ def parse_dataset_id(spec: str | int) -> int | str:
     )
 
 
+def root_variable(root: Path) -> str:
+    """The environment variable that names ``root`` (``SAMPREF_raw``, ...), or ``"the root"`` for another path."""
+    for variable, leaf in (("SAMPREF_raw", "raw"), ("SAMPREF_preprocessed", "preprocessed"),
+                           ("SAMPREF_results", "results")):
+        if Path(root) == _root(variable, leaf):
+            return variable
+    return "the root"
+
+
+def check_root(root: Path) -> None:
+    """Raise :class:`SamprefError` when ``root`` (or one of its parents) exists but is a file, not a folder."""
+    for candidate in (Path(root), *Path(root).parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                variable = root_variable(root)
+                raise SamprefError(
+                    f"{root} (${variable}) must be a folder, but {candidate} is a file. Point {variable} at the "
+                    "folder that holds the datasets (it is created when missing) or move the file away.")
+            return
+
+
 def existing_datasets(*roots: Path) -> list[str]:
-    """Sorted names of the ``DatasetXXX_Name`` folders found in ``roots`` (default: raw and preprocessed)."""
+    """Sorted names of the ``DatasetXXX_Name`` folders found in ``roots`` (default: raw and preprocessed).
+
+    A root that is a file (or lies under one) is a :class:`SamprefError` naming its variable.
+    """
     found: set[str] = set()
     for root in roots or (raw_root(), preprocessed_root()):
+        check_root(root)
         if root.is_dir():
             found.update(p.name for p in root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
     return sorted(found)

@@ -41,6 +41,9 @@ steps (each skipped when its output is current; --clean redoes all):
                      and preprocessing.json; rebuilt only when a plan key that changes the arrays
                      changes (not for other --fractions, --thresholds or training lengths)
 
+The raw listing (the checks of `sampref_convert verify` that read no image) and the new plan and splits are
+validated before anything is written: a refused call leaves plans.json and splits_final.json as they were.
+
 example:
   sampref_plan -d 003
   sampref_plan -d 003 --fractions 0.05 0.1 1 --image-size 512 --clean

@@ -15,6 +15,7 @@ and stem. All masks of one image are merged (logical OR) into label 1, ``lesion`
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,7 +178,10 @@ def convert_busi(source: Path, dataset_id: int, name: str = "BUSI", include_norm
         raise SamprefError(f"no BUSI images found under {source}{hint}; it should hold benign/ and "
                            "malignant/ folders (or images/benign/ and masks/benign/ ...) with PNG files.")
     problems += _structure_problems(items)
-    problems += name_collisions({item.case: item.images for item in items if item.images})
+    sources: dict[str, list[Path]] = defaultdict(list)
+    for item in items:  # "benign (12).png" and "benign(12).png" are two items with one case name
+        sources[item.case] += item.images
+    problems += name_collisions(sources)
     ready = [item for item in items if len(item.images) == 1 and (item.masks or item.cls == "normal")]
     writer = RawDatasetWriter(dataset_id, name, file_ending=".png", dimensionality=2, overwrite=overwrite)
     with writer:

@@ -64,6 +64,11 @@ def make_dataset_json(
 
 def validate_dataset_json(data: dict[str, Any], where: str | Path) -> None:
     """Raise :class:`SamprefError` naming ``where`` and every problem found in ``data``."""
+    if not isinstance(data, dict):
+        kind = {list: "a list", str: "a string", type(None): "null"}.get(type(data), type(data).__name__)
+        raise SamprefError(f"{where} holds {kind}, not a JSON object ({{\"name\": ..., \"channel_names\": ..., "
+                           "\"labels\": ..., ...}). Restore the dataset.json the converter wrote, or reconvert the "
+                           "dataset with `sampref_convert`.")
     problems: list[str] = []
     for key in REQUIRED_KEYS:
         if key not in data:

@@ -121,18 +121,28 @@ def _readable_channels(channels: dict[int, Path], report: VerifyReport) -> Itera
         yield path, image, geo
 
 
-def verify_raw_dataset(folder: Path, progress: bool = False) -> VerifyReport:
-    """Verify a raw dataset folder and return a :class:`VerifyReport` listing every problem found."""
-    folder = Path(folder)
+@dataclass
+class _Listing:
+    """What :func:`_check_listing` found: dataset.json, channel files per case, label files, paired cases."""
+
+    meta: dict
+    images: dict[str, dict[int, Path]]
+    labels: dict[str, Path]
+    paired: list[str]
+
+
+def _check_listing(folder: Path) -> tuple[VerifyReport, _Listing | None]:
+    """The checks that read no image: dataset.json, file names and endings in ``imagesTr``/``labelsTr``,
+    images without labels and labels without images, missing channels, duplicate names, ``numTraining``.
+    The listing is ``None`` when dataset.json cannot be read."""
     report = VerifyReport(folder)
     try:
         meta = load_dataset_json(folder)
     except SamprefError as err:
         report.problems.append(Problem(str(folder / "dataset.json"), str(err)))
-        return report
+        return report, None
     ending = meta["file_ending"]
     n_channels = len(meta["channel_names"])
-    label_names = {v: k for k, v in meta["labels"].items()}
     report.label_cases = {k: 0 for k, v in meta["labels"].items() if v != 0}
     report.label_voxels = dict.fromkeys(report.label_cases, 0)
 
@@ -172,8 +182,31 @@ def verify_raw_dataset(folder: Path, progress: bool = False) -> VerifyReport:
     if meta["numTraining"] != len(paired):
         report.problems.append(Problem(str(folder / "dataset.json"), f"numTraining is {meta['numTraining']} but "
                                                                       f"{len(paired)} labeled case(s) were found"))
+    for case in paired:
+        missing = [i for i in range(n_channels) if i not in images[case]]
+        if missing:
+            report.problems.append(Problem(str(folder / "imagesTr"), f"case {case} lacks channel(s) {missing}"))
+    return report, _Listing(meta, images, labels, paired)
+
+
+def verify_raw_listing(folder: Path) -> VerifyReport:
+    """The checks of :func:`verify_raw_dataset` that read no image (see :func:`_check_listing`); cheap enough for
+    ``sampref_plan`` to run every time. ``imagesTrUnlabeled``/``imagesTs`` are not looked at."""
+    return _check_listing(Path(folder))[0]
+
+
+def verify_raw_dataset(folder: Path, progress: bool = False) -> VerifyReport:
+    """Verify a raw dataset folder and return a :class:`VerifyReport` listing every problem found."""
+    folder = Path(folder)
+    report, listing = _check_listing(folder)
+    if listing is None:
+        return report
+    meta, images, labels, paired = listing.meta, listing.images, listing.labels, listing.paired
+    ending = meta["file_ending"]
+    n_channels = len(meta["channel_names"])
+    label_names = {v: k for k, v in meta["labels"].items()}
     for case in tqdm(paired, desc="verify", unit="case", disable=not progress):
-        _verify_case(case, images[case], labels[case], n_channels, meta["dimensionality"], label_names, report)
+        _verify_case(case, images[case], labels[case], meta["dimensionality"], label_names, report)
 
     unlabeled = _scan_channels(folder / "imagesTrUnlabeled", ending, report)
     report.n_unlabeled = len(unlabeled)
@@ -198,12 +231,8 @@ def verify_raw_dataset(folder: Path, progress: bool = False) -> VerifyReport:
     return report
 
 
-def _verify_case(case: str, channels: dict[int, Path], label_path: Path, n_channels: int, dimensionality: int,
+def _verify_case(case: str, channels: dict[int, Path], label_path: Path, dimensionality: int,
                  label_names: dict[int, str], report: VerifyReport) -> None:
-    missing = [i for i in range(n_channels) if i not in channels]
-    if missing:
-        report.problems.append(Problem(str(label_path.parent.parent / "imagesTr"),
-                                       f"case {case} lacks channel(s) {missing}"))
     try:
         label, label_geo = read_image(label_path)
     except SamprefError as err:

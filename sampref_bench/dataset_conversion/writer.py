@@ -3,6 +3,10 @@
 The dataset is built in a hidden staging folder beside its destination, verified there, and renamed into
 place only when conversion and verification both succeed; on any error the staging folder is removed,
 so ``$SAMPREF_raw`` never holds a half-written dataset. Source files are only ever read.
+
+The staging folder records its owner; a staging folder left by a killed conversion is removed by the next one
+(:mod:`sampref_bench.utilities.staging`). A full disk, an ``$SAMPREF_raw`` that is a file or cannot be written
+is a :class:`SamprefError` naming it (:mod:`sampref_bench.utilities.oserrors`), never a traceback.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import numpy as np
 
 from sampref_bench import paths
 from sampref_bench.dataset_conversion.dataset_json import make_dataset_json
-from sampref_bench.utilities.atomic import staged_directory, write_json_atomic
+from sampref_bench.utilities.atomic import write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 from sampref_bench.utilities.imageio import Geometry, write_image
+from sampref_bench.utilities.oserrors import describe_os_error, disk_full_error, disk_nearly_full
+from sampref_bench.utilities.staging import owned_staged_directory
 
 
 class RawDatasetWriter:
@@ -41,6 +47,7 @@ class RawDatasetWriter:
                  overwrite: bool = False, root: Path | None = None) -> None:
         self.folder_name = paths.dataset_folder_name(dataset_id, name)
         self.root = Path(root) if root is not None else paths.raw_root()
+        paths.check_root(self.root)
         self.final = self.root / self.folder_name
         self.file_ending = file_ending
         self.dimensionality = dimensionality
@@ -64,10 +71,31 @@ class RawDatasetWriter:
             )
 
     def __enter__(self) -> RawDatasetWriter:
-        self._stage = self._stack.enter_context(staged_directory(self.final, overwrite=self.overwrite))
-        for sub in ("imagesTr", "labelsTr"):
-            (self._stage / sub).mkdir()
+        try:
+            self._stage = self._stack.enter_context(owned_staged_directory(self.final, overwrite=self.overwrite))
+            for sub in ("imagesTr", "labelsTr"):
+                (self._stage / sub).mkdir()
+        except OSError as err:
+            self._stack.close()
+            explained = self._explain(err)
+            if explained is None:
+                raise
+            raise explained from err
         return self
+
+    def _explain(self, err: OSError) -> SamprefError | None:
+        """``err`` as a :class:`SamprefError` when it is a fixable file-system problem (a full disk, ...)."""
+        message = describe_os_error(err, self.root, "SAMPREF_raw")
+        return None if message is None else SamprefError(message)
+
+    def _write_image(self, path: Path, array: np.ndarray, geometry: Geometry | None) -> None:
+        """:func:`write_image`; SimpleITK reports a full disk as a RuntimeError, made the ``ENOSPC`` it is."""
+        try:
+            write_image(path, array, geometry)
+        except RuntimeError as err:
+            if disk_nearly_full(path.parent, array.nbytes):
+                raise disk_full_error(path) from err
+            raise
 
     @property
     def stage(self) -> Path:
@@ -82,7 +110,7 @@ class RawDatasetWriter:
             raise ValueError(f"case {case} has no image channel")
         (self.stage / folder).mkdir(exist_ok=True)
         for index, array in enumerate(channels):
-            write_image(self.stage / folder / f"{case}_{index:04d}{self.file_ending}", array, geometry)
+            self._write_image(self.stage / folder / f"{case}_{index:04d}{self.file_ending}", array, geometry)
 
     def add_case(self, case: str, channels: list[np.ndarray], label: np.ndarray,
                  geometry: Geometry | None = None) -> None:
@@ -92,7 +120,7 @@ class RawDatasetWriter:
         if label.min(initial=0) < 0 or label.max(initial=0) > 255:
             raise SamprefError(f"case {case}: label values must lie in 0..255")
         self._write_channels("imagesTr", case, channels, geometry)
-        write_image(self.stage / "labelsTr" / f"{case}{self.file_ending}", label.astype(np.uint8), geometry)
+        self._write_image(self.stage / "labelsTr" / f"{case}{self.file_ending}", label.astype(np.uint8), geometry)
         self.cases.append(case)
 
     def add_unlabeled(self, case: str, channels: list[np.ndarray], geometry: Geometry | None = None) -> None:
@@ -128,8 +156,21 @@ class RawDatasetWriter:
                 self._finish()
             except BaseException as err:
                 self._stack.__exit__(type(err), err, err.__traceback__)
+                explained = self._explain(err) if isinstance(err, OSError) else None
+                if explained is None:
+                    raise
+                raise explained from err
+        try:
+            self._stack.__exit__(exc_type, exc, tb)  # publishes, or removes the staging folder
+        except OSError as err:
+            explained = self._explain(err)
+            if explained is None:
                 raise
-        self._stack.__exit__(exc_type, exc, tb)
+            raise explained from err
+        if isinstance(exc, OSError):  # the staging folder is gone: nothing half-written is kept
+            explained = self._explain(exc)
+            if explained is not None:
+                raise explained from exc
         if exc_type is None:
             for old in self._same_id_other_name:
                 shutil.rmtree(old, ignore_errors=True)

@@ -24,6 +24,12 @@ labeled cases; ``preprocessing.json`` names them under ``unlabeled_cases`` (``[]
 before this key existed has none). They are in no fold and take no part in the plan: the fingerprint, plans
 and splits digests never see them, and the preprocessing digest covers their names and listing only when the
 folder holds images, so a dataset without them (folder absent or empty) keeps every digest it had.
+
+Planning writes all or nothing: the raw listing is checked first (:func:`verify_raw_listing`), and the plan and
+the splits are computed and validated before either is written, so a refused call leaves ``plans.json`` and
+``splits_final.json`` byte-identical. ``preprocessing.json`` records the raw files it was built from
+(``raw_files``, :mod:`~sampref_bench.planners.raw_record`), which a training run checks. A staging folder left by a
+killed preprocessing is removed by the next call (:mod:`~sampref_bench.utilities.staging`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 
 from sampref_bench import __version__, paths
 from sampref_bench.dataset_conversion.dataset_json import load_dataset_json
+from sampref_bench.dataset_conversion.verify import verify_raw_listing
 from sampref_bench.planners.fingerprint import (
     FINGERPRINT_FORMAT,
     UNLABELED_FINGERPRINT_FORMAT,
@@ -53,7 +60,8 @@ from sampref_bench.planners.plans import (
     make_plans,
     preprocessing_signature,
 )
-from sampref_bench.planners.preprocessing import preprocess_dataset
+from sampref_bench.planners.preprocessing import preprocess_dataset, raw_files_of
+from sampref_bench.planners.raw_record import RAW_FILES_KEY, raw_file_records
 from sampref_bench.planners.splits import (
     SPLITS_FILE,
     SPLITS_INFO_FILE,
@@ -62,9 +70,11 @@ from sampref_bench.planners.splits import (
     validate_user_splits,
 )
 from sampref_bench.prompts.settings import DEFAULT_PROMPTS
-from sampref_bench.utilities.atomic import load_json, staged_directory, write_json_atomic
+from sampref_bench.utilities.atomic import load_json, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 from sampref_bench.utilities.hashing import digest
+from sampref_bench.utilities.oserrors import explain_os_errors
+from sampref_bench.utilities.staging import owned_staged_directory, remove_stale_staging
 
 #: The fingerprint of the ``imagesTrUnlabeled`` images, beside ``fingerprint.json`` (only when there are any).
 UNLABELED_FINGERPRINT_FILE = "fingerprint_unlabeled.json"
@@ -145,22 +155,45 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
                  thresholds: list[float] | tuple[float, ...] = DEFAULT_THRESHOLDS,
                  dpo_labeled_fraction: float = DEFAULT_DPO_LABELED_FRACTION, num_processes: int = 2,
                  clean: bool = False, verify: bool = False, progress: bool = True) -> PlanOutcome:
-    """Run every planning step for a converted dataset; see the module docstring."""
+    """Run every planning step for a converted dataset; see the module docstring.
+
+    All or nothing: the raw folder's listing is checked (:func:`verify_raw_listing`, no image read) and the new
+    plan and splits are computed and validated before ``dataset.json``, ``plans.json`` and the splits are
+    written, so a refused call leaves them byte-identical. A file-system error a user can fix (a full disk, a
+    root that is a file or cannot be written) is a :class:`SamprefError` naming it.
+    """
+    paths.check_root(paths.raw_root())
     try:
         raw_dir = paths.raw_dataset_dir(spec)
     except SamprefError as err:
         raise SamprefError(f"{err} (sampref_plan reads converted datasets: run `sampref_convert` first)") from None
-    dataset_json = load_dataset_json(raw_dir)
+    with explain_os_errors(paths.raw_root(), "SAMPREF_raw"):
+        dataset_json = load_dataset_json(raw_dir)
+        listing = verify_raw_listing(raw_dir)
+    if not listing.ok:
+        raise SamprefError(f"{raw_dir} is not a dataset sampref_plan can read; nothing was planned. Fix these (or "
+                           f"reconvert the dataset) and rerun:\n{listing.format_problems()}\n"
+                           f"`sampref_convert verify -d {raw_dir.name}` also checks every image.")
     if verify:
         from sampref_bench.dataset_conversion.verify import verify_raw_dataset
 
         report = verify_raw_dataset(raw_dir, progress=progress)
         if not report.ok:
             raise SamprefError(f"{raw_dir} failed verification; fix these and rerun:\n{report.format_problems()}")
-    out = paths.preprocessed_root() / raw_dir.name
+    root = paths.preprocessed_root()
+    paths.check_root(root)
+    with explain_os_errors(root, "SAMPREF_preprocessed"):
+        return _plan(raw_dir, dataset_json, root / raw_dir.name, image_size=image_size, fractions=fractions,
+                     thresholds=thresholds, dpo_labeled_fraction=dpo_labeled_fraction, num_processes=num_processes,
+                     clean=clean, progress=progress)
+
+
+def _plan(raw_dir: Path, dataset_json: dict[str, Any], out: Path, *, image_size: int,
+          fractions: list[float] | tuple[float, ...], thresholds: list[float] | tuple[float, ...],
+          dpo_labeled_fraction: float, num_processes: int, clean: bool, progress: bool) -> PlanOutcome:
     outcome = PlanOutcome(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "dataset.json", dataset_json)
+    remove_stale_staging(out)  # a killed preprocessing's staging folder, even when the arrays are current
     cases = list_raw_cases(raw_dir, dataset_json)
 
     def step(name: str, path: Path, inputs_hash: str, required: tuple[str, ...] = ()) -> bool:
@@ -197,23 +230,29 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
     else:
         ufp_path.unlink(missing_ok=True)  # the folder was emptied or removed: no stale fingerprint
 
+    # plans and splits are computed and validated first and written together afterwards: a refused call (e.g. a
+    # fraction that buys less than one case) leaves both files as they were
     options = {"image_size": image_size, "fractions": list(fractions), "thresholds": list(thresholds),
                "dpo_labeled_fraction": dpo_labeled_fraction}
     plans_hash = digest([PLANS_FORMAT, fp_hash, options, DEFAULT_PROMPTS])  # new prompt defaults replan
     plans_path = out / "plans.json"
     # a plans.json without a key added since (ADDED_PLAN_KEYS) is re-planned under the same hash: finished runs
     # record the hash, and the preprocessing signature is unchanged, so nothing else is redone
+    new_plans: dict[str, Any] | None = None
     if step("plans", plans_path, plans_hash, ADDED_PLAN_KEYS):
-        plans = make_plans(dataset_json, fingerprint, image_size=image_size, fractions=fractions,
-                           thresholds=thresholds, dpo_labeled_fraction=dpo_labeled_fraction)
-        write_json_atomic(plans_path, {"inputs_hash": plans_hash, **plans})
-    plans = load_json(plans_path)
+        new_plans = {"inputs_hash": plans_hash,
+                     **make_plans(dataset_json, fingerprint, image_size=image_size, fractions=fractions,
+                                  thresholds=thresholds, dpo_labeled_fraction=dpo_labeled_fraction)}
+        plans = new_plans
+    else:
+        plans = load_json(plans_path)
 
     user_splits = raw_dir / "splits_final.json"
     user_content = load_json(user_splits) if user_splits.is_file() else None
     groups = dataset_json.get("case_groups")
     splits_hash = digest([cases, groups, plans["fractions"], plans["dpo_labeled_fraction"], user_content])
     splits_path, info_path = out / SPLITS_FILE, out / SPLITS_INFO_FILE
+    new_splits: tuple[list[dict[str, Any]], dict[str, Any]] | None = None
     if _splits_current(splits_path, info_path, splits_hash, clean):
         outcome.skipped.append("splits")
     else:
@@ -224,12 +263,22 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
             source = str(user_splits)
         else:
             folds, source = kfold_splits(cases, groups), "KFold(n_splits=5, shuffle=True, random_state=12345)"
-        folds = add_budgets(folds, plans["fractions"], plans["dpo_labeled_fraction"])
-        write_json_atomic(splits_path, folds)
-        write_json_atomic(info_path, {"inputs_hash": splits_hash, "splits_hash": digest(folds), "source": source,
-                                      "sampref_version": __version__, "n_folds": len(folds),
-                                      "fractions": plans["fractions"],
-                                      "dpo_labeled_fraction": plans["dpo_labeled_fraction"]})
+        try:
+            folds = add_budgets(folds, plans["fractions"], plans["dpo_labeled_fraction"])
+        except SamprefError as err:
+            raise SamprefError(f"{err}. Nothing was written: {plans_path} and {splits_path} are unchanged.") from None
+        new_splits = (folds, {"inputs_hash": splits_hash, "splits_hash": digest(folds), "source": source,
+                              "sampref_version": __version__, "n_folds": len(folds), "fractions": plans["fractions"],
+                              "dpo_labeled_fraction": plans["dpo_labeled_fraction"]})
+
+    copy = out / "dataset.json"
+    if not copy.is_file() or _load_or_none(copy) != dataset_json:
+        write_json_atomic(copy, dataset_json)
+    if new_plans is not None:
+        write_json_atomic(plans_path, new_plans)
+    if new_splits is not None:
+        write_json_atomic(splits_path, new_splits[0])
+        write_json_atomic(info_path, new_splits[1])
 
     data_dir = data_folder(out, plans)
     pre_inputs = [preprocessing_signature(plans), cases, *raw_listing]
@@ -238,15 +287,39 @@ def plan_dataset(spec: str | int, *, image_size: int = DEFAULT_IMAGE_SIZE,
     pre_hash = digest(pre_inputs)
     marker = data_dir / "preprocessing.json"
     if step("preprocessing", marker, pre_hash):
-        with staged_directory(data_dir, overwrite=True) as stage:
+        with owned_staged_directory(data_dir, overwrite=True) as stage:
             metas = preprocess_dataset(raw_dir, dataset_json, plans, cases, stage, num_processes, progress,
                                        unlabeled_cases=unlabeled)
+            raw_files = {rel: record for meta in metas for rel, record in meta[RAW_FILES_KEY].items()}
             write_json_atomic(stage / "preprocessing.json",
                               {"inputs_hash": pre_hash, "signature_hash": signature_hash(plans), "cases": cases,
                                "n_slices": sum(m["n_slices"] for m in metas[:len(cases)]),
                                "unlabeled_cases": unlabeled,
-                               "unlabeled_n_slices": sum(m["n_slices"] for m in metas[len(cases):])})
+                               "unlabeled_n_slices": sum(m["n_slices"] for m in metas[len(cases):]),
+                               RAW_FILES_KEY: raw_files})
+    else:
+        _add_raw_files(marker, raw_dir, dataset_json, cases, unlabeled)
     return outcome
+
+
+def _load_or_none(path: Path) -> Any:
+    try:
+        return load_json(path)
+    except SamprefError:
+        return None
+
+
+def _add_raw_files(marker: Path, raw_dir: Path, dataset_json: dict[str, Any], cases: list[str],
+                   unlabeled: list[str]) -> None:
+    """Add ``raw_files`` to a current ``preprocessing.json`` written before it was recorded (its digest covers the
+    raw files' names, sizes and mtimes, so the files on disk are the ones it was built from)."""
+    record = load_json(marker)
+    if not isinstance(record, dict) or RAW_FILES_KEY in record:
+        return
+    raw_files: dict[str, Any] = {}
+    for case, is_unlabeled in [*((c, False) for c in cases), *((c, True) for c in unlabeled)]:
+        raw_files.update(raw_file_records(raw_dir, case, raw_files_of(raw_dir, dataset_json, case, is_unlabeled)))
+    write_json_atomic(marker, {**record, RAW_FILES_KEY: raw_files})
 
 
 def load_splits(preprocessed_dir: Path) -> list[dict[str, Any]]:

@@ -34,10 +34,12 @@ import torch
 
 from sampref_bench.planners.fingerprint import raw_case_files, read_raw_image, unlabeled_case_files
 from sampref_bench.planners.plans import CONTENT_LEVEL
+from sampref_bench.planners.raw_record import RAW_FILES_KEY, raw_file_records
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.utilities.arrays import save_npy_atomic
 from sampref_bench.utilities.atomic import write_json_atomic
 from sampref_bench.utilities.imageio import read_image
+from sampref_bench.utilities.oserrors import disk_full_error, disk_nearly_full
 from sampref_bench.utilities.parallel import map_with_progress
 
 
@@ -87,6 +89,17 @@ def image_digest(stored: np.ndarray) -> str:
     return hasher.hexdigest()[:16]
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """:func:`save_npy_atomic`; numpy reports a write cut short by a full disk as an OSError without errno
+    ("65536 requested and 57216 written"), made the ``ENOSPC`` it is while the disk is still full."""
+    try:
+        save_npy_atomic(path, array)
+    except OSError as err:
+        if err.errno is None and disk_nearly_full(path.parent, array.nbytes):
+            raise disk_full_error(path) from err
+        raise
+
+
 def preprocess_image(channel_files: list[Path], label_file: Path | None, plans: dict[str, Any], case: str,
                      out_dir: Path) -> dict[str, Any]:
     """Preprocess one case (its label only if ``label_file`` is given) into ``out_dir``; return its image meta.
@@ -106,7 +119,7 @@ def preprocess_image(channel_files: list[Path], label_file: Path | None, plans: 
         stored = np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
     else:
         stored = np.clip(images, 0.0, 1.0).astype(np.float16)
-    save_npy_atomic(out_dir / f"{case}.npy", stored)
+    _save_npy(out_dir / f"{case}.npy", stored)
     meta = {
         "case": case,
         "original_shape": [int(s) for s in image.shape[1:]],
@@ -122,7 +135,7 @@ def preprocess_image(channel_files: list[Path], label_file: Path | None, plans: 
     if label_file is not None:
         label, _ = read_image(label_file)
         label_slices = label_to_slices(label.astype(np.uint8), axis)
-        save_npy_atomic(out_dir / f"{case}_seg.npy", transform.label(label_slices))
+        _save_npy(out_dir / f"{case}_seg.npy", transform.label(label_slices))
         present = [sorted(int(v) for v in np.unique(s) if v != 0) for s in label_slices]
         write_json_atomic(out_dir / f"{case}_labels.json", {"case": case, "labels_per_slice": present})
     write_json_atomic(out_dir / f"{case}.json", meta)
@@ -142,19 +155,33 @@ def preprocess_unlabeled_case(raw_dir: Path, dataset_json: dict[str, Any], plans
     return preprocess_image(unlabeled_case_files(raw_dir, dataset_json, case), None, plans, case, out_dir)
 
 
+def raw_files_of(raw_dir: Path, dataset_json: dict[str, Any], case: str, unlabeled: bool = False) -> list[Path]:
+    """The raw files preprocessing reads for ``case``: its channel files, and its label file when it has one."""
+    if unlabeled:
+        return unlabeled_case_files(raw_dir, dataset_json, case)
+    channel_files, label_file = raw_case_files(raw_dir, dataset_json, case)
+    return [*channel_files, *([label_file] if label_file.is_file() else [])]
+
+
 def _preprocess_job(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], case: str,
                     out_dir: Path, unlabeled: bool = False) -> dict[str, Any]:
+    """Preprocess one case; the returned metadata also holds ``raw_files`` (see :mod:`.raw_record`), which
+    ``{case}.json`` does not."""
     torch.set_num_threads(1)
     if unlabeled:
-        return preprocess_unlabeled_case(raw_dir, dataset_json, plans, case, out_dir)
-    return preprocess_case(raw_dir, dataset_json, plans, case, out_dir)
+        meta = preprocess_unlabeled_case(raw_dir, dataset_json, plans, case, out_dir)
+    else:
+        meta = preprocess_case(raw_dir, dataset_json, plans, case, out_dir)
+    return {**meta, RAW_FILES_KEY: raw_file_records(raw_dir, case, raw_files_of(raw_dir, dataset_json, case,
+                                                                                  unlabeled))}
 
 
 def preprocess_dataset(raw_dir: Path, dataset_json: dict[str, Any], plans: dict[str, Any], cases: list[str],
                        out_dir: Path, num_processes: int = 2, progress: bool = True,
                        unlabeled_cases: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Preprocess ``cases`` (``imagesTr``) and then ``unlabeled_cases`` (``imagesTrUnlabeled``) into ``out_dir``
-    with ``num_processes`` workers; returns image metadata in that order (``cases`` first)."""
+    with ``num_processes`` workers; returns image metadata in that order (``cases`` first), each with the
+    ``raw_files`` records of the case (:func:`~sampref_bench.planners.raw_record.raw_file_records`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(raw_dir, dataset_json, plans, case, out_dir, False) for case in cases]
     jobs += [(raw_dir, dataset_json, plans, case, out_dir, True) for case in unlabeled_cases]

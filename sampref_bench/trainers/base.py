@@ -38,6 +38,7 @@ from tqdm import tqdm
 from sampref_bench import __version__, paths
 from sampref_bench.planners.pipeline import data_folder, load_splits, signature_hash
 from sampref_bench.planners.plans import fraction_key
+from sampref_bench.planners.raw_record import check_raw_unchanged
 from sampref_bench.trainers import distributed as ddp
 from sampref_bench.trainers.data import CaseRoles, LabelStore, PreprocessedData, case_roles, with_extra_unlabeled
 from sampref_bench.trainers.run_folder import load_checkpoint, plot_progress, run_folder, save_checkpoint, write_log
@@ -239,6 +240,7 @@ class BaseTrainer:
     def initialize(self) -> None:
         """Check the preprocessed data against the plan, seed everything, build networks, optimizers and data."""
         self.check_preprocessing()
+        check_raw_unchanged(paths.raw_root() / self.dataset_name, self.data.data_dir, self.dataset_name)
         self.seed_everything()
         self.networks = {name: net.to(self.device) for name, net in self.build_networks().items()}
         if "network" not in self.networks:
