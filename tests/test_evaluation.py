@@ -305,10 +305,14 @@ def test_labels_and_dataset_json_name_the_scored_labels(tmp_path):
                "numTraining": 3, "file_ending": ".png", "dimensionality": 2,
                "target_text": {"lesion": "lesion", "cyst": "cyst"}}
     (tmp_path / "dataset.json").write_text(json.dumps(dataset))
-    summary = evaluate_folders(ref_dir, pred_dir, dataset_json=tmp_path, num_processes=1, progress=False)
-    assert summary["labels"] == {"lesion": 1, "cyst": 2}
     summary = evaluate_folders(ref_dir, pred_dir, labels=[3], num_processes=1, progress=False)
     assert summary["labels"] == {"label_3": 3} and summary["mean"]["3"]["Dice"] == 0.0
+    # case_b's prediction holds a 3, which the dataset.json does not declare: refused, not scored as background
+    with pytest.raises(SamprefError, match=r"case_b.png holds value\(s\) 3 that .*dataset.json does not declare"):
+        evaluate_folders(ref_dir, pred_dir, dataset_json=tmp_path, num_processes=1, progress=False)
+    write_image(pred_dir / "case_b.png", grid(["2000", "0000", "0000", "0000"]))
+    summary = evaluate_folders(ref_dir, pred_dir, dataset_json=tmp_path, num_processes=1, progress=False)
+    assert summary["labels"] == {"lesion": 1, "cyst": 2}
     summary = evaluate_folders(ref_dir, pred_dir, labels=[2], dataset_json=tmp_path / "dataset.json",
                                num_processes=1, progress=False)
     assert summary["labels"] == {"cyst": 2}

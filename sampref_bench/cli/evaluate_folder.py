@@ -19,6 +19,8 @@ examples:
 Files are matched by name without ending (case.png, case.nii.gz). The summary.json follows nnU-Net's layout
 (metric_per_case, mean per label, foreground_mean); Dice and IoU are NaN, and left out of means, where
 reference and prediction are both empty. HD95 and surface Dice are in mm (pixels for PNG).
+With --dataset-json, a value the dataset.json does not declare, in a reference or a prediction, is an error
+naming the file and the values (it would otherwise count as background); so is a -l label that no file holds.
 """
 
 SHOWN = ("Dice", "IoU", "HD95", "NSD")

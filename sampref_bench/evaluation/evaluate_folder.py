@@ -4,7 +4,9 @@ Files are matched by case name, the file name without its ending (double endings
 honoured); reference and prediction may use different formats. Any format SimpleITK reads works: PNG for
 2D, NIfTI/NRRD/MHA for 2D or 3D. Each pair is read with SimpleITK, checked (single channel, integer
 values, equal shapes) and scored with :func:`~sampref_bench.evaluation.metrics.case_metrics`; 3D volumes
-are scored as whole volumes. Surface metrics use the reference's spacing in mm; PNG files carry no
+are scored as whole volumes. With a dataset.json, a value it does not declare, in a reference or a prediction, is
+refused (it would silently count as background); a label asked for by value that no file holds is refused too
+(its Dice would be NaN in every case). Surface metrics use the reference's spacing in mm; PNG files carry no
 physical spacing, so there they are in pixels.
 """
 
@@ -109,11 +111,17 @@ def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
     return array, spacing
 
 
-def foreground_values(array: np.ndarray) -> list[int]:
-    """The sorted positive values in an integer ``array`` (a counting pass for small non-negative values)."""
+def label_values(array: np.ndarray) -> list[int]:
+    """The sorted distinct values in an integer ``array``, background included (a counting pass for small
+    non-negative values)."""
     if array.size and np.issubdtype(array.dtype, np.integer) and array.min() >= 0 and array.max() < 65536:
-        return [int(v) for v in np.flatnonzero(np.bincount(array.ravel())) if v > 0]
-    return [int(v) for v in np.unique(array) if v > 0]
+        return [int(v) for v in np.flatnonzero(np.bincount(array.ravel()))]
+    return [int(v) for v in np.unique(array)]
+
+
+def foreground_values(array: np.ndarray) -> list[int]:
+    """The sorted positive values in an integer ``array``."""
+    return [v for v in label_values(array) if v > 0]
 
 
 @dataclass
@@ -124,13 +132,39 @@ class _Task:
     labels: tuple[int, ...] | None
     hd95: bool
     nsd_tolerance: float | None
+    #: Every value the dataset.json declares (background included), and that file; ``None``: no dataset.json.
+    declared: dict[str, int] | None = None
+    dataset_json: str = ""
 
 
-def _evaluate_case(task: _Task) -> tuple[CaseResult, list[int], int]:
-    """Score one pair: returns the result, the reference's foreground values and the number of voxels.
+def _values_text(values: Sequence[int]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def _declared_text(declared: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in sorted(declared.items(), key=lambda kv: kv[1]))
+
+
+def undeclared_problem(what: str, path: Path, values: Sequence[int], declared: Mapping[str, int],
+                       dataset_json: str) -> str:
+    """The sentence for a label map ``path`` (``what``: reference or prediction) holding ``values`` that
+    ``dataset_json`` does not declare."""
+    fix = ("map every value to a declared label (0 for background) before scoring, e.g. write a binary mask as "
+           "0/1, not 0/255" if what == "prediction" else
+           "fix the reference, or declare the label in the dataset.json (`sampref_convert verify` refuses such a "
+           "label map in a raw dataset)")
+    return (f"{what} {path} holds value(s) {_values_text(values)} that {dataset_json} does not declare (its labels: "
+            f"{_declared_text(declared)}); they would count as background and lower the scores silently. "
+            f"Nothing was scored: {fix}, and rerun.")
+
+
+def _evaluate_case(task: _Task) -> tuple[CaseResult, list[int], int, list[int]]:
+    """Score one pair: returns the result, the reference's foreground values, the number of voxels and the
+    prediction's foreground values.
 
     Without ``task.labels`` every foreground value found in the reference or the prediction is scored; the
-    caller keeps the reference values.
+    caller keeps the reference values. With ``task.declared`` a value of either file that the dataset.json does
+    not declare is a :class:`SamprefError` naming the file and the values.
     """
     reference, spacing = read_label_map(task.reference)
     prediction, pred_spacing = read_label_map(task.prediction)
@@ -144,16 +178,38 @@ def _evaluate_case(task: _Task) -> tuple[CaseResult, list[int], int]:
         raise SamprefError(f"spacing mismatch for case {task.case}: reference {task.reference} has {spacing} mm, "
                            f"prediction {task.prediction} has {pred_spacing} mm; surface distances would be "
                            "ambiguous. Write the prediction with the reference's geometry.")
-    labels, ref_values = task.labels, []
+    ref_all, pred_all = label_values(reference), label_values(prediction)
+    if task.declared is not None:
+        allowed = set(task.declared.values())
+        problems = [undeclared_problem(what, path, bad, task.declared, task.dataset_json)
+                    for what, path, found in (("reference", task.reference, ref_all),
+                                              ("prediction", task.prediction, pred_all))
+                    if (bad := [v for v in found if v not in allowed])]
+        if problems:
+            raise SamprefError(f"case {task.case}: " + "; ".join(problems))
+    ref_values = [v for v in ref_all if v > 0]
+    pred_values = [v for v in pred_all if v > 0]
+    labels = task.labels
     if labels is None:
-        ref_values = foreground_values(reference)
-        labels = tuple(sorted(set(ref_values) | set(foreground_values(prediction))))
+        labels = tuple(sorted(set(ref_values) | set(pred_values)))
     metrics: dict[int, dict[str, float | int]] = {}
     if labels:
         metrics = case_metrics(reference, prediction, labels, spacing=None if spacing is None else spacing[::-1],
                                hd95=task.hd95, surface_dice_tolerance_mm=task.nsd_tolerance)
     result = CaseResult(task.case, str(task.reference), str(task.prediction), metrics, spacing)
-    return result, ref_values, int(reference.size)
+    return result, ref_values, int(reference.size), pred_values
+
+
+def declared_labels(dataset_json: Path | None) -> tuple[Path, dict[str, int]] | None:
+    """``(path, labels)`` of a dataset.json (a file or the folder holding one): every label it declares,
+    background included; ``None`` without one."""
+    if dataset_json is None:
+        return None
+    path = Path(dataset_json)
+    path = path / "dataset.json" if path.is_dir() else path
+    data = load_json(path)
+    validate_dataset_json(data, path)
+    return path, dict(data["labels"])
 
 
 def resolve_labels(labels: Sequence[int] | Mapping[str, int] | None, dataset_json: Path | None
@@ -163,13 +219,8 @@ def resolve_labels(labels: Sequence[int] | Mapping[str, int] | None, dataset_jso
     ``None`` means "every foreground value found in the references". With both, ``labels`` picks a subset
     of the dataset's labels by value.
     """
-    named: dict[str, int] | None = None
-    if dataset_json is not None:
-        path = Path(dataset_json)
-        path = path / "dataset.json" if path.is_dir() else path
-        data = load_json(path)
-        validate_dataset_json(data, path)
-        named = foreground_labels(data)
+    declared = declared_labels(dataset_json)
+    named = None if declared is None else foreground_labels({"labels": declared[1]})
     if labels is None:
         return named
     pairs = list(labels.items()) if isinstance(labels, Mapping) else [(None, v) for v in labels]
@@ -210,9 +261,12 @@ def _pool_context(surface: bool) -> BaseContext:
     return context
 
 
-def _run_tasks(tasks: list[_Task], num_processes: int, progress: bool) -> list[tuple[CaseResult, list[int], int]]:
+_Outcome = tuple[CaseResult, list[int], int, list[int]]
+
+
+def _run_tasks(tasks: list[_Task], num_processes: int, progress: bool) -> list[_Outcome]:
     """Run :func:`_evaluate_case` over ``tasks`` (in-process for one process); results in task order."""
-    results: dict[int, tuple[CaseResult, list[int], int]] = {}
+    results: dict[int, _Outcome] = {}
     errors: list[str] = []
     bar = tqdm(total=len(tasks), desc="evaluating", unit="case", disable=not progress)
     if num_processes <= 1 or len(tasks) <= 1:
@@ -239,6 +293,25 @@ def _run_tasks(tasks: list[_Task], num_processes: int, progress: bool) -> list[t
     return [results[i] for i in range(len(tasks))]
 
 
+def _check_requested_present(chosen: Mapping[str, int], outcomes: Sequence[_Outcome], ref_dir: Path, pred_dir: Path,
+                             declared: tuple[Path, dict[str, int]] | None) -> None:
+    """A :class:`SamprefError` when a label asked for by value occurs in no reference and no prediction: its
+    Dice would be NaN in every case, a table that says nothing."""
+    present = sorted({v for _, ref_values, _, pred_values in outcomes for v in (*ref_values, *pred_values)})
+    absent = [v for v in sorted(chosen.values()) if v not in present]
+    if not absent:
+        return
+    names = {v: k for k, v in chosen.items()}
+    asked = ", ".join(f"{v} ({names[v]})" if not names[v].startswith("label_") else str(v) for v in absent)
+    where = (f"; {declared[0]} declares {_declared_text({k: v for k, v in declared[1].items() if v})}"
+             if declared is not None else "")
+    raise SamprefError(
+        f"label(s) {asked} asked for (-l) occur in no reference in {ref_dir} and no prediction in {pred_dir}: "
+        f"their Dice would be NaN in every case. Labels present in these files: "
+        f"{_values_text(present) if present else 'none'}{where}. Ask for labels that occur, or check that these "
+        "are the folders you meant; nothing was scored.")
+
+
 def evaluate_folders(ref_dir: Path, pred_dir: Path, labels: Sequence[int] | Mapping[str, int] | None = None,
                      output: Path | None = None, num_processes: int = 2, hd95: bool = False,
                      nsd_tolerance_mm: float | None = None, dataset_json: Path | None = None,
@@ -252,7 +325,10 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, labels: Sequence[int] | Mapp
     validation cases against a full ``labelsTr``); without it the two folders must hold the same cases.
     ``output``, when given, receives summary.json atomically. Work is spread over ``num_processes`` worker
     processes forked from a clean fork server (spawned where there is none; 1: in this process). Every
-    missing file, shape mismatch or unreadable file is reported in one :class:`SamprefError` naming the files.
+    missing file, shape mismatch, unreadable file or (with ``dataset_json``) value the dataset.json does not
+    declare is reported in one :class:`SamprefError` naming the files; so is a label given in ``labels`` that
+    occurs in no reference and no prediction. A declared label that some case lacks in both files keeps the
+    nnU-Net semantic (NaN there, left out of the means).
     """
     if int(num_processes) < 1:
         raise SamprefError(f"the number of processes must be at least 1, got {num_processes}.")
@@ -260,20 +336,25 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, labels: Sequence[int] | Mapp
         raise SamprefError(f"the surface Dice tolerance must be a finite number of mm >= 0, got {nsd_tolerance_mm}.")
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     chosen = resolve_labels(labels, dataset_json)
+    declared = declared_labels(dataset_json)
     pairs = match_cases(list_label_files(ref_dir, "reference"), list_label_files(pred_dir, "prediction"),
                         ref_dir, pred_dir, cases)
     values = None if chosen is None else tuple(sorted(chosen.values()))
-    tasks = [_Task(case, ref, pred, values, hd95, nsd_tolerance_mm) for case, ref, pred in pairs]
+    tasks = [_Task(case, ref, pred, values, hd95, nsd_tolerance_mm,
+                   None if declared is None else declared[1], "" if declared is None else str(declared[0]))
+             for case, ref, pred in pairs]
     outcomes = _run_tasks(tasks, int(num_processes), progress)
     if chosen is None:
-        found = sorted({v for _, ref_values, _ in outcomes for v in ref_values})
+        found = sorted({v for _, ref_values, _, _ in outcomes for v in ref_values})
         if not found:
             raise SamprefError(f"the references in {ref_dir} hold no foreground label; name the labels to score "
                                "(-l 1 2, or --dataset-json).")
         chosen = {f"label_{v}": v for v in found}
+    elif labels is not None:
+        _check_requested_present(chosen, outcomes, ref_dir, pred_dir, declared)
     scored = sorted(chosen.values())
     results = []
-    for result, _, n_voxels in outcomes:
+    for result, _, n_voxels, _ in outcomes:
         result.metrics = {label: result.metrics.get(label) or absent_label_metrics(
             n_voxels, hd95, nsd_tolerance_mm is not None) for label in scored}
         results.append(result)
