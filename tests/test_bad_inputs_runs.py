@@ -87,3 +87,31 @@ def test_evaluate_keeps_nan_for_a_declared_label_empty_in_some_cases(tmp_path, c
     assert dice["a"] == 1.0 and np.isnan(dice["b"]) and summary["mean"]["1"]["Dice"] == 1.0
     code, text = run_evaluate([str(ref_dir), str(pred_dir), "--dataset-json", str(tmp_path), "-l", "1"], capsys)
     assert code == 0, text
+
+
+# ------------------------------------------------------------------------------------------------ prediction
+def test_predict_names_the_planned_folds_for_a_fold_out_of_range(sampref_roots, tmp_path, capsys):
+    from sampref_bench.cli.predict import main as predict_main
+
+    splits = sampref_roots["preprocessed"] / "Dataset009_Three" / "splits_final.json"
+    splits.parent.mkdir(parents=True)
+    splits.write_text(json.dumps([{"train": ["a"], "val": ["b"]}] * 3))
+    out = tmp_path / "out"
+    code = predict_main(["-d", "9", "-t", "SAMNoPrompt", "-f", "0", "3", "-i", str(tmp_path / "no_input"),
+                         "-o", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (f"sampref_predict: error: -f 3: there is no such fold; the folds are 0 to 2 ({splits}). Pass fold numbers "
+            "among 0 1 2, or -f all for every finished fold.") in err
+    assert "sampref_train" not in err and not out.exists()
+
+
+def test_predict_without_a_readable_plan_says_the_folds_are_0_to_4(tmp_path, capsys):
+    from sampref_bench.cli.predict import main as predict_main
+
+    code = predict_main(["-d", "3", "-t", "UNet", "-f", "9", "-i", str(tmp_path), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert ("-f 9: there is no such fold; the folds are 0 to 4 (sampref_plan's 5 folds; no readable "
+            "splits_final.json for dataset 3)") in err
+    assert "sampref_train" not in err and not (tmp_path / "out").exists()

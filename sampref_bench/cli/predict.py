@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
 from sampref_bench.cli.common import run_cli
+from sampref_bench.utilities.errors import SamprefError
 
 EPILOG = """\
 examples:
@@ -56,6 +58,38 @@ def _folds(values: list[str], parser: argparse.ArgumentParser) -> list[int | str
     raise AssertionError  # parser.error exits
 
 
+#: Folds of a plan whose splits_final.json cannot be read (sampref_plan writes five).
+DEFAULT_FOLDS = 5
+
+
+def planned_folds(dataset: str) -> tuple[int, str]:
+    """The number of folds of ``dataset``'s plan and where it comes from: its ``splits_final.json`` (a list with
+    one entry per fold) when readable, else :data:`DEFAULT_FOLDS`."""
+    from sampref_bench import paths
+
+    fallback = (DEFAULT_FOLDS, f"sampref_plan's {DEFAULT_FOLDS} folds; no readable splits_final.json for dataset "
+                               f"{dataset}")
+    try:
+        splits = paths.preprocessed_dataset_dir(dataset) / "splits_final.json"
+        folds = json.loads(splits.read_text(encoding="utf-8"))
+    except (SamprefError, OSError, ValueError):
+        return fallback
+    return (len(folds), str(splits)) if isinstance(folds, list) and folds else fallback
+
+
+def check_folds(folds: list[int | str], dataset: str) -> None:
+    """A :class:`SamprefError` naming the valid folds when a fold number is outside the plan's folds."""
+    numbers = [f for f in folds if isinstance(f, int)]
+    if not numbers:
+        return
+    count, source = planned_folds(dataset)
+    wrong = [f for f in dict.fromkeys(numbers) if not 0 <= f < count]
+    if wrong:
+        raise SamprefError(f"-f {' '.join(map(str, wrong))}: there is no such fold; the folds are 0 to {count - 1} "
+                           f"({source}). Pass fold numbers among {' '.join(map(str, range(count)))}, or -f all for "
+                           "every finished fold.")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``sampref_predict``."""
     parser = build_parser()
@@ -63,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     folds = _folds(args.folds, parser)
 
     def body() -> int:
+        check_folds(folds, args.dataset)  # before any model, input or output folder is looked at
         from sampref_bench.prediction.ensemble import predict_folder
         from sampref_bench.trainers.registry import import_trainer_module
 
