@@ -151,7 +151,7 @@ def choose_default(runs: list[dict]) -> dict | None:
 
 
 def default_overrides(chosen: dict) -> dict[str, Any]:
-    from sampref_bench.trainers.dpo_trainers import PRESET_KEYS
+    from sampref_bench.trainers.dpo.trainers import PRESET_KEYS
 
     hp = chosen["hyperparameters"]
     return {"settings": hp["settings"], **{k: hp[k] for k in PRESET_KEYS}}

@@ -102,7 +102,7 @@ def split_by_box(folds: dict) -> list[list[str]]:
 
 def crf_mask_dice(store, labels, cases: list[str]) -> dict[str, float]:  # noqa: ANN001
     """Dice of the prompt's CRF mask against the ground truth at the preprocessed size, per case."""
-    from sampref_bench.trainers.data import Sample
+    from sampref_bench.planners.data import Sample
 
     out = {}
     for case in cases:
@@ -128,8 +128,8 @@ def main() -> None:
         results = json.loads((RESULTS / "prompts_busi.json").read_text())
         root = args.workdir / "results" / "Dataset003_BUSI"
         from sampref_bench.evaluation.prompt_quality import prompt_quality
-        from sampref_bench.trainers.data import case_roles
-        from sampref_bench.trainers.prompt_trainers import dataset_prompt_store
+        from sampref_bench.planners.data import case_roles
+        from sampref_bench.trainers.sam.prompted import dataset_prompt_store
 
         prepare(args.workdir, args.source)
         store, _ = dataset_prompt_store(3)
@@ -152,9 +152,9 @@ def main() -> None:
 
     from sampref_bench.evaluation.prompt_quality import prompt_quality
     from sampref_bench.models import build_sam
+    from sampref_bench.planners.data import case_roles
     from sampref_bench.planners.embedding_cache import EmbeddingCache
-    from sampref_bench.trainers.data import case_roles
-    from sampref_bench.trainers.prompt_trainers import dataset_prompt_store
+    from sampref_bench.trainers.sam.prompted import dataset_prompt_store
 
     store, cases = dataset_prompt_store(3)
     data = store.data

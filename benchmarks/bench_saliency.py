@@ -53,8 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     prepare(args.workdir, args.source)
     from sampref_bench.evaluation.prompt_quality import prompt_quality
-    from sampref_bench.trainers.data import case_roles
-    from sampref_bench.trainers.prompt_trainers import dataset_prompt_store
+    from sampref_bench.planners.data import case_roles
+    from sampref_bench.trainers.sam.prompted import dataset_prompt_store
 
     results = {}
     for name in ("dark-basin", "bright-dome", "basin-dome", "spectral-residual"):

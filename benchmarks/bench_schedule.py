@@ -54,7 +54,7 @@ def inner_trainer(base: type, n_inner: int) -> type:
             return out
 
         def validation_step(self) -> dict[str, float]:
-            from sampref_bench.trainers.data import Sample
+            from sampref_bench.planners.data import Sample
 
             dices = []
             for start in range(0, len(self.inner_cases), 8):

@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sampref_bench_step_"))
     prepare_busi_subset(workdir)
-    from sampref_bench.trainers.base import epoch_generator
+    from sampref_bench.trainers.randomness import epoch_generator
     from sampref_bench.trainers.registry import get_trainer
 
     trainer = get_trainer("SAMBoxOracle")(3, 0, 0.2, overrides={"model": args.model}, progress=True)

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from sampref_bench.trainers.annotators import (
+from sampref_bench.planners.data import Sample
+from sampref_bench.trainers.dpo.annotators import (
     FORMAT,
     Annotation,
     FileAnnotator,
@@ -19,8 +20,7 @@ from sampref_bench.trainers.annotators import (
     sample_rng,
     swap_adjacent_places,
 )
-from sampref_bench.trainers.data import Sample
-from sampref_bench.trainers.preference import ranking_weights, rating_weights
+from sampref_bench.trainers.dpo.losses import ranking_weights, rating_weights
 from sampref_bench.utilities.errors import SamprefError
 
 

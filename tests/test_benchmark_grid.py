@@ -12,16 +12,11 @@ from pathlib import Path
 import pytest
 
 from sampref_bench.cli.benchmark import main
-from sampref_bench.grid.executors import (
-    InlineExecutor,
-    ProcessExecutor,
-    RunCall,
-    RunOutcome,
-    SubmititExecutor,
-    run_grid,
-)
+from sampref_bench.grid.executors import InlineExecutor, ProcessExecutor, SubmititExecutor
 from sampref_bench.grid.locks import RunLock, is_locked, lock_path
 from sampref_bench.grid.plan import plan_grid
+from sampref_bench.grid.runs import RunCall, RunOutcome
+from sampref_bench.grid.scheduler import run_grid
 from sampref_bench.utilities.errors import SamprefError
 from tests.lock_helpers import race_to_acquire
 from tests.trainer_helpers import planned_phantoms
@@ -31,7 +26,7 @@ TINY = ["--set", "model=tiny", "--set", 'model_arch={"stride": 16}', "--set", "b
         "--set", "iterations_per_epoch=2", "--set", "epochs=1"]
 
 SPY = '''
-from sampref_bench.trainers.sam_trainers import SAMNoPrompt
+from sampref_bench.trainers.sam.bounds import SAMNoPrompt
 
 
 class SpyNoPrompt(SAMNoPrompt):

@@ -12,8 +12,8 @@ from PIL import Image
 from sampref_bench.cli.candidates import main, template_holds_work
 from sampref_bench.cli.train import _overrides
 from sampref_bench.cli.train import build_parser as train_parser
-from sampref_bench.trainers.annotators import FORMAT
-from sampref_bench.trainers.data import hidden_label_samples
+from sampref_bench.planners.data import hidden_label_samples
+from sampref_bench.trainers.dpo.annotators import FORMAT
 from sampref_bench.trainers.registry import get_trainer
 from tests.trainer_helpers import DPO_TINY, copy_roots, prepared_dpo_roots
 

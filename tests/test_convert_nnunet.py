@@ -367,8 +367,8 @@ def _band_means(stack, n_channels):
 
 @pytest.mark.parametrize(("n_channels", "dimensionality", "expected_rgb"), [(2, 3, [0, 1, 0]), (5, 2, [0, 1, 2])])
 def test_planned_channels_reach_sam_rgb(tmp_path, sampref_roots, n_channels, dimensionality, expected_rgb):
+    from sampref_bench.planners.data import PreprocessedData
     from sampref_bench.planners.pipeline import data_folder, plan_dataset
-    from sampref_bench.trainers.data import PreprocessedData
     from sampref_bench.utilities.atomic import load_json
 
     # Channel c of every phantom is brightest in column band c of C (see write_nnunet_dataset).

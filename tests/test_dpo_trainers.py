@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sampref_bench.trainers.data import LabelStore
+from sampref_bench.planners.data import LabelStore
 from sampref_bench.trainers.registry import get_trainer
 from sampref_bench.utilities.errors import SamprefError
 from tests.trainer_helpers import DPO_TINY, copy_roots, prepared_dpo_roots
@@ -251,7 +251,7 @@ def test_finished_dpo_run_loads_without_its_ratings_file(dataset, tmp_path):
 
 
 #: Per scale: ratings given to the rated samples in turn, and their weights computed by hand
-#: (:func:`~sampref_bench.trainers.preference.rating_weights`: 5 points 1, 0.5, 0, -0.5, -1; 3 points 1, 0, -1;
+#: (:func:`~sampref_bench.trainers.dpo.losses.rating_weights`: 5 points 1, 0.5, 0, -0.5, -1; 3 points 1, 0, -1;
 #: minus the sample's mean value).
 SCALED_RATINGS = {
     5: [([5, 4, 3, 1], [0.875, 0.375, -0.125, -1.125]), ([2, 2, 3, 5], [-0.5, -0.5, 0.0, 1.0])],
@@ -262,7 +262,7 @@ SCALED_RATINGS = {
 
 def _rating_file(trainer, path, scale, ratings_cycle):
     """A preferences file for ``trainer``'s candidates, the rated samples rated from ``ratings_cycle`` in turn."""
-    from sampref_bench.trainers.annotators import FORMAT, preference_entry
+    from sampref_bench.trainers.dpo.annotators import FORMAT, preference_entry
 
     entries = []
     for i, (sample, cands, _) in enumerate(trainer.candidate_sets):
@@ -291,7 +291,7 @@ def test_rating_trainer_weights_a_files_ratings_on_its_scale(dataset, tmp_path, 
 
 
 def test_rating_outside_the_files_scale_names_the_file(dataset, tmp_path, monkeypatch):
-    from sampref_bench.trainers.annotators import FileAnnotator
+    from sampref_bench.trainers.dpo.annotators import FileAnnotator
 
     path = tmp_path / "ratings_5.json"
     trainer = _dpo("DPORating", dataset, annotator="file", ratings_file=str(path), run_name="scale5bad")
@@ -311,7 +311,7 @@ def test_rating_outside_the_files_scale_names_the_file(dataset, tmp_path, monkey
 
 
 def test_dropout_candidates_leave_the_global_random_states_alone(dataset, monkeypatch):
-    from sampref_bench.trainers.dpo_trainers import seeded_dropout
+    from sampref_bench.trainers.dpo.candidates import seeded_dropout
 
     trainer = _dpo("DPORanking", dataset, candidates="dropout", run_name="dropout")
     trainer.annotate = False

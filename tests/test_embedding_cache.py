@@ -4,9 +4,9 @@ import numpy as np
 import torch
 
 from sampref_bench.models import build_sam
+from sampref_bench.planners.data import PreprocessedData
 from sampref_bench.planners.embedding_cache import EmbeddingCache
 from sampref_bench.planners.pipeline import plan_dataset
-from sampref_bench.trainers.data import PreprocessedData
 from sampref_bench.trainers.registry import get_trainer
 from tests.trainer_helpers import FAST, planned_phantoms
 

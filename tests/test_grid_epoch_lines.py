@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from sampref_bench.cli.benchmark import main
-from sampref_bench.grid.executors import ProcessExecutor, RunOutcome, emit_line, epoch_line
+from sampref_bench.grid.executors import ProcessExecutor
+from sampref_bench.grid.runs import RunOutcome, emit_line, epoch_line
 from tests.trainer_helpers import planned_phantoms
 
 #: Tiny SAM settings, two epochs of two batches of two slices.

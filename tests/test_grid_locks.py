@@ -18,7 +18,7 @@ import pytest
 
 from sampref_bench.cli.benchmark import main
 from sampref_bench.grid import locks
-from sampref_bench.grid.executors import InlineExecutor, RunCall, RunOutcome, run_grid
+from sampref_bench.grid.executors import InlineExecutor
 from sampref_bench.grid.locks import (
     LockFile,
     LockPolicy,
@@ -32,6 +32,8 @@ from sampref_bench.grid.locks import (
     resolve_lock_policy,
 )
 from sampref_bench.grid.plan import plan_grid
+from sampref_bench.grid.runs import RunCall, RunOutcome
+from sampref_bench.grid.scheduler import run_grid
 from sampref_bench.utilities.errors import SamprefError
 from tests.lock_helpers import race_to_acquire
 from tests.trainer_helpers import planned_phantoms
@@ -222,7 +224,7 @@ LOCK_SPY = '''
 import json
 from pathlib import Path
 
-from sampref_bench.trainers.sam_trainers import SAMNoPrompt
+from sampref_bench.trainers.sam.bounds import SAMNoPrompt
 
 
 class LockSpyNoPrompt(SAMNoPrompt):

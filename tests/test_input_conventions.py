@@ -25,11 +25,11 @@ import torch
 from sampref_bench.models import build_sam, build_sam_architecture
 from sampref_bench.models.flavours import FLAVOURS
 from sampref_bench.models.sam import valid_mask
+from sampref_bench.planners.data import PreprocessedData
 from sampref_bench.planners.embedding_cache import EmbeddingCache, slice_valid_sizes
 from sampref_bench.planners.preprocessing import normalize
 from sampref_bench.planners.transforms import SliceTransform
-from sampref_bench.trainers.data import PreprocessedData
-from sampref_bench.trainers.sam_trainer import SAMTrainer
+from sampref_bench.trainers.sam.trainer import SAMTrainer
 from tests.trainer_helpers import planned_phantoms
 
 SMALL_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "global_attn_indexes": (1,)}

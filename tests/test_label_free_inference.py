@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from sampref_bench.planners.data import LabelAccessError
 from sampref_bench.planners.fingerprint import raw_case_files
 from sampref_bench.planners.preprocessing import preprocess_image
-from sampref_bench.trainers.data import LabelAccessError
 from sampref_bench.trainers.registry import get_trainer
-from sampref_bench.trainers.sam_trainers import SAMNoPrompt
+from sampref_bench.trainers.sam.bounds import SAMNoPrompt
 from sampref_bench.utilities.errors import SamprefError
 from tests.trainer_helpers import FAST, planned_phantoms
 
@@ -122,7 +122,7 @@ def test_oracle_cannot_predict_an_image_without_label(sampref_roots):
 
 
 def test_hidden_label_slices_come_from_image_content_not_labels():
-    from sampref_bench.trainers.data import hidden_label_samples, hidden_label_slices, labeled_slices
+    from sampref_bench.planners.data import hidden_label_samples, hidden_label_slices, labeled_slices
 
     assert hidden_label_slices([0.0, 0.2, 0.04, 0.5], 0.05) == [1, 3]
     assert hidden_label_slices([0.0, 0.01], 0.05) == [0, 1]  # nothing above the bar: every slice

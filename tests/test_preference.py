@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sampref_bench.trainers.preference import (
+from sampref_bench.trainers.dpo.losses import (
     bernoulli_kl,
     best_only_weights,
     candidate_log_likelihood,

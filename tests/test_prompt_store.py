@@ -14,7 +14,7 @@ from sampref_bench.prompts.saliency import BasinSaliency
 from sampref_bench.prompts.settings import DEFAULT_PROMPTS, resolve_prompt_settings
 from sampref_bench.prompts.store import PromptStore, VisualPrompt
 from sampref_bench.prompts.vqa import NO_REGION, QUESTIONS, mask_answers
-from sampref_bench.trainers.prompt_trainers import dataset_prompt_store
+from sampref_bench.trainers.sam.prompted import dataset_prompt_store
 from sampref_bench.utilities.atomic import load_json
 from sampref_bench.utilities.errors import SamprefError
 from tests.trainer_helpers import planned_busi

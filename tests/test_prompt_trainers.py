@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from sampref_bench.planners.data import inference_samples
 from sampref_bench.prompts.text_encoder import minilm_encoder
-from sampref_bench.trainers.data import inference_samples
 from sampref_bench.trainers.registry import get_trainer, load_trained_run
 from sampref_bench.utilities.errors import SamprefError
 from tests.trainer_helpers import FAST, planned_phantoms

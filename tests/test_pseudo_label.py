@@ -11,15 +11,15 @@ import pytest
 import torch
 from monai.losses import DiceFocalLoss
 
-from sampref_bench.trainers.data import LabelStore, Sample, hidden_label_samples
-from sampref_bench.trainers.pseudo_label import (
+from sampref_bench.planners.data import LabelStore, Sample, hidden_label_samples
+from sampref_bench.trainers.registry import available_trainers, get_trainer
+from sampref_bench.trainers.sam.pseudo_label import (
     PseudoSample,
     confidence_scores,
     confident_pixels,
     masked_dice_focal,
     select_confident,
 )
-from sampref_bench.trainers.registry import available_trainers, get_trainer
 from sampref_bench.utilities.errors import SamprefError
 from tests.trainer_helpers import DPO_TINY, copy_roots
 
@@ -203,7 +203,7 @@ def test_confidence_filter_and_ignored_pixels_on_hand_values():
         config = {"ignore_uncertain": True}
         device = torch.device("cpu")
 
-    from sampref_bench.trainers.pseudo_label import SAMPseudoLabel
+    from sampref_bench.trainers.sam.pseudo_label import SAMPseudoLabel
 
     targets, weights = SAMPseudoLabel.pseudo_targets(Holder(), [item])
     assert targets.tolist() == [[[[1.0, 0.0], [1.0, 1.0]]]] and weights.tolist() == [[[[1.0, 1.0], [0.0, 1.0]]]]

@@ -96,7 +96,7 @@ def test_batch_size_and_schedule_do_not_depend_on_the_fractions():
 
 
 def test_dpo_budget_too_small_is_refused():
-    from sampref_bench.trainers.sam_trainers import SAMNoPrompt
+    from sampref_bench.trainers.sam.bounds import SAMNoPrompt
 
     class ToyDPO(SAMNoPrompt):
         budget = "dpo"

@@ -59,8 +59,8 @@ def test_dpo_run_predicts_without_its_stage1_run(prepared, sampref_roots, tmp_pa
     def forbidden(*args, **kwargs):
         raise AssertionError("loading a finished run for prediction trained or prepared training data")
 
-    from sampref_bench.trainers.dpo_trainers import DPOTrainer
-    from sampref_bench.trainers.two_stage import TwoStageSAMTrainer
+    from sampref_bench.trainers.dpo.trainers import DPOTrainer
+    from sampref_bench.trainers.sam.two_stage import TwoStageSAMTrainer
 
     monkeypatch.setattr(BaseTrainer, "run_training", forbidden)
     monkeypatch.setattr(TwoStageSAMTrainer, "ensure_stage1", forbidden)

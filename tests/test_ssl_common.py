@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sampref_bench.trainers.ssl_common import (
+from sampref_bench.trainers.unet.parts import (
     TwoStreamBatchSampler,
     confidence_pseudo_labels,
     cps_loss,

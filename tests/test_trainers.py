@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sampref_bench.cli.train import main as train_main
-from sampref_bench.trainers.data import case_roles
+from sampref_bench.planners.data import case_roles
 from sampref_bench.trainers.registry import available_trainers, get_trainer
 from sampref_bench.trainers.validation import validate_cases
 from sampref_bench.utilities.errors import SamprefError
@@ -37,7 +37,7 @@ def test_typo_suggests_trainer():
 def test_external_trainer_registers_and_pickles(tmp_path):
     module = tmp_path / "my_trainers.py"
     module.write_text(
-        "from sampref_bench.trainers.sam_trainers import SAMBoxOracle\n"
+        "from sampref_bench.trainers.sam.bounds import SAMBoxOracle\n"
         "class MyBoxTrainer(SAMBoxOracle):\n    pass\n")
     assert train_main(["--trainer-module", str(module), "--list"]) == 0
     cls = get_trainer("MyBoxTrainer")
@@ -53,7 +53,7 @@ def _class_name(cls):
 
 
 def test_direct_subclass_of_abstract_base_is_a_trainer():
-    from sampref_bench.trainers.sam_trainer import SAMTrainer
+    from sampref_bench.trainers.sam.trainer import SAMTrainer
 
     class DirectSubclass(SAMTrainer):
         def inference_prompts(self, samples):
@@ -223,7 +223,7 @@ class _PerfectOracle:
 
 @pytest.mark.parametrize("spacing_xyz, axis", [((0.8, 0.8, 3.0), 0), ((0.8, 3.0, 0.8), 1), ((3.0, 0.8, 0.8), 2)])
 def test_volumes_are_sliced_along_the_planned_axis_and_reassembled(tmp_path, spacing_xyz, axis):
-    from sampref_bench.trainers.sam_trainers import SAMNoPrompt
+    from sampref_bench.trainers.sam.bounds import SAMNoPrompt
 
     dataset = planned_phantoms(n_labels=2, spacing_xyz=spacing_xyz, shape_zyx=(16, 24, 20))
     perfect = type("PerfectNoPrompt", (_PerfectOracle, SAMNoPrompt), {})(dataset, 0, 0.5, overrides=FAST,

@@ -11,7 +11,7 @@ from sampref_bench.dataset_conversion.phantoms import make_phantom, write_synthe
 from sampref_bench.planners.pipeline import plan_dataset
 from sampref_bench.trainers.registry import get_trainer
 from sampref_bench.trainers.run_folder import load_checkpoint
-from sampref_bench.trainers.unet_data import (
+from sampref_bench.trainers.unet.data import (
     Augmenter,
     WeakStrongAugmenter,
     spatial_transforms,
@@ -205,7 +205,7 @@ def test_semi_supervised_needs_unlabeled_images(sampref_roots):
 
 # ------------------------------------------------------------------ UA-MT's Monte-Carlo dropout
 def test_ssl4mis_dropout_rates_per_depth():
-    from sampref_bench.trainers.ssl_trainers import ssl4mis_dropout
+    from sampref_bench.trainers.unet.semi_supervised import ssl4mis_dropout
 
     assert ssl4mis_dropout(5) == [0.05, 0.1, 0.2, 0.3, 0.5]
     assert ssl4mis_dropout(3) == [0.05, 0.1, 0.5]

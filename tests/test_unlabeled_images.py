@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 
 from sampref_bench.dataset_conversion.phantoms import make_phantom, write_synthetic_raw_dataset
-from sampref_bench.planners.fingerprint import FINGERPRINT_FORMAT
-from sampref_bench.planners.pipeline import UNLABELED_FINGERPRINT_FILE, data_folder, digest, plan_dataset
-from sampref_bench.planners.plans import PLANS_FORMAT, preprocessing_signature
-from sampref_bench.planners.preprocessing import image_to_slices, normalize
-from sampref_bench.planners.transforms import SliceTransform
-from sampref_bench.prompts.settings import DEFAULT_PROMPTS
-from sampref_bench.trainers.data import (
+from sampref_bench.planners.data import (
     LabelAccessError,
     PreprocessedData,
     case_roles,
     hidden_label_samples,
     with_extra_unlabeled,
 )
+from sampref_bench.planners.fingerprint import FINGERPRINT_FORMAT
+from sampref_bench.planners.pipeline import UNLABELED_FINGERPRINT_FILE, data_folder, digest, plan_dataset
+from sampref_bench.planners.plans import PLANS_FORMAT, preprocessing_signature
+from sampref_bench.planners.preprocessing import image_to_slices, normalize
+from sampref_bench.planners.transforms import SliceTransform
+from sampref_bench.prompts.settings import DEFAULT_PROMPTS
 from sampref_bench.utilities.arrays import load_npy
 from sampref_bench.utilities.errors import SamprefError
 from sampref_bench.utilities.imageio import read_image, write_image

@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None, executor: Any = None) -> int:
         parser.error(str(err))
 
     def body() -> int:
-        from sampref_bench.grid.executors import run_grid
         from sampref_bench.grid.plan import plan_grid
+        from sampref_bench.grid.scheduler import run_grid
         from sampref_bench.trainers.registry import import_trainer_module
 
         for module in args.trainer_module:

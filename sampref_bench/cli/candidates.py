@@ -127,7 +127,7 @@ def train_command(args: argparse.Namespace, template: Path) -> str:
 def build_template(trainer: Any, entries: list[dict[str, Any]], command: str) -> dict[str, Any]:
     """The template's content: the top-level keys a DPO run writes into ``preferences.json``, the instructions
     and ``entries``."""
-    from sampref_bench.trainers.annotators import FORMAT, SCALE
+    from sampref_bench.trainers.dpo.annotators import FORMAT, SCALE
 
     needs = ("needs ratings (a ranking is refused)" if trainer.annotation_kind == "rating"
              else "takes ratings or rankings")
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from sampref_bench.cli.train import _overrides
         from sampref_bench.evaluation.candidate_overlays import write_candidate_pngs
-        from sampref_bench.trainers.annotators import preference_entry
-        from sampref_bench.trainers.dpo_trainers import DPOTrainer
+        from sampref_bench.trainers.dpo.annotators import preference_entry
+        from sampref_bench.trainers.dpo.trainers import DPOTrainer
         from sampref_bench.trainers.registry import get_trainer
         from sampref_bench.utilities.atomic import write_json_atomic
 

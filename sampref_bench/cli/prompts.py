@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         from sampref_bench.evaluation.prompt_quality import summary_text, write_quality_report
-        from sampref_bench.trainers.data import inference_samples
-        from sampref_bench.trainers.prompt_trainers import dataset_prompt_store
+        from sampref_bench.planners.data import inference_samples
+        from sampref_bench.trainers.sam.prompted import dataset_prompt_store
 
         overrides = {"saliency": args.saliency, "vqa": args.vqa, "points": args.points, "llm_model": args.llm_model,
                      "llm_base_url": args.llm_base_url, "gscorecam_topk": args.topk, "gscorecam_layer": args.layer}

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from sampref_bench.planners.data import LabelStore, Sample
 from sampref_bench.prompts.regions import mask_box
 from sampref_bench.prompts.store import PromptStore, VisualPrompt
-from sampref_bench.trainers.data import LabelStore, Sample
 from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
 
 

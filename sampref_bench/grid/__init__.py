@@ -1,2 +1,3 @@
 """The benchmark grid runner behind ``sampref_benchmark``: grid expansion and ordering (:mod:`.plan`), one lock per
-run (:mod:`.locks`) and the executors with the scheduler (:mod:`.executors`)."""
+run (:mod:`.locks`), one run's call, outcome and epoch lines (:mod:`.runs`), the executors (:mod:`.executors`) and
+the scheduler (:mod:`.scheduler`)."""

@@ -38,7 +38,7 @@ SlicePair = tuple[str, int]
 def slice_valid_sizes(data: Any, pairs: Iterable[SlicePair]) -> list[tuple[int, int]]:
     """``(h, w)`` in px of each slice's valid (resized, unpadded) region, from its case's ``transform`` metadata.
 
-    ``data`` is a :class:`~sampref_bench.trainers.data.PreprocessedData` (anything with ``meta(case)``).
+    ``data`` is a :class:`~sampref_bench.planners.data.PreprocessedData` (anything with ``meta(case)``).
     """
     return [SliceTransform.from_dict(data.meta(case)["transform"]).valid_size for case, _ in pairs]
 
@@ -59,7 +59,7 @@ def embed_slices(model: Any, data: Any, pairs: Iterable[SlicePair],
 class EmbeddingCache:
     """Compute-once, memory-mapped per-slice embeddings.
 
-    ``data`` is a :class:`~sampref_bench.trainers.data.PreprocessedData` (label-free); ``model`` a SAM model
+    ``data`` is a :class:`~sampref_bench.planners.data.PreprocessedData` (label-free); ``model`` a SAM model
     exposing ``embedding_id`` (or ``weights_id``) and ``embed``. ``root`` defaults to the dataset's ``embeddings/``
     folder beside the plan's data folder; :attr:`folder` is ``root / embedding_id``. :attr:`computed` counts the
     embeddings this object has computed.

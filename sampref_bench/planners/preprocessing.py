@@ -17,7 +17,7 @@ folder, with ``{case}.npy`` and ``{case}.json`` (``has_label`` false) only; ``pr
 under ``unlabeled_cases``.
 
 Image and label files are separate so that whatever runs on images (prediction, embedding) cannot read
-labels by accident: :class:`~sampref_bench.trainers.data.LabelStore` is the only reader of the label files.
+labels by accident: :class:`~sampref_bench.planners.data.LabelStore` is the only reader of the label files.
 Which slices a run trains on is not decided here: trainers choose them from the per-case files and each
 case's role, so a case can change role between runs without preprocessing again.
 """

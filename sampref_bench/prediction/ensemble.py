@@ -4,16 +4,16 @@ For each input case (:mod:`.inputs`):
 
 1. the case is preprocessed by the planner's own :func:`~sampref_bench.planners.preprocessing.preprocess_image`
    (no label) into a temporary plan data folder, which the loaded trainers read through their label-free
-   :class:`~sampref_bench.trainers.data.PreprocessedData`; image embeddings and prompts of the case are computed
+   :class:`~sampref_bench.planners.data.PreprocessedData`; image embeddings and prompts of the case are computed
    by the trainer's own caches (:class:`~sampref_bench.planners.embedding_cache.EmbeddingCache`,
    :class:`~sampref_bench.prompts.store.PromptStore`) into that temporary folder, never into the dataset's;
 2. every fold's model (:func:`~sampref_bench.trainers.registry.load_trained_run`) gives its probabilities at the
    preprocessed size: a SAM trainer ``(K, S, size, size)`` per foreground label
-   (:meth:`~sampref_bench.trainers.sam_trainer.SAMTrainer.predict_probabilities`), a U-Net ``(K + 1, S, size,
-   size)`` softmax classes with background first (:meth:`~sampref_bench.trainers.unet_trainer.UNet.predict_slices`);
+   (:meth:`~sampref_bench.trainers.sam.trainer.SAMTrainer.predict_probabilities`), a U-Net ``(K + 1, S, size,
+   size)`` softmax classes with background first (:meth:`~sampref_bench.trainers.unet.trainer.UNet.predict_slices`);
    the folds' maps are averaged;
 3. the average becomes one label map by the trainers' own rule
-   (:func:`~sampref_bench.trainers.sam_trainer.merge_label_probabilities`: SAM: highest label wins, background below
+   (:func:`~sampref_bench.trainers.sam.trainer.merge_label_probabilities`: SAM: highest label wins, background below
    the run's ``threshold``; U-Net: argmax over classes) in the input's original geometry, written atomically as
    ``OUTPUT/{case}{ending}`` with the input's spacing, origin and direction; ``save_probabilities`` also writes
    ``OUTPUT/{case}.npz`` (``probabilities`` ``(C, *spatial)`` float32 in the original geometry, numpy order, and
@@ -41,7 +41,7 @@ from sampref_bench.planners.plans import fraction_key
 from sampref_bench.planners.preprocessing import from_slices, preprocess_image
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.prediction.inputs import InputCase, check_output_folder, find_input_cases
-from sampref_bench.trainers.sam_trainer import merge_label_probabilities
+from sampref_bench.trainers.sam.trainer import merge_label_probabilities
 from sampref_bench.utilities.atomic import atomic_write, load_json, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 from sampref_bench.utilities.imageio import Geometry, write_image
@@ -210,7 +210,7 @@ def _write_mask(path: Path, mask: np.ndarray, meta: dict[str, Any], ending: str)
 
 def _prediction_data(stage: Path, plans: dict[str, Any], case: InputCase) -> Any:
     """Preprocess ``case`` with the planner's code into a fresh data folder under ``stage``; its data object."""
-    from sampref_bench.trainers.data import PreprocessedData
+    from sampref_bench.planners.data import PreprocessedData
 
     data_dir = data_folder(stage, plans)
     data_dir.mkdir(parents=True, exist_ok=True)

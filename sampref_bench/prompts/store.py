@@ -57,7 +57,7 @@ class PromptStore:
     """Computes and caches the prompts of a dataset for one set of prompt settings.
 
     Args:
-        data: a :class:`~sampref_bench.trainers.data.PreprocessedData` (label-free).
+        data: a :class:`~sampref_bench.planners.data.PreprocessedData` (label-free).
         settings: the plan's ``prompts`` dict with any overrides (see :mod:`.settings`).
         clip_path: local BiomedCLIP directory (``saliency=biomedclip``), else ``$SAMPREF_BIOMEDCLIP``.
         medvint_path: local MedVInT directory (``vqa=medvint``), else ``$SAMPREF_MEDVINT``.

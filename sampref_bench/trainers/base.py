@@ -25,7 +25,6 @@ only rank 0 writes. Any other trainer refuses to run in a group of more than one
 from __future__ import annotations
 
 import platform
-import random
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -36,11 +35,20 @@ import torch
 from tqdm import tqdm
 
 from sampref_bench import __version__, paths
+from sampref_bench.planners.data import CaseRoles, LabelStore, PreprocessedData, case_roles, with_extra_unlabeled
 from sampref_bench.planners.pipeline import data_folder, load_splits, signature_hash
 from sampref_bench.planners.plans import fraction_key
 from sampref_bench.planners.raw_record import check_raw_unchanged
 from sampref_bench.trainers import distributed as ddp
-from sampref_bench.trainers.data import CaseRoles, LabelStore, PreprocessedData, case_roles, with_extra_unlabeled
+from sampref_bench.trainers.distributed import resolve_device
+from sampref_bench.trainers.plan_snapshot import (  # noqa: F401 (names of base.py before the split)
+    PLAN_INPUT_KEYS,
+    PLAN_SNAPSHOT_KEYS,
+    PLAN_TRAINING_KEYS,
+    plan_differences,
+    plan_snapshot,
+)
+from sampref_bench.trainers.randomness import epoch_generator, seed_globals, seeded_passes  # noqa: F401
 from sampref_bench.trainers.run_folder import load_checkpoint, plot_progress, run_folder, save_checkpoint, write_log
 from sampref_bench.trainers.run_identity import config_differences, run_tag, sibling_runs, validate_run_name
 from sampref_bench.utilities.atomic import load_json, write_json_atomic
@@ -52,53 +60,6 @@ TRAINER_CLASSES: dict[str, type] = {}
 #: Hyperparameters whose default ``None`` means "the plan's value" (the plan key of the trainer's schedule prefix;
 #: the batch size is shared by every stage).
 PLANNED = ("epochs", "iterations_per_epoch", "batch_size")
-
-
-#: Plan keys a run depends on, snapshotted into ``config.json`` and the checkpoints (``plan_snapshot``) and compared
-#: with the current plan on ``--continue`` and before a finished run predicts. Fractions, thresholds and the DPO
-#: fractions are left out: replanning them changes no run's inputs (budgets are nested prefixes).
-PLAN_INPUT_KEYS = ("configuration", "dimensionality", "labels", "slicing_axis", "normalization", "channels_to_rgb",
-                   "storage_dtype", "image_size", "transform")
-#: Plan keys of how a run is trained (which slices, how long): compared on ``--continue`` only, since a finished run
-#: predicts the same whatever the plan now says about training.
-PLAN_TRAINING_KEYS = ("background_slice_share", "hidden_label_min_content", "batch_size", "epochs",
-                      "iterations_per_epoch", "dpo_epochs", "dpo_iterations_per_epoch", "unet_epochs",
-                      "unet_iterations_per_epoch")
-PLAN_SNAPSHOT_KEYS = PLAN_INPUT_KEYS + PLAN_TRAINING_KEYS
-
-
-def plan_snapshot(plans: dict[str, Any]) -> dict[str, Any]:
-    """The :data:`PLAN_SNAPSHOT_KEYS` of ``plans`` (a key the plan lacks is ``None``)."""
-    return {key: plans.get(key) for key in PLAN_SNAPSHOT_KEYS}
-
-
-def plan_differences(saved: dict[str, Any], plans: dict[str, Any], keys: Iterable[str]) -> list[str]:
-    """``key: saved -> current`` for each of ``keys`` whose snapshotted value differs from the plan's, sorted."""
-    current = plan_snapshot(plans)
-    return config_differences({k: saved.get(k) for k in keys}, {k: current.get(k) for k in keys})
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` or ``cuda`` (a clear error when CUDA is asked for but absent)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SamprefError("--device cuda was given but no CUDA GPU is visible; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise SamprefError(f"--device must be cpu or cuda, got {name!r}")
-    return ddp.local_device(torch.device(name))
-
-
-def epoch_generator(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
-    """The numpy generator of one epoch's randomness (sample order, jitter): a pure function of its inputs."""
-    return np.random.default_rng([seed, epoch, stream])
-
-
-def seeded_passes(rng: np.random.Generator, n_items: int, n_batches: int, size: int) -> list[list[int]]:
-    """``n_batches`` lists of ``size`` indices into ``n_items`` items: successive random permutations (whole passes
-    over the items, each reshuffled) cut into batches; empty batches when there is no item."""
-    order: list[int] = []
-    while n_items and len(order) < n_batches * size:
-        order.extend(rng.permutation(n_items).tolist())
-    return [order[b * size:(b + 1) * size] for b in range(n_batches)]
 
 
 class BaseTrainer:
@@ -251,10 +212,7 @@ class BaseTrainer:
 
     def seed_everything(self) -> None:
         """Seed Python's, numpy's and torch's global generators with the run's ``seed``."""
-        seed = int(self.config["seed"])
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        seed_globals(int(self.config["seed"]))
 
     @property
     def network(self) -> torch.nn.Module:

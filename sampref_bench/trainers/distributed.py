@@ -76,6 +76,15 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` or ``cuda`` (a clear error when CUDA is asked for but absent)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SamprefError("--device cuda was given but no CUDA GPU is visible; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise SamprefError(f"--device must be cpu or cuda, got {name!r}")
+    return local_device(torch.device(name))
+
+
 def torchrun_command(num_processes: int, argv: list[str]) -> list[str]:
     """The command that runs ``sampref_train argv`` as ``num_processes`` processes on this machine through torchrun
     (``--standalone``: a free local rendezvous port, so several such runs may share a machine)."""

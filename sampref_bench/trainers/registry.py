@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,23 @@ from sampref_bench.trainers.base import TRAINER_CLASSES
 from sampref_bench.utilities.errors import SamprefError
 
 #: Modules whose trainers are built in.
-BUILTIN_MODULES = ("sampref_bench.trainers.sam_trainers", "sampref_bench.trainers.prompt_trainers",
-                   "sampref_bench.trainers.two_stage", "sampref_bench.trainers.dpo_trainers",
-                   "sampref_bench.trainers.pseudo_label", "sampref_bench.trainers.unet_trainer",
-                   "sampref_bench.trainers.ssl_trainers")
+BUILTIN_MODULES = ("sampref_bench.trainers.sam.bounds", "sampref_bench.trainers.sam.prompted",
+                   "sampref_bench.trainers.sam.two_stage", "sampref_bench.trainers.dpo.trainers",
+                   "sampref_bench.trainers.sam.pseudo_label", "sampref_bench.trainers.unet.trainer",
+                   "sampref_bench.trainers.unet.semi_supervised")
 
 
 def import_trainer_module(spec: str) -> None:
-    """Import a module (dotted name, or a path to a ``.py`` file) so that its trainers register."""
+    """Import a module (dotted name, or a path to a ``.py`` file) so that its trainers register.
+
+    Deprecation warnings raised while it imports (an old import path of a moved trainer module) are shown, not
+    hidden by Python's default filter, so the author of the file learns the new path."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", DeprecationWarning)
+        _import_trainer_module(spec)
+
+
+def _import_trainer_module(spec: str) -> None:
     path = Path(spec)
     try:
         if path.suffix == ".py":

@@ -15,7 +15,7 @@ def digest(obj: Any, length: int = 16) -> str:
 def image_key(data: Any, case: str) -> str:
     """12 hex digits naming what a model sees of ``case``: its stored image and the plan's RGB mapping.
 
-    ``data`` is a :class:`~sampref_bench.trainers.data.PreprocessedData` (anything with ``meta(case)`` holding
+    ``data`` is a :class:`~sampref_bench.planners.data.PreprocessedData` (anything with ``meta(case)`` holding
     ``image_digest`` and ``rgb_channels``). Every cache of per-image results (embeddings, prompts) puts this
     key in its file names, so a re-preprocessed image is never read stale.
     """

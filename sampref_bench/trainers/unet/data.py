@@ -4,7 +4,7 @@ A training item is one preprocessed slice ``(C, S, S)`` (the stored channels, ui
 in [0, 1], the very arrays the SAM trainers embed) with, for a labeled slice, its ``(1, S, S)`` map of class
 indices (0 background, k for the k-th foreground label value; all labels jointly). Items are addressed by an
 :class:`ItemKey` ``(epoch, batch, position, stream, index)``; each item's augmentation is seeded from the run's
-seed and its key alone (:func:`~sampref_bench.trainers.ssl_common.item_seed`), so a batch is the same whichever
+seed and its key alone (:func:`~sampref_bench.trainers.unet.parts.item_seed`), so a batch is the same whichever
 worker process builds it and however many there are.
 
 Augmentation defaults are a subset of nnU-Net's 2D pipeline (Isensee et al., Nature Methods 2021; probabilities
@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from sampref_bench.trainers.data import LabelStore, PreprocessedData
-from sampref_bench.trainers.ssl_common import item_seed
+from sampref_bench.planners.data import LabelStore, PreprocessedData
+from sampref_bench.trainers.unet.parts import item_seed
 from sampref_bench.utilities.errors import SamprefError
 
 #: Stream of an :class:`ItemKey`: a labeled slice (image and label) or an unlabeled one (image only).

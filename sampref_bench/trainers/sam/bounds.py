@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from sampref_bench.trainers.data import Sample
-from sampref_bench.trainers.sam_trainer import SAMTrainer, boxes_from_masks, jitter_boxes
+from sampref_bench.planners.data import Sample
+from sampref_bench.trainers.sam.trainer import SAMTrainer, boxes_from_masks, jitter_boxes
 
 
 class SAMBoxOracle(SAMTrainer):

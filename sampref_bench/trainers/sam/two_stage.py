@@ -34,12 +34,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from sampref_bench.planners.data import Sample
 from sampref_bench.planners.plans import fraction_key
-from sampref_bench.trainers.base import PLAN_INPUT_KEYS, PLANNED, epoch_generator, plan_differences, seeded_passes
-from sampref_bench.trainers.data import Sample
-from sampref_bench.trainers.prompt_trainers import SAMBaseline
+from sampref_bench.trainers.base import PLANNED
+from sampref_bench.trainers.plan_snapshot import PLAN_INPUT_KEYS, plan_differences
+from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
 from sampref_bench.trainers.run_folder import load_checkpoint
 from sampref_bench.trainers.run_identity import config_differences
+from sampref_bench.trainers.sam.prompted import SAMBaseline
 from sampref_bench.utilities.atomic import load_json, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 

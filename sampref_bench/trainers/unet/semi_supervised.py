@@ -4,7 +4,7 @@ Every batch holds ``batch_size`` labeled slices (the fraction-f cases, supervise
 and ``unlabeled_batch_size`` (default: ``batch_size``) slices of images whose labels the run never reads: the
 fold's training cases outside the budget and, with ``use_unlabeled_images`` (default on), the dataset's
 ``imagesTrUnlabeled`` images. Unlabeled images are read through the label-free image reader only. The sampler,
-ramp-ups, EMA and unlabeled losses live in :mod:`~sampref_bench.trainers.ssl_common`.
+ramp-ups, EMA and unlabeled losses live in :mod:`~sampref_bench.trainers.unet.parts`.
 
 Defaults follow the published methods and SSL4MIS's 2D settings (Luo, github.com/HiLab-git/SSL4MIS), named at each:
 
@@ -22,8 +22,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from sampref_bench.trainers.data import hidden_label_slices
-from sampref_bench.trainers.ssl_common import (
+from sampref_bench.planners.data import hidden_label_slices
+from sampref_bench.trainers.unet.data import (
+    Augmenter,
+    WeakStrongAugmenter,
+    intensity_transforms,
+    spatial_transforms,
+    strong_intensity_transforms,
+    weak_transforms,
+)
+from sampref_bench.trainers.unet.parts import (
     bounded_noise,
     confidence_pseudo_labels,
     cps_loss,
@@ -38,15 +46,7 @@ from sampref_bench.trainers.ssl_common import (
     uncertainty_mask,
     uncertainty_threshold,
 )
-from sampref_bench.trainers.unet_data import (
-    Augmenter,
-    WeakStrongAugmenter,
-    intensity_transforms,
-    spatial_transforms,
-    strong_intensity_transforms,
-    weak_transforms,
-)
-from sampref_bench.trainers.unet_trainer import UNet
+from sampref_bench.trainers.unet.trainer import UNet
 from sampref_bench.utilities.errors import SamprefError
 
 #: Stream numbers of the per-batch torch generators (input noise of teachers).
@@ -294,7 +294,7 @@ class FixMatch(SemiSupervisedUNet):
     """FixMatch (Sohn et al., NeurIPS 2020) per pixel: pseudo-labels are the argmax of the prediction on a weakly
     augmented view, kept where its softmax confidence is at least ``tau`` (0.95, the paper's), and the prediction on a
     strongly augmented view of the same geometry is trained on them by cross-entropy, weighted by ``lambda_u`` (1, the
-    paper's; no ramp-up, as in the paper). Views: :class:`~sampref_bench.trainers.unet_data.WeakStrongAugmenter`."""
+    paper's; no ramp-up, as in the paper). Views: :class:`~sampref_bench.trainers.unet.data.WeakStrongAugmenter`."""
 
     defaults: ClassVar[dict[str, Any]] = {**SemiSupervisedUNet.defaults, "tau": 0.95, "lambda_u": 1.0}
 

@@ -2,7 +2,7 @@
 
 An annotator looks at the K candidate masks of one rated sample (case, slice, label) and returns an
 :class:`Annotation`: a score per candidate, higher is better, from which the DPO trainers derive preference
-weights (:mod:`sampref_bench.trainers.preference`).
+weights (:mod:`sampref_bench.trainers.dpo.losses`).
 
 * :class:`SimulatedAnnotator` (benchmarking) reads the hidden ground truth of the rated cases, and nothing
   else does: it scores each candidate by its IoU with the hidden mask. As a *rater* it gives the bucket
@@ -13,7 +13,7 @@ weights (:mod:`sampref_bench.trainers.preference`).
   ``sampref_candidates`` writes as a template and that every DPO run writes as ``preferences.json``
   (:data:`FORMAT`). Every problem in the file is reported at once. Its ratings may use any scale of two or more
   points (``"scale"``); the rating trainers weight them on that scale
-  (:func:`~sampref_bench.trainers.preference.rating_weights`).
+  (:func:`~sampref_bench.trainers.dpo.losses.rating_weights`).
 
 Preferences file (:data:`FORMAT`)::
 
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from sampref_bench.trainers.data import LabelStore, Sample
+from sampref_bench.planners.data import LabelStore, Sample
 from sampref_bench.utilities.atomic import load_json
 from sampref_bench.utilities.errors import SamprefError
 

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from sampref_bench.models.text_prompt import TextPromptProjection
+from sampref_bench.planners.data import Sample, inference_samples
 from sampref_bench.prompts.settings import OVERRIDABLE, resolve_prompt_settings
 from sampref_bench.prompts.store import PromptStore
 from sampref_bench.prompts.text_encoder import build_text_encoder
-from sampref_bench.trainers.data import Sample, inference_samples
-from sampref_bench.trainers.sam_trainer import SAMTrainer
+from sampref_bench.trainers.sam.trainer import SAMTrainer
 from sampref_bench.utilities.errors import SamprefError
 
 #: Hyperparameters of the prompt sources; ``None`` means the plan's ``prompts`` value.
@@ -166,8 +166,8 @@ def dataset_prompt_store(dataset: str | int, overrides: dict[str, Any] | None = 
     """The prompt cache a trainer of ``dataset`` would read with these prompt ``overrides``, and every
     preprocessed case of the dataset (sorted), for ``sampref_prompts``."""
     from sampref_bench import paths
+    from sampref_bench.planners.data import PreprocessedData
     from sampref_bench.planners.pipeline import data_folder
-    from sampref_bench.trainers.data import PreprocessedData
     from sampref_bench.utilities.atomic import load_json
 
     name = paths.resolve_dataset(dataset, paths.preprocessed_root(), paths.raw_root())

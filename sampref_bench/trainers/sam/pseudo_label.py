@@ -2,7 +2,7 @@
 
 1. **Stage 1** is the ``SAMBaseline`` run on this run's labeled cases (the supervised budget at fraction f, the
    same run folder as ``sampref_train DATASET SAMBaseline FOLD --fraction f``), reused after the identity check
-   of :class:`~sampref_bench.trainers.two_stage.TwoStageSAMTrainer`, continued or trained.
+   of :class:`~sampref_bench.trainers.sam.two_stage.TwoStageSAMTrainer`, continued or trained.
 2. **Pseudo-labels**: the frozen stage-1 model predicts every planned hidden-label sample of the unlabeled cases
    (the fold's training cases outside the budget, plus the ``imagesTrUnlabeled`` images when
    ``use_unlabeled_images``) from images and inference prompts alone; no label of those cases is opened. A pixel
@@ -52,9 +52,9 @@ import numpy as np
 import torch
 from monai.losses.focal_loss import sigmoid_focal_loss
 
-from sampref_bench.trainers.base import epoch_generator, seeded_passes
-from sampref_bench.trainers.data import Sample, hidden_label_samples
-from sampref_bench.trainers.two_stage import TwoStageSAMTrainer
+from sampref_bench.planners.data import Sample, hidden_label_samples
+from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
+from sampref_bench.trainers.sam.two_stage import TwoStageSAMTrainer
 from sampref_bench.utilities.atomic import write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 

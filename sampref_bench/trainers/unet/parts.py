@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sampref_bench.trainers.base import epoch_generator, seeded_passes
+from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
 
 #: Stream numbers of :func:`~sampref_bench.trainers.base.epoch_generator` used by the sampler.
 LABELED_STREAM = 101

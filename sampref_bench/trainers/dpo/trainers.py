@@ -5,23 +5,14 @@ cases, the model is aligned with an annotator's judgement of its own candidate m
 whose pixel labels it never sees. Per rated sample (case, slice, label):
 
 1. **Candidates** (``candidates``) from the frozen stage-1 model (the reference policy), once, before stage 2:
-
-   * ``"thresholds"`` (the paper): its probability map at the plan's thresholds (0.3 0.4 0.5 0.6);
-   * ``"adaptive"``: its probability map at thresholds planned after stage 1 from the reference's
-     probabilities on its *labeled* cases: the thresholds at which the mean predicted area is
-     :data:`ADAPTIVE_AREA_RATIOS` times the mean labeled area (over- to under-segmentation around the truth);
-   * ``"jitter"``: the reference under the sample's box and ``n_candidates - 1`` boxes whose sides move by up
-     to ``jitter`` of the box size (seeded per sample), each at the run's ``threshold`` (0.5);
-   * ``"multimask"``: the single output and SAM's three multimask outputs, each at the run's ``threshold`` (0.5);
-   * ``"dropout"``: ``n_candidates`` decodes with dropout ``dropout_p`` on the image embedding, at ``threshold``;
-     the dropout masks come from a generator of their own (:func:`seeded_dropout`), so making candidates leaves
-     torch's global CPU and CUDA random states as they were.
+   the paper's ``"thresholds"`` (its probability map at the plan's thresholds), ``"adaptive"`` thresholds,
+   jittered boxes, SAM's multimask outputs or embedding dropout (:mod:`sampref_bench.trainers.dpo.candidates`).
 
 2. **The annotator** (``annotator``): ``"simulated"`` rates by IoU with the hidden mask (only it reads the
    rated cases' labels); ``"file"`` reads ``ratings_file``. ``rating_noise`` flips adjacent ratings.
    Every run writes the annotations it used to ``preferences.json`` (the file format), so a human file that
    holds the same judgements gives the same run.
-3. **The loss** (:mod:`sampref_bench.trainers.preference`): preference weights from the judgement (ranking:
+3. **The loss** (:mod:`sampref_bench.trainers.dpo.losses`): preference weights from the judgement (ranking:
    ``(+b1, +b2, -b2, -b1)`` by place; rating: the rating's value on the annotator's scale, centred (4 points:
    ``+b1, +b2, -b2, -b1``; a file's own scale otherwise, top ``+b1``, bottom ``-b1``); best only: ``+b1`` on the
    best), the log-likelihood of each candidate reduced over pixels by ``reduction``, the loss
@@ -59,10 +50,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from sampref_bench.trainers.annotators import Annotation, FileAnnotator, SimulatedAnnotator, preference_entry
-from sampref_bench.trainers.base import epoch_generator, seeded_passes
-from sampref_bench.trainers.data import Sample, hidden_label_samples
-from sampref_bench.trainers.preference import (
+from sampref_bench.planners.data import Sample, hidden_label_samples
+from sampref_bench.trainers.dpo.annotators import Annotation, FileAnnotator, SimulatedAnnotator, preference_entry
+from sampref_bench.trainers.dpo.candidates import CANDIDATE_SOURCES, CandidateGenerator
+from sampref_bench.trainers.dpo.losses import (
     LOSSES,
     REDUCTIONS,
     bernoulli_kl,
@@ -74,15 +65,11 @@ from sampref_bench.trainers.preference import (
     ranking_weights,
     rating_weights,
 )
-from sampref_bench.trainers.sam_trainer import jitter_boxes
-from sampref_bench.trainers.two_stage import TwoStageSAMTrainer
+from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
+from sampref_bench.trainers.sam.two_stage import TwoStageSAMTrainer
 from sampref_bench.utilities.atomic import write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 
-CANDIDATE_SOURCES = ("thresholds", "adaptive", "jitter", "multimask", "dropout")
-#: Mean predicted area relative to the mean labeled area that the adaptive thresholds aim at, best-guess
-#: over-segmentation first.
-ADAPTIVE_AREA_RATIOS = (1.5, 1.2, 0.85, 0.65)
 #: Below this mean candidate IoU spread a warning says the preferences carry little signal.
 MIN_IOU_SPREAD = 0.05
 
@@ -113,7 +100,7 @@ class RatedSample:
     annotation: Annotation
 
 
-class DPOTrainer(TwoStageSAMTrainer):
+class DPOTrainer(CandidateGenerator, TwoStageSAMTrainer):
     """Stage 2 by preference optimization on the rated cases; subclasses say how judgements become weights."""
 
     abstract: ClassVar[bool] = True
@@ -203,91 +190,6 @@ class DPOTrainer(TwoStageSAMTrainer):
         raise NotImplementedError
 
     @torch.no_grad()
-    def reference_logits(self, samples: list[Sample], prompts: dict[str, Any] | None = None,
-                         multimask: bool = False, dropout: float = 0.0, dropout_seed: int = 0) -> torch.Tensor:
-        """``(B, 1 or 3, S, S)`` logits of the frozen reference at the preprocessed size; ``dropout > 0`` drops
-        out image-embedding features with :func:`seeded_dropout` (seed ``dropout_seed``)."""
-        prompts = prompts if prompts is not None else self.reference_prompts(samples)
-        embeddings = self.embeddings(samples)
-        if dropout > 0:
-            embeddings = seeded_dropout(embeddings, dropout, dropout_seed)
-        return self.decode_with(self.networks["reference"], embeddings, prompts, multimask)
-
-    def reference_prompts(self, samples: list[Sample]) -> dict[str, Any]:
-        """The inference prompts, without gradients (stage 2 never changes the prompt encoder or text
-        projection, so the policy's prompt modules equal the reference's)."""
-        with torch.no_grad():
-            return self.inference_prompts(samples)
-
-    def candidate_thresholds(self) -> list[float]:
-        """Thresholds of the threshold-based candidate sources (the plan's, an override, or adaptive)."""
-        if self.config["candidates"] == "adaptive":
-            return self.adaptive_thresholds()
-        return [float(t) for t in (self.config["thresholds"] or self.plans["thresholds"])]
-
-    @torch.no_grad()
-    def adaptive_thresholds(self) -> list[float]:
-        """Thresholds at which the reference's mean predicted area on the labeled samples is
-        :data:`ADAPTIVE_AREA_RATIOS` times their mean labeled area (interpolated on a grid of 97 thresholds)."""
-        grid = np.linspace(0.02, 0.98, 97)
-        areas = np.zeros(len(grid))
-        truth = 0.0
-        step = int(self.config["batch_size"])
-        for start in range(0, len(self.train_samples), step):
-            chunk = self.train_samples[start:start + step]
-            probs = torch.sigmoid(self.reference_logits(chunk))[:, 0].cpu().numpy()
-            truth += float(self.targets(chunk).sum())
-            areas += np.array([(probs >= t).sum() for t in grid], dtype=np.float64)
-        ratios = areas / max(truth, 1.0)
-        # ratios fall with the threshold; np.interp wants increasing x
-        thresholds = [float(np.interp(r, ratios[::-1], grid[::-1])) for r in ADAPTIVE_AREA_RATIOS]
-        self.adaptive_record = {"area_ratios": list(ADAPTIVE_AREA_RATIOS), "thresholds": thresholds}
-        return sorted(set(round(t, 4) for t in thresholds))
-
-    @torch.no_grad()
-    def make_candidates(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, K, S, S)`` bool candidates and the ``(B, S, S)`` reference logits under the usual prompts."""
-        source = self.config["candidates"]
-        logits = self.reference_logits(samples)[:, 0]
-        probs = torch.sigmoid(logits)
-        cut = float(self.config["threshold"])
-        if source in ("thresholds", "adaptive"):
-            cands = torch.stack([probs >= t for t in self.thresholds], dim=1)
-        elif source == "multimask":
-            multi = torch.sigmoid(self.reference_logits(samples, multimask=True))
-            cands = torch.cat([probs[:, None], multi], dim=1) >= cut
-        elif source == "jitter":
-            prompts = self.reference_prompts(samples)
-            outs = [probs >= cut]
-            for k in range(1, int(self.config["n_candidates"])):
-                boxes = torch.stack([
-                    jitter_boxes(prompts["boxes"][i:i + 1].cpu(), _sample_rng(self.config["seed"], s, k),
-                                 float(self.config["jitter"]), int(self.plans["image_size"]))[0]
-                    for i, s in enumerate(samples)]).to(self.device)
-                moved = torch.sigmoid(self.reference_logits(samples, {**prompts, "boxes": boxes}))[:, 0]
-                outs.append(moved >= cut)
-            cands = torch.stack(outs, dim=1)
-        else:  # dropout
-            outs = []
-            for k in range(int(self.config["n_candidates"])):
-                dropped = self.reference_logits(samples, dropout=float(self.config["dropout_p"]),
-                                                dropout_seed=int(self.config["seed"]) * 1000 + k)
-                outs.append(torch.sigmoid(dropped[:, 0]) >= cut)
-            cands = torch.stack(outs, dim=1)
-        return cands, logits
-
-    def generate_candidates(self) -> list[tuple[Sample, torch.Tensor, torch.Tensor]]:
-        """``(sample, (K, S, S) bool candidates, (S, S) reference logits)`` of every rated sample, on the CPU."""
-        self.thresholds = self.candidate_thresholds() if self.config["candidates"] in ("thresholds",
-                                                                                       "adaptive") else []
-        step = int(self.config["batch_size"])
-        made: list[tuple[Sample, torch.Tensor, torch.Tensor]] = []
-        for start in range(0, len(self.rated_samples), step):
-            chunk = self.rated_samples[start:start + step]
-            cands, logits = self.make_candidates(chunk)
-            made.extend(zip(chunk, cands.cpu(), logits.cpu()))
-        return made
-
     def prepare_preferences(self) -> None:
         """Candidates, judgements, weights and reference likelihoods of every rated sample (before stage 2)."""
         annotator = self.annotator()
@@ -397,34 +299,11 @@ class DPOTrainer(TwoStageSAMTrainer):
         return record
 
 
-def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """Inverted dropout of ``x`` (each element zeroed with probability ``p``, the rest scaled by ``1 / (1 - p)``)
-    whose mask comes from a CPU generator of its own seeded with ``seed``.
-
-    torch's global random states (CPU and every CUDA device) are neither read nor changed, and the mask is drawn on
-    the CPU and moved to ``x``'s device, so it is the same on every device. On the CPU, for float32 ``x``, the
-    result equals ``torch.manual_seed(seed); torch.nn.functional.dropout(x, p)`` bit for bit (the same Bernoulli
-    draws, the same division and product): the ``"dropout"`` candidates of earlier CPU runs are unchanged.
-    """
-    if not 0.0 <= p < 1.0:
-        raise SamprefError(f"dropout_p must lie in [0, 1), got {p}")
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    noise = torch.empty(x.shape, dtype=torch.float32).bernoulli_(1.0 - p, generator=generator)
-    noise.div_(1.0 - p)
-    return x * noise.to(device=x.device, dtype=x.dtype)
-
-
-def _sample_rng(seed: int, sample: Sample, k: int) -> np.random.Generator:
-    from sampref_bench.trainers.annotators import sample_rng
-
-    return sample_rng(int(seed) * 100 + k, sample)
-
-
 class DPORanking(DPOTrainer):
     """DPO with a ranking of the candidates: weights ``(+b1, +b2, -b2, -b1)`` by place (ties averaged)."""
 
     def preference_weights(self, annotation: Annotation) -> np.ndarray:
-        """Weights from the ranking (:func:`~sampref_bench.trainers.preference.ranking_weights`)."""
+        """Weights from the ranking (:func:`~sampref_bench.trainers.dpo.losses.ranking_weights`)."""
         return ranking_weights(annotation.scores, float(self.config["b1"]), float(self.config["b2"]))
 
 
@@ -436,7 +315,7 @@ class DPORating(DPOTrainer):
 
     def preference_weights(self, annotation: Annotation) -> np.ndarray:
         """Weights from the ratings on the annotation's own scale
-        (:func:`~sampref_bench.trainers.preference.rating_weights`)."""
+        (:func:`~sampref_bench.trainers.dpo.losses.rating_weights`)."""
         assert annotation.ratings is not None
         return rating_weights(annotation.ratings, float(self.config["b1"]), float(self.config["b2"]),
                               scale=annotation.scale)
@@ -446,5 +325,5 @@ class DPOBestOnly(DPOTrainer):
     """Only the best candidate is rewarded (``+b1``), nothing is pushed down (the paper's ablation)."""
 
     def preference_weights(self, annotation: Annotation) -> np.ndarray:
-        """Weight ``+b1`` on the best candidate(s) (:func:`~sampref_bench.trainers.preference.best_only_weights`)."""
+        """Weight ``+b1`` on the best candidate(s) (:func:`~sampref_bench.trainers.dpo.losses.best_only_weights`)."""
         return best_only_weights(annotation.scores, float(self.config["b1"]))

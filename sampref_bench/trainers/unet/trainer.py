@@ -15,10 +15,10 @@ Defaults and their sources:
 - optimizer: SGD, lr 0.01, momentum 0.9, weight decay 1e-4 (SSL4MIS's 2D baselines), learning rate decayed by the
   poly rule ``(1 - epoch / epochs) ** 0.9`` once per epoch (nnU-Net; SSL4MIS applies it per iteration);
 - length: ``unet_epochs`` x ``unet_iterations_per_epoch`` batches of the plan's ``batch_size`` labeled slices;
-- augmentation: nnU-Net's 2D pipeline through MONAI (:mod:`~sampref_bench.trainers.unet_data`).
+- augmentation: nnU-Net's 2D pipeline through MONAI (:mod:`~sampref_bench.trainers.unet.data`).
 
 Batches are streamed from a ``torch.utils.data.DataLoader``; ``num_workers`` (default
-:func:`~sampref_bench.trainers.unet_data.default_num_workers`) is a run-time setting, not a hyperparameter: the
+:func:`~sampref_bench.trainers.unet.data.default_num_workers`) is a run-time setting, not a hyperparameter: the
 weights do not depend on it (every item's augmentation is seeded by the run's seed and the item's address), so it is
 kept out of the run's identity and ``--continue`` may change it.
 """
@@ -33,12 +33,11 @@ import torch
 
 from sampref_bench.evaluation.metrics import confusion_per_label, overlap_scores
 from sampref_bench.models.unet import build_unet, check_architecture
+from sampref_bench.planners.data import LabelStore, labeled_slices
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer
-from sampref_bench.trainers.data import LabelStore, labeled_slices
-from sampref_bench.trainers.sam_trainer import MAX_EPOCH_VAL_SAMPLES, merge_label_probabilities
-from sampref_bench.trainers.ssl_common import TwoStreamBatchSampler
-from sampref_bench.trainers.unet_data import (
+from sampref_bench.trainers.sam.trainer import MAX_EPOCH_VAL_SAMPLES, merge_label_probabilities
+from sampref_bench.trainers.unet.data import (
     LABELED,
     UNLABELED,
     Augmenter,
@@ -51,6 +50,7 @@ from sampref_bench.trainers.unet_data import (
     slice_images,
     spatial_transforms,
 )
+from sampref_bench.trainers.unet.parts import TwoStreamBatchSampler
 from sampref_bench.utilities.errors import SamprefError
 
 #: Architecture options; ``None`` means the plan's ``unet`` value.

@@ -9,7 +9,7 @@ Prompts are the one thing subclasses decide, through two hooks with different in
 :meth:`SAMTrainer.train_prompts` sees the training targets (and may jitter them), while
 :meth:`SAMTrainer.inference_prompts`, used by per-epoch validation, final validation and prediction, gets
 samples alone: the prediction path reads images through the label-free
-:class:`~sampref_bench.trainers.data.PreprocessedData` and never a label. Only an oracle trainer
+:class:`~sampref_bench.planners.data.PreprocessedData` and never a label. Only an oracle trainer
 (``oracle = True``) may read ground truth at inference, through :meth:`BaseTrainer.oracle_labels`.
 """
 
@@ -25,11 +25,12 @@ from monai.losses import DiceFocalLoss
 from torchvision.ops import masks_to_boxes
 
 from sampref_bench.evaluation.metrics import confusion_per_label, overlap_scores
+from sampref_bench.planners.data import LabelStore, Sample, inference_samples, labeled_samples
 from sampref_bench.planners.embedding_cache import EmbeddingCache, embed_slices
 from sampref_bench.planners.preprocessing import from_slices
 from sampref_bench.planners.transforms import SliceTransform
-from sampref_bench.trainers.base import BaseTrainer, epoch_generator, seeded_passes
-from sampref_bench.trainers.data import LabelStore, Sample, inference_samples, labeled_samples
+from sampref_bench.trainers.base import BaseTrainer
+from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
 
 #: At most this many validation samples are scored after each epoch (a fixed, seeded subset).
 MAX_EPOCH_VAL_SAMPLES = 64
