@@ -115,3 +115,56 @@ def test_predict_without_a_readable_plan_says_the_folds_are_0_to_4(tmp_path, cap
     assert ("-f 9: there is no such fold; the folds are 0 to 4 (sampref_plan's 5 folds; no readable "
             "splits_final.json for dataset 3)") in err
     assert "sampref_train" not in err and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def small_checkpoint(path: Path) -> bytes:
+    """A real (tiny) sampref checkpoint written with torch.save; its bytes."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"networks": {"network": {"w": torch.arange(4096.0)}}, "epoch": 3, "log": []}, path)
+    return path.read_bytes()
+
+
+def test_empty_checkpoint_latest_is_named_with_what_to_do(tmp_path):
+    from sampref_bench.trainers.run_folder import load_checkpoint
+    from sampref_bench.utilities.errors import SamprefError
+
+    latest = tmp_path / "fold_0" / "checkpoint_latest.pth"
+    latest.parent.mkdir()
+    latest.write_bytes(b"")
+    with pytest.raises(SamprefError) as caught:  # an IndexError inside the message before
+        load_checkpoint(latest)
+    assert str(caught.value) == (
+        f"{latest} is empty (0 bytes): most likely its writing was cut short (the process killed, the machine down "
+        "or the disk full) or it was copied incompletely. Delete it and rerun the same `sampref_train` command "
+        "without --continue (or rerun `sampref_benchmark`): the run starts again from epoch 0, since a cut-short "
+        "checkpoint cannot be resumed.")
+
+
+def test_truncated_checkpoints_are_named_with_what_to_do(tmp_path):
+    from sampref_bench.trainers.run_folder import load_checkpoint
+    from sampref_bench.utilities.errors import SamprefError
+
+    folder = tmp_path / "fold_0"
+    latest, final = folder / "checkpoint_latest.pth", folder / "checkpoint_final.pth"
+    data = small_checkpoint(latest)
+    assert load_checkpoint(latest)["epoch"] == 3
+    latest.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SamprefError, match=rf"checkpoint_latest.pth is truncated \({len(data) // 2} bytes, the end of "
+                                           r"the file is missing\): .* without --continue"):
+        load_checkpoint(latest)
+    # a cut-short final checkpoint beside a whole latest one: --continue rebuilds it from checkpoint_latest.pth
+    small_checkpoint(latest)
+    final.write_bytes(data[: len(data) - 100])
+    with pytest.raises(SamprefError) as caught:
+        load_checkpoint(final)
+    assert f"{final} is truncated ({len(data) - 100} bytes" in str(caught.value)
+    assert ("Delete it and continue the run (the same `sampref_train` command with --continue, or `sampref_benchmark`, "
+            "which continues unfinished runs): it resumes from checkpoint_latest.pth and writes a new "
+            "checkpoint_final.pth.") in str(caught.value)
+    latest.unlink()
+    with pytest.raises(SamprefError, match=f"Delete the run folder {folder} and train the run again"):
+        load_checkpoint(final)
+

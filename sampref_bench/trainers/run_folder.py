@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import numbers
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,64 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(state, handle))
 
 
+#: The first bytes of a zip archive, the format ``torch.save`` writes.
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _damage(path: Path, err: BaseException) -> str | None:
+    """How ``path`` is cut short (``is empty (0 bytes)``, ``is truncated (...)``), or None when it is whole but
+    unreadable for another reason."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(len(_ZIP_MAGIC))
+    except OSError:
+        return None
+    if size == 0:
+        return "is empty (0 bytes)"
+    if (head == _ZIP_MAGIC and not zipfile.is_zipfile(path)) or isinstance(err, EOFError):
+        return f"is truncated ({size} bytes, the end of the file is missing)"
+    return None
+
+
+def _damaged_advice(path: Path) -> str:
+    """What to do about a damaged checkpoint ``path``, accurate to what ``--continue`` reads."""
+    latest, final = path.parent / "checkpoint_latest.pth", path.parent / "checkpoint_final.pth"
+    if path.name == final.name:
+        if latest.is_file():
+            return (f"Delete it and continue the run (the same `sampref_train` command with --continue, or "
+                    f"`sampref_benchmark`, which continues unfinished runs): it resumes from {latest.name} and "
+                    f"writes a new {final.name}.")
+        return f"Delete the run folder {path.parent} and train the run again."
+    if path.name == latest.name:
+        if final.is_file():
+            return (f"Delete it: {final.name} beside it holds the finished run, and --continue resumes from that "
+                    "file.")
+        return ("Delete it and rerun the same `sampref_train` command without --continue (or rerun "
+                "`sampref_benchmark`): the run starts again from epoch 0, since a cut-short checkpoint cannot be "
+                "resumed.")
+    return "Delete it and rerun the training that wrote it."
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a sampref checkpoint on the CPU with ``weights_only=True``; a bad file is a clear error."""
+    """Load a sampref checkpoint on the CPU with ``weights_only=True``; a bad file is a clear error.
+
+    An empty or truncated file (a kill, a crash of the machine or a full disk while it was written, or a copy cut
+    short) is named as such, with what to do about it."""
     if not path.is_file():
         raise SamprefError(f"{path} does not exist: nothing to continue from. Start the run without --continue.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt or foreign file
-        raise SamprefError(f"{path} is not a readable sampref checkpoint ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0][:200]}). Delete it and restart the run.") from err
+        damage = _damage(path, err)
+        if damage is not None:
+            raise SamprefError(f"{path} {damage}: most likely its writing was cut short (the process killed, the "
+                               "machine down or the disk full) or it was copied incompletely. "
+                               f"{_damaged_advice(path)}") from err
+        first = (str(err).splitlines() or [""])[0][:200]
+        detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        raise SamprefError(f"{path} is not a readable sampref checkpoint ({detail}). Delete it and restart the "
+                           "run.") from err
     if not isinstance(state, dict) or "networks" not in state or "epoch" not in state:
         found = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
         raise SamprefError(f"{path} is not a checkpoint of this sampref version (found {found}). Delete it and "
