@@ -3,7 +3,11 @@ what is wrong and what to do, and nothing half-written is kept."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,7 @@ import pytest
 from sampref_bench.cli.evaluate_folder import main as evaluate_folder_main
 from sampref_bench.utilities.imageio import write_image
 
+REPO = Path(__file__).resolve().parents[1]
 DATASET_JSON = {"name": "T", "channel_names": {"0": "US"}, "labels": {"background": 0, "lesion": 1},
                 "numTraining": 2, "file_ending": ".png", "dimensionality": 2, "target_text": {"lesion": "lesion"}}
 
@@ -167,4 +172,147 @@ def test_truncated_checkpoints_are_named_with_what_to_do(tmp_path):
     latest.unlink()
     with pytest.raises(SamprefError, match=f"Delete the run folder {folder} and train the run again"):
         load_checkpoint(final)
+
+
+# ------------------------------------------------------------------------------------------------ full disk
+class FillingHandle:
+    """A file handle on a disk with ``room`` bytes left: the write that does not fit writes what fits, then raises
+    ``ENOSPC`` as the kernel does."""
+
+    def __init__(self, handle, room: int) -> None:
+        self.handle, self.room = handle, room
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if len(data) > self.room:
+            self.handle.write(data[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+
+def fill_disk(monkeypatch: pytest.MonkeyPatch, room: int) -> None:
+    """Every file that ``atomic_write`` opens from now on lies on a disk with ``room`` bytes left."""
+    real = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: FillingHandle(real(fd, mode, *a, **k), room))
+
+
+def checkpoint_state(n: int):
+    import torch
+
+    return {"networks": {"network": {"w": torch.arange(float(n))}}, "epoch": 1, "log": []}
+
+
+def test_full_disk_during_a_checkpoint_write_keeps_the_old_checkpoint(sampref_roots, monkeypatch):
+    from sampref_bench.trainers.run_folder import load_checkpoint, save_checkpoint
+    from sampref_bench.utilities.errors import SamprefError
+
+    folder = sampref_roots["results"] / "Dataset007_Phantom" / "SAMBoxOracle__samprefPlans__2d__f0.5" / "fold_0"
+    latest = folder / "checkpoint_latest.pth"
+    save_checkpoint(latest, checkpoint_state(10))
+    before = latest.read_bytes()
+    fill_disk(monkeypatch, room=2000)
+    with pytest.raises(SamprefError) as caught:  # torch.save reported "unexpected pos 704 vs 598" before
+        save_checkpoint(latest, checkpoint_state(100000))
+    message = str(caught.value)
+    assert message.startswith(f"the disk holding {folder} (the file system mounted at ")
+    assert (f"is full (No space left on device) while writing {latest}; the previous checkpoint_latest.pth is "
+            "unchanged and no temporary file was left. Free space on that disk or point SAMPREF_results (now "
+            f"{sampref_roots['results']}) at a disk with room, and rerun.") in message
+    assert "unexpected pos" not in message and isinstance(caught.value, OSError)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(latest)
+    monkeypatch.undo()
+    assert latest.read_bytes() == before and load_checkpoint(latest)["epoch"] == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint_latest.pth"]
+
+
+def test_torch_unexpected_pos_during_a_checkpoint_write_is_a_sentence(tmp_path, monkeypatch):
+    import torch
+
+    from sampref_bench.trainers import run_folder
+    from sampref_bench.utilities.errors import SamprefError
+
+    final = tmp_path / "fold_0" / "checkpoint_final.pth"
+
+    def half_written(state, handle) -> None:
+        handle.write(b"PK\x03\x04" + b"\0" * 500)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", half_written)
+    with pytest.raises(SamprefError) as caught:
+        run_folder.save_checkpoint(final, checkpoint_state(10))
+    assert str(caught.value).startswith(f"writing {final} failed (torch.save: unexpected pos 704 vs 598, a write "
+                                        f"that did not reach the disk): the disk holding {final.parent} (the file "
+                                        "system mounted at ")
+    assert ("is most likely full, or the file too large for it (`ulimit -f`); no checkpoint_final.pth was written and "
+            "no temporary file was left.") in str(caught.value)
+    assert list(final.parent.iterdir()) == []
+
+
+def test_full_disk_during_a_json_write_keeps_the_old_file(tmp_path, monkeypatch):
+    from sampref_bench.utilities.atomic import write_json_atomic
+    from sampref_bench.utilities.errors import SamprefError
+
+    target = tmp_path / "plans.json"
+    write_json_atomic(target, {"old": True})
+    before = target.read_bytes()
+    fill_disk(monkeypatch, room=10)
+    with pytest.raises(SamprefError) as caught:
+        write_json_atomic(target, {"new": list(range(1000))})
+    monkeypatch.undo()
+    assert f"is full (No space left on device) while writing {target}; the previous plans.json is unchanged" \
+        in str(caught.value)
+    assert "write to a disk with room, and rerun." in str(caught.value)  # outside the SAMPREF_* roots
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["plans.json"]
+
+
+FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+import torch
+from sampref_bench.trainers.run_folder import save_checkpoint
+from sampref_bench.utilities.atomic import write_json_atomic
+from sampref_bench.utilities.errors import SamprefError
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG ("File too large")
+folder = Path(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (50000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+for write in (lambda: save_checkpoint(folder / "checkpoint_latest.pth", {"w": torch.zeros(100000)}),
+              lambda: write_json_atomic(folder / "config.json", list(range(100000)))):
+    try:
+        write()
+    except SamprefError as err:
+        print(err)
+"""
+
+
+def test_a_file_size_limit_is_named_for_checkpoints_and_json(sampref_roots):
+    from sampref_bench.trainers.run_folder import save_checkpoint
+    from sampref_bench.utilities.atomic import write_json_atomic
+
+    folder = sampref_roots["results"] / "Dataset007_Phantom" / "UNet__samprefPlans__2d__f1.0" / "fold_0"
+    save_checkpoint(folder / "checkpoint_latest.pth", checkpoint_state(10))
+    write_json_atomic(folder / "config.json", {"epochs": 1})
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    done = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT, str(folder)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout + done.stderr
+    for line, name in zip(lines, ("checkpoint_latest.pth", "config.json")):
+        assert line.startswith(f"{folder / name} is too large for its file system (File too large): {folder} (the "
+                               "file system mounted at ")
+        assert (f"or a file-size limit (`ulimit -f`) caps the size of one file; the previous {name} is unchanged and "
+                "no temporary file was left. Raise the limit or point SAMPREF_results") in line
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 

@@ -11,14 +11,15 @@ import csv
 import io
 import math
 import numbers
+import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from sampref_bench import paths
-from sampref_bench.utilities.atomic import atomic_write, write_bytes_atomic
+from sampref_bench.utilities.atomic import as_disk_full_error, atomic_write, write_bytes_atomic
 from sampref_bench.utilities.errors import SamprefError
 
 
@@ -29,9 +30,55 @@ def run_folder(dataset_name: str, trainer: str, plans_name: str, configuration: 
             / f"fold_{fold}")
 
 
+#: How torch reports a write of its zip writer that failed (the OSError of the handle is swallowed).
+_TORCH_WRITE_FAILED = re.compile(r"unexpected pos|file write failed|failed writing", re.IGNORECASE)
+
+
+class _RecordingHandle:
+    """Passes writes on to ``handle`` and keeps the :class:`OSError` one raised: ``torch.save`` swallows it and
+    reports ``unexpected pos 704 vs 598`` instead."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+def _torch_save(state: dict[str, Any], handle: BinaryIO, path: Path) -> None:
+    """``torch.save(state, handle)``; a write that failed is the :class:`OSError` it was (a full disk becomes a
+    :class:`~sampref_bench.utilities.atomic.DiskFullError` in :func:`atomic_write`)."""
+    recorder = _RecordingHandle(handle)
+    try:
+        torch.save(state, recorder)
+    except RuntimeError as err:
+        if recorder.error is not None:
+            raise recorder.error from err
+        if _TORCH_WRITE_FAILED.search(str(err)):
+            first = (str(err).splitlines() or [""])[0].split("] . ")[-1].strip()[:120]
+            raise as_disk_full_error(path, detail=f"torch.save: {first}, a write that did not reach the "
+                                                   "disk") from err
+        raise
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` through a temporary sibling and ``os.replace`` (a killed run never leaves half a file)."""
-    atomic_write(path, lambda handle: torch.save(state, handle))
+    """``torch.save`` through a temporary sibling and ``os.replace`` (a killed run never leaves half a file).
+
+    A full disk (or a file too large for its file system) is a :class:`SamprefError` naming the file and where it
+    lies; the previous checkpoint stays as it was and no temporary file is left."""
+    path = Path(path)
+    atomic_write(path, lambda handle: _torch_save(state, handle, path))
 
 
 #: The first bytes of a zip archive, the format ``torch.save`` writes.
