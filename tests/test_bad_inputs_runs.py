@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -316,3 +317,30 @@ def test_a_file_size_limit_is_named_for_checkpoints_and_json(sampref_roots):
                 "no temporary file was left. Raise the limit or point SAMPREF_results") in line
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
+
+# ------------------------------------------------------------------------------------------------ file modes
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002], ids=["022", "027", "002"])
+def test_atomic_writes_get_the_mode_open_gives(tmp_path, umask):
+    from sampref_bench.trainers.run_folder import save_checkpoint
+    from sampref_bench.utilities.atomic import write_json_atomic
+
+    before = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"a": 1})
+        save_checkpoint(tmp_path / "checkpoint_latest.pth", checkpoint_state(4))
+        with open(tmp_path / "plain.txt", "w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(before)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"a.json": 0o666 & ~umask, "checkpoint_latest.pth": 0o666 & ~umask, "plain.txt": 0o666 & ~umask}
+
+
+def test_current_umask_reads_without_changing_it():
+    from sampref_bench.utilities.atomic import current_umask
+
+    before = os.umask(0o077)
+    try:
+        assert current_umask() == 0o077 and current_umask() == 0o077
+    finally:
+        os.umask(before)

@@ -4,7 +4,8 @@ A write that fails because the disk is full (or the file too large for its file 
 leaves the old file as it was and no temporary file, and raises a :class:`DiskFullError`: a
 :class:`~sampref_bench.utilities.errors.SamprefError` whose message names the file, its folder and file system,
 and the fix, and still an :class:`OSError` with the original ``errno`` and file name, so that code which explains
-file-system errors for one ``SAMPREF_*`` root (:mod:`sampref_bench.utilities.oserrors`) keeps doing so.
+file-system errors for one ``SAMPREF_*`` root (:mod:`sampref_bench.utilities.oserrors`) keeps doing so. New files
+get the mode ``open()`` gives (``0o666`` less the umask), not ``mkstemp``'s ``0o600``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -109,12 +111,31 @@ def as_disk_full_error(path: Path, err: OSError | None = None, detail: str = "")
     return out
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where ``/proc/self/status`` says it (Linux 4.7+); elsewhere
+    set and restored under a lock (a file created meanwhile by another thread could get a wrong mode)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None], fsync: bool = False) -> None:
     """Call ``write(handle)`` on a temporary sibling of ``path``, then ``os.replace`` it into place.
 
     A reader sees the old file or the complete new one; on any error the temporary file is removed. A full disk
     (or a file too large for its file system) is a :class:`DiskFullError` naming ``path`` and where it lies.
-    ``fsync`` flushes the data to disk before the rename.
+    ``fsync`` flushes the data to disk before the rename. The file gets mode ``0o666`` less the umask.
     """
     path = Path(path)
     try:
@@ -125,6 +146,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], fsync: bool = Fa
             raise as_disk_full_error(path, err) from err
         raise
     try:
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())
+        except OSError:  # a file system without modes (some network or FUSE mounts): keep mkstemp's
+            pass
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             if fsync:
