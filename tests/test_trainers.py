@@ -95,7 +95,7 @@ def test_user_errors_are_one_line_messages(capsys):
         (["SAMBoxOracle", "9"], "fold 9 does not exist"),
         (["SAMBoxOracle", "0", "--fraction", "0.3"], "was not planned"),
         (["SAMBoxOracle", "0", "--continue"], "no checkpoint to continue from"),
-        (["SAMBoxOracle", "0", "--set", "nonsense=1"], "unknown option"),
+        (["SAMBoxOracle", "0", "--set", "nonsense=1"], "SAMBoxOracle has no option 'nonsense'"),
     ]
     if not torch.cuda.is_available():
         cases.append((["SAMBoxOracle", "0", "--device", "cuda"], "no CUDA GPU"))

@@ -138,6 +138,7 @@ def plan_grid(dataset: str | int, trainers: list[str], fractions: list[float] | 
               configuration: str = "2d", run_name: str | None = None) -> GridPlan:
     """Validate and expand the grid (see the module docstring). ``fractions=None`` means every planned fraction,
     ``folds=None`` every fold. Raises one :class:`SamprefError` listing every problem of the request."""
+    from sampref_bench.trainers.options import option_problems
     from sampref_bench.trainers.registry import available_trainers, get_trainer
 
     name = paths.resolve_dataset(dataset, paths.preprocessed_root(), paths.raw_root())
@@ -166,10 +167,15 @@ def plan_grid(dataset: str | int, trainers: list[str], fractions: list[float] | 
     fold_list, fold_problems = parse_folds(list(folds or ["all"]), len(splits))
     problems += fold_problems
 
+    checked: dict[str, dict[str, Any]] = {}
     if classes:
         orphan = sorted(k for k in overrides if not any(k in cls.defaults for cls in classes.values()))
         if orphan:
             problems.append(f"--set key(s) {orphan} are options of none of {', '.join(classes)}")
+        for trainer, cls in classes.items():
+            mine = {k: v for k, v in overrides.items() if k in cls.defaults}
+            checked[trainer], option_errors = option_problems(cls, mine)
+            problems += [p for p in option_errors if p not in problems]
     if problems:
         raise SamprefError("the benchmark grid has problems; nothing ran:\n  - " + "\n  - ".join(problems))
 
@@ -178,7 +184,7 @@ def plan_grid(dataset: str | int, trainers: list[str], fractions: list[float] | 
     stage1_jobs: dict[Path, Job] = {}
     refused: dict[tuple[str, str], Refusal] = {}
     for trainer, cls in classes.items():
-        mine = {k: v for k, v in overrides.items() if k in cls.defaults}
+        mine = checked[trainer]
         left_out = sorted(set(overrides) - set(mine))
         if left_out:
             notes.append(f"--set {', '.join(left_out)} not applied to {trainer} (not its option)")

@@ -41,6 +41,7 @@ from sampref_bench.planners.plans import fraction_key
 from sampref_bench.planners.raw_record import check_raw_unchanged
 from sampref_bench.trainers import distributed as ddp
 from sampref_bench.trainers.distributed import resolve_device
+from sampref_bench.trainers.options import Option, check_options
 from sampref_bench.trainers.plan_snapshot import (  # noqa: F401 (names of base.py before the split)
     PLAN_INPUT_KEYS,
     PLAN_SNAPSHOT_KEYS,
@@ -88,6 +89,14 @@ class BaseTrainer:
         "iterations_per_epoch": None,
         "batch_size": None,
         "seed": 12345,
+    }
+    #: The schema of the options this class adds or re-declares (:mod:`.options`); inherited ones keep theirs.
+    options: ClassVar[dict[str, Option]] = {
+        "epochs": Option("int", low=1, none="the plan's epochs of this trainer's stage", help="epochs to train"),
+        "iterations_per_epoch": Option("int", low=1, none="the plan's iterations_per_epoch of this trainer's stage",
+                                       help="batches per epoch"),
+        "batch_size": Option("int", low=1, none="the plan's batch_size", help="slices per batch"),
+        "seed": Option("int", low=0, help="seed of every random draw of the run"),
     }
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -137,9 +146,7 @@ class BaseTrainer:
         self.fraction = float(fraction)
         self.roles: CaseRoles = case_roles(self.splits, self.fold, self.fraction, self.budget)
         type(self).check_distributed(ddp.world_size())
-        unknown = sorted(set(overrides or {}) - set(self.defaults))
-        if unknown:
-            raise SamprefError(f"unknown option(s) {unknown} for {type(self).__name__}; known: {sorted(self.defaults)}")
+        overrides = check_options(type(self), dict(overrides or {}))
         self.config: dict[str, Any] = self.resolve_config(overrides or {})
         reference = self.reference_config()
         changes = {k: v for k, v in self.config.items()

@@ -65,6 +65,7 @@ from sampref_bench.trainers.dpo.losses import (
     ranking_weights,
     rating_weights,
 )
+from sampref_bench.trainers.options import Option
 from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
 from sampref_bench.trainers.sam.two_stage import TwoStageSAMTrainer
 from sampref_bench.utilities.atomic import write_json_atomic
@@ -81,6 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "kl_weight": 0.0},
 }
 PRESET_KEYS = ("candidates", "loss", "reduction", "anchor_weight", "kl_weight")
+_PRESET = "the value of the settings preset"
 
 
 @dataclass
@@ -114,6 +116,28 @@ class DPOTrainer(CandidateGenerator, TwoStageSAMTrainer):
         "b1": 1.0, "b2": 0.5, "beta": 1.0, "ipo_target": 1.0, "preference_weight": 1.0,
         "anchor_batch_size": None, "thresholds": None, "n_candidates": 4, "jitter": 0.15, "dropout_p": 0.1,
         "annotator": "simulated", "ratings_file": None, "rating_noise": 0.0,
+    }
+    options: ClassVar[dict[str, Option]] = {
+        "settings": Option("str", choices=tuple(PRESETS), help="preset of candidates, loss, reduction and weights"),
+        "candidates": Option("str", choices=CANDIDATE_SOURCES, none=_PRESET, help="source of the candidate masks"),
+        "loss": Option("str", choices=LOSSES, none=_PRESET, help="preference loss"),
+        "reduction": Option("str", choices=REDUCTIONS, none=_PRESET, help="pixel reduction of the log-likelihood"),
+        "anchor_weight": Option("float", low=0, none=_PRESET, help="weight of the supervised anchor term"),
+        "kl_weight": Option("float", low=0, none=_PRESET, help="weight of the pixel KL to the reference"),
+        "b1": Option("float", low=0, help="weight of the best (and minus the worst) candidate"),
+        "b2": Option("float", low=0, help="weight of the second (and minus the third) candidate"),
+        "beta": Option("float", low=0, low_open=True, help="DPO temperature"),
+        "ipo_target": Option("float", low=0, low_open=True, help="IPO margin target"),
+        "preference_weight": Option("float", low=0, help="weight of the preference loss"),
+        "anchor_batch_size": Option("int", low=1, none="half the batch size", help="labeled samples per anchor step"),
+        "thresholds": Option("float_list", low=0, high=1, low_open=True, high_open=True,
+                             none="the plan's thresholds", help="thresholds of the threshold candidates"),
+        "n_candidates": Option("int", low=2, help="candidates per sample (jitter, dropout)"),
+        "jitter": Option("float", low=0, high=1, help="largest box-side move of jittered candidates"),
+        "dropout_p": Option("float", low=0, high=1, high_open=True, help="embedding dropout of dropout candidates"),
+        "annotator": Option("str", choices=("simulated", "file"), help="who judges the candidates"),
+        "ratings_file": Option("path", none="no file (annotator=simulated)", help="preferences file (annotator=file)"),
+        "rating_noise": Option("float", low=0, high=1, help="probability of flipping adjacent judgements"),
     }
 
     # ------------------------------------------------------------ configuration

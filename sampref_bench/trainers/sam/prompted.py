@@ -21,14 +21,16 @@ import torch
 
 from sampref_bench.models.text_prompt import TextPromptProjection
 from sampref_bench.planners.data import Sample, inference_samples
-from sampref_bench.prompts.settings import OVERRIDABLE, resolve_prompt_settings
+from sampref_bench.prompts.settings import OVERRIDABLE, SALIENCY_SOURCES, resolve_prompt_settings
 from sampref_bench.prompts.store import PromptStore
-from sampref_bench.prompts.text_encoder import build_text_encoder
+from sampref_bench.prompts.text_encoder import TEXT_ENCODERS, build_text_encoder
+from sampref_bench.trainers.options import Option
 from sampref_bench.trainers.sam.trainer import SAMTrainer
 from sampref_bench.utilities.errors import SamprefError
 
 #: Hyperparameters of the prompt sources; ``None`` means the plan's ``prompts`` value.
 PROMPT_KEYS = OVERRIDABLE
+_PLANNED_PROMPT = "the plan's prompt setting"
 
 
 class SAMPromptTrainer(SAMTrainer):
@@ -49,6 +51,20 @@ class SAMPromptTrainer(SAMTrainer):
         **SAMTrainer.defaults,
         **dict.fromkeys(PROMPT_KEYS),
         "clip_path": None, "medvint_path": None,
+    }
+    options: ClassVar[dict[str, Option]] = {
+        "saliency": Option("str", choices=SALIENCY_SOURCES, none=_PLANNED_PROMPT,
+                           help="saliency source of the prompts"),
+        "gscorecam_topk": Option("int", low=1, none=_PLANNED_PROMPT, help="gScoreCAM channels kept"),
+        "gscorecam_layer": Option("str", none=_PLANNED_PROMPT, help="BiomedCLIP layer gScoreCAM reads"),
+        "points": Option("int", low=0, none=_PLANNED_PROMPT, help="interior points per box"),
+        "vqa": Option("str", choices=("mask", "medvint"), none=_PLANNED_PROMPT, help="source of the VQA text"),
+        "llm_model": Option("str", none=_PLANNED_PROMPT, help="chat model of the LLM text"),
+        "llm_base_url": Option("str", none=_PLANNED_PROMPT, help="chat endpoint of the LLM text"),
+        "text_encoder": Option("str", choices=TEXT_ENCODERS, none=_PLANNED_PROMPT,
+                               help="encoder of the text prompts"),
+        "clip_path": Option("path", none="no BiomedCLIP weights", help="local BiomedCLIP weights (saliency, text)"),
+        "medvint_path": Option("path", none="no MedVInT weights", help="local MedVInT weights (vqa=medvint)"),
     }
 
     def canonicalize(self, config: dict[str, Any]) -> dict[str, Any]:

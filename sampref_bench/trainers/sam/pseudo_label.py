@@ -53,6 +53,7 @@ import torch
 from monai.losses.focal_loss import sigmoid_focal_loss
 
 from sampref_bench.planners.data import Sample, hidden_label_samples
+from sampref_bench.trainers.options import Option
 from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
 from sampref_bench.trainers.sam.two_stage import TwoStageSAMTrainer
 from sampref_bench.utilities.atomic import write_json_atomic
@@ -145,6 +146,18 @@ class SAMPseudoLabel(TwoStageSAMTrainer):
         "use_unlabeled_images": True, "confidence_cut": 0.9, "confidence_score": "confident_share",
         "min_confidence": 0.9, "keep_top_share": None, "ignore_uncertain": True, "pseudo_weight": 1.0,
         "pseudo_batch_share": 0.5, "stage2_parameters": "stage1",
+    }
+    options: ClassVar[dict[str, Option]] = {
+        "use_unlabeled_images": Option("bool", help="also pseudo-label the raw dataset's imagesTrUnlabeled"),
+        "confidence_cut": Option("float", low=0.5, high=1, help="probability (or 1 - it) a pixel counts confident at"),
+        "confidence_score": Option("str", choices=CONFIDENCE_SCORES, help="how a pseudo-label is scored"),
+        "min_confidence": Option("float", low=0, high=1, help="lowest score of a kept pseudo-label"),
+        "keep_top_share": Option("float", low=0, high=1, low_open=True, none="keep every sample above min_confidence",
+                                 help="share of the scored samples kept, highest scores first"),
+        "ignore_uncertain": Option("bool", help="leave the unconfident pixels out of the loss"),
+        "pseudo_weight": Option("float", low=0, help="weight of the pseudo-label loss"),
+        "pseudo_batch_share": Option("float", low=0, high=1, help="share of each batch taken from pseudo-labels"),
+        "stage2_parameters": Option("str", choices=STAGE2_PARAMETERS, help="what stage 2 trains"),
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -30,6 +30,7 @@ from sampref_bench.planners.embedding_cache import EmbeddingCache, embed_slices
 from sampref_bench.planners.preprocessing import from_slices
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer
+from sampref_bench.trainers.options import Option
 from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
 
 #: At most this many validation samples are scored after each epoch (a fixed, seeded subset).
@@ -60,6 +61,13 @@ def jitter_boxes(boxes: torch.Tensor, rng: np.random.Generator, fraction: float,
     return torch.stack([x0, y0, x1, y1], dim=1).clamp(0, limit - 1)
 
 
+
+def _flavour_names() -> tuple[str, ...]:
+    """Every SAM flavour name and alias (the ``model`` option's choices)."""
+    from sampref_bench.models.flavours import FLAVOURS
+
+    return tuple(name for spec in FLAVOURS.values() for name in (spec.name, *spec.aliases))
+
 class SAMTrainer(BaseTrainer):
     """Fine-tunes SAM's mask decoder (and prompt encoder) on labeled cases; prompts come from subclasses."""
 
@@ -73,6 +81,22 @@ class SAMTrainer(BaseTrainer):
         "focal_weight": 20.0, "dice_weight": 1.0,
         "model": "litemedsam", "model_checkpoint": None, "model_arch": None, "freeze_image_encoder": True,
         "train_prompt_encoder": True, "box_jitter": 0.1, "threshold": 0.5,
+    }
+    options: ClassVar[dict[str, Option]] = {
+        "lr": Option("float", low=0, low_open=True, help="AdamW learning rate"),
+        "lr_step_epochs": Option("int", low=1, help="epochs between learning-rate steps"),
+        "lr_gamma": Option("float", low=0, high=1, low_open=True, help="factor of each learning-rate step"),
+        "focal_weight": Option("float", low=0, help="weight of the focal loss"),
+        "dice_weight": Option("float", low=0, help="weight of the Dice loss"),
+        "model": Option("str", choices=_flavour_names, ignore_case=True, help="SAM flavour (aliases accepted)"),
+        "model_checkpoint": Option("path", none="the flavour's bundled or default weights",
+                                   help="weights file of the flavour"),
+        "model_arch": Option("dict", none="the flavour's architecture", help="architecture overrides"),
+        "freeze_image_encoder": Option("bool", help="keep the image encoder fixed (embeddings cached)"),
+        "train_prompt_encoder": Option("bool", help="train the prompt encoder with the mask decoder"),
+        "box_jitter": Option("float", low=0, high=1, help="largest box-side move in training, share of the box"),
+        "threshold": Option("float", low=0, high=1, low_open=True, high_open=True,
+                            help="probability above which a pixel is foreground"),
     }
 
     def canonicalize(self, config: dict[str, Any]) -> dict[str, Any]:

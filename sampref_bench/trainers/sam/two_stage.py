@@ -37,6 +37,7 @@ import torch
 from sampref_bench.planners.data import Sample
 from sampref_bench.planners.plans import fraction_key
 from sampref_bench.trainers.base import PLANNED
+from sampref_bench.trainers.options import Option
 from sampref_bench.trainers.plan_snapshot import PLAN_INPUT_KEYS, plan_differences
 from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
 from sampref_bench.trainers.run_folder import load_checkpoint
@@ -64,6 +65,18 @@ class TwoStageSAMTrainer(SAMBaseline):
         **SAMBaseline.defaults,
         "stage1_epochs": None, "stage1_iterations_per_epoch": None, "stage1_run": None,
         "dpo_lr": 1e-4, "selection": "last", "inner_val_share": 0.2,
+    }
+    options: ClassVar[dict[str, Option]] = {
+        "stage1_epochs": Option("int", low=1, none="the plan's epochs", help="epochs of the stage-1 run"),
+        "stage1_iterations_per_epoch": Option("int", low=1, none="the plan's iterations_per_epoch",
+                                              help="batches per epoch of the stage-1 run"),
+        "stage1_run": Option("path", none="this fold's SAMBaseline run at the labeled fraction, trained if missing",
+                             help="fold folder of a finished stage-1 run to start from"),
+        "dpo_lr": Option("float", low=0, low_open=True, help="learning rate of stage 2"),
+        "selection": Option("str", choices=SELECTIONS,
+                            help="stage-2 checkpoint: the last epoch, or the best on an inner split"),
+        "inner_val_share": Option("float", low=0, high=1, low_open=True, high_open=True,
+                                  help="share of the labeled cases held out for selection=inner"),
     }
 
     # ------------------------------------------------------------ stage 1

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from sampref_bench.planners.data import hidden_label_slices
+from sampref_bench.trainers.options import Option
 from sampref_bench.trainers.unet.data import (
     Augmenter,
     WeakStrongAugmenter,
@@ -63,6 +64,10 @@ class SemiSupervisedUNet(UNet):
         **UNet.defaults,
         "unlabeled_batch_size": None,  # None: the plan's batch_size (as many unlabeled as labeled slices)
         "use_unlabeled_images": True,  # also train on imagesTrUnlabeled
+    }
+    options: ClassVar[dict[str, Option]] = {
+        "unlabeled_batch_size": Option("int", low=1, none="the plan's batch_size", help="unlabeled slices per batch"),
+        "use_unlabeled_images": Option("bool", help="also train on the raw dataset's imagesTrUnlabeled"),
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -126,6 +131,13 @@ class MeanTeacher(SemiSupervisedUNet):
     defaults: ClassVar[dict[str, Any]] = {
         **SemiSupervisedUNet.defaults,
         "ema_decay": 0.99, "consistency": 0.1, "consistency_rampup": 0.4, "noise_std": 0.1, "noise_bound": 0.2,
+    }
+    options: ClassVar[dict[str, Option]] = {
+        "ema_decay": Option("float", low=0, high=1, help="EMA decay of the teacher"),
+        "consistency": Option("float", low=0, help="weight of the consistency loss"),
+        "consistency_rampup": Option("float", low=0, high=1, help="share of the run the weight ramps up over"),
+        "noise_std": Option("float", low=0, help="standard deviation of the input noise"),
+        "noise_bound": Option("float", low=0, help="bound of the input noise"),
     }
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
@@ -202,6 +214,12 @@ class UAMT(MeanTeacher):
     """
 
     defaults: ClassVar[dict[str, Any]] = {**MeanTeacher.defaults, "mc_passes": 8, "mc_dropout": None}
+    options: ClassVar[dict[str, Option]] = {
+        "mc_passes": Option("int", low=1, help="stochastic teacher passes of the uncertainty"),
+        "mc_dropout": Option("float_list", low=0, high=1, high_open=True,
+                             none="SSL4MIS's rates 0.05, 0.1, 0.2, 0.3, 0.5 by encoder level",
+                             help="encoder dropout per level of the Monte-Carlo passes"),
+    }
 
     def architecture(self) -> dict[str, Any]:
         """The U-Net arguments with the encoder dropout of ``mc_dropout``."""
@@ -257,6 +275,10 @@ class CPS(SemiSupervisedUNet):
     """
 
     defaults: ClassVar[dict[str, Any]] = {**SemiSupervisedUNet.defaults, "cps_weight": 0.1, "consistency_rampup": 0.4}
+    options: ClassVar[dict[str, Option]] = {
+        "cps_weight": Option("float", low=0, help="weight of the cross pseudo supervision"),
+        "consistency_rampup": Option("float", low=0, high=1, help="share of the run the weight ramps up over"),
+    }
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         """``network`` from the run's seed and ``network_b`` from a seed derived from it."""
@@ -297,6 +319,10 @@ class FixMatch(SemiSupervisedUNet):
     paper's; no ramp-up, as in the paper). Views: :class:`~sampref_bench.trainers.unet.data.WeakStrongAugmenter`."""
 
     defaults: ClassVar[dict[str, Any]] = {**SemiSupervisedUNet.defaults, "tau": 0.95, "lambda_u": 1.0}
+    options: ClassVar[dict[str, Option]] = {
+        "tau": Option("float", low=0, high=1, low_open=True, help="confidence of a kept pseudo-label"),
+        "lambda_u": Option("float", low=0, help="weight of the unlabeled loss"),
+    }
 
     def unlabeled_view(self) -> WeakStrongAugmenter:
         """Weak (flip, rotate) and strong (weak + intensity perturbations + cutout) views of an unlabeled slice."""

@@ -36,6 +36,7 @@ from sampref_bench.models.unet import build_unet, check_architecture
 from sampref_bench.planners.data import LabelStore, labeled_slices
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer
+from sampref_bench.trainers.options import Option
 from sampref_bench.trainers.sam.trainer import MAX_EPOCH_VAL_SAMPLES, merge_label_probabilities
 from sampref_bench.trainers.unet.data import (
     LABELED,
@@ -57,6 +58,11 @@ from sampref_bench.utilities.errors import SamprefError
 ARCHITECTURE_KEYS = ("channels", "strides", "num_res_units")
 
 
+#: ``num_workers``: a run-time setting (loader processes), checked like an option but not part of the run's identity.
+NUM_WORKERS = Option("int", low=0, none="2 on a machine of 4 or more CPUs, else 0 (in-process)",
+                     help="loader processes")
+
+
 class UNet(BaseTrainer):
     """Supervised MONAI 2D U-Net on the labeled slices (see the module docstring for defaults and sources)."""
 
@@ -76,15 +82,25 @@ class UNet(BaseTrainer):
         # nnU-Net-style MONAI augmentation of every training slice
         "augment": True,
     }
+    options: ClassVar[dict[str, Option]] = {
+        "lr": Option("float", low=0, low_open=True, help="SGD learning rate"),
+        "momentum": Option("float", low=0, high=1, high_open=True, help="SGD momentum"),
+        "weight_decay": Option("float", low=0, help="SGD weight decay"),
+        "poly_power": Option("float", low=0, help="exponent of the poly learning-rate decay"),
+        "ce_weight": Option("float", low=0, help="weight of the cross-entropy loss"),
+        "dice_weight": Option("float", low=0, help="weight of the Dice loss"),
+        "channels": Option("int_list", low=1, none="the plan's unet channels", help="channels per level"),
+        "strides": Option("int_list", low=1, none="the plan's unet strides", help="strides between levels"),
+        "num_res_units": Option("int", low=0, none="the plan's unet num_res_units", help="residual units per block"),
+        "augment": Option("bool", help="MONAI augmentation of the training slices"),
+    }
 
     def __init__(self, dataset: str | int, fold: int, fraction: float = 1.0, configuration: str = "2d",
                  device: str = "cpu", overrides: dict[str, Any] | None = None, progress: bool = True,
                  run_name: str | None = None) -> None:
         overrides = dict(overrides or {})
-        workers = overrides.pop("num_workers", None)
+        workers = NUM_WORKERS.check("num_workers", overrides.pop("num_workers", None))
         self.num_workers = default_num_workers() if workers is None else int(workers)
-        if self.num_workers < 0:
-            raise SamprefError(f"num_workers must be >= 0, got {workers}")
         super().__init__(dataset, fold, fraction, configuration, device, overrides, progress, run_name)
 
     # ----------------------------------------------------------- configuration
