@@ -344,3 +344,122 @@ def test_current_umask_reads_without_changing_it():
         assert current_umask() == 0o077 and current_umask() == 0o077
     finally:
         os.umask(before)
+
+
+# ------------------------------------------------------------------------------------------------ run lock
+TINY = {"model": "tiny"}
+
+
+def train_args(dataset: str, *extra: str) -> list[str]:
+    return [dataset, "SAMBoxOracle", "0", "--fraction", "0.5", "--set", "model=tiny", "--no-progress", *extra]
+
+
+def grid_lock(folder: Path):
+    """The lock ``sampref_benchmark`` takes for ``folder`` (its ``--lock-mode auto`` policy), not yet taken."""
+    from sampref_bench import paths
+    from sampref_bench.grid.locks import resolve_lock_policy
+
+    return resolve_lock_policy("auto", paths.results_root() / folder.parents[1].name).lock(folder)
+
+
+def fake_training(monkeypatch: pytest.MonkeyPatch, during=None) -> list[Path]:
+    """Replace SAMBoxOracle's training by a stand-in that calls ``during(folder)`` and writes a summary; the list of
+    folders it trained."""
+    from sampref_bench.trainers.registry import get_trainer
+
+    trained: list[Path] = []
+
+    def run_training(self, continue_training: bool = False) -> Path:
+        if during is not None:
+            during(self.output_dir)
+        trained.append(self.output_dir)
+        (self.output_dir / "validation").mkdir(parents=True)
+        (self.output_dir / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"Dice": 0.5}}))
+        return self.output_dir
+
+    monkeypatch.setattr(get_trainer("SAMBoxOracle"), "run_training", run_training)
+    return trained
+
+
+def test_sampref_train_is_refused_while_the_benchmark_holds_the_run_lock(monkeypatch, capsys):
+    import socket
+
+    from sampref_bench.cli.train import main as train_main
+    from sampref_bench.trainers.registry import get_trainer
+    from tests.trainer_helpers import planned_phantoms
+
+    dataset = planned_phantoms()
+    folder = get_trainer("SAMBoxOracle")(dataset, 0, 0.5, overrides=TINY, progress=False).output_dir
+    trained = fake_training(monkeypatch)
+    held = grid_lock(folder)
+    assert held.acquire()
+    try:
+        code = train_main(train_args(dataset))
+    finally:
+        held.release()
+    err = capsys.readouterr().err
+    assert code == 2 and trained == []
+    assert (f"sampref_train: error: {folder} is being trained by another command: its run lock {folder}.lock is held "
+            f"by {socket.gethostname()} pid {os.getpid()} since ") in err
+    assert ("a sampref_train or sampref_benchmark of the same run. Nothing was started. Wait for it to finish (then "
+            "--continue resumes it if it stopped early) or stop that process, and rerun.") in err
+    assert not folder.exists()
+    # once the lock is free the same command trains, and lets go of the lock at the end
+    assert train_main(train_args(dataset)) == 0 and trained == [folder]
+    assert not Path(f"{folder}.lock").exists()
+
+
+def test_the_benchmark_skips_a_run_that_sampref_train_is_training(monkeypatch, capsys):
+    from sampref_bench.cli.train import main as train_main
+    from sampref_bench.grid.locks import LockFile, LockPolicy
+    from sampref_bench.grid.plan import plan_grid
+    from sampref_bench.grid.runs import execute_run, make_call
+    from tests.trainer_helpers import planned_phantoms
+
+    dataset = planned_phantoms()
+    plan = plan_grid(dataset, ["SAMBoxOracle"], [0.5], ["0"], TINY)
+    seen = {}
+
+    def grid_meanwhile(folder: Path) -> None:  # a sampref_benchmark of the same run, while sampref_train trains it
+        assert folder == plan.jobs[0].folder
+        seen["outcome"] = execute_run(make_call(plan, plan.jobs[0], "cpu", lock=LockPolicy("flock")))
+        seen["lockfile"] = LockFile(folder).acquire()  # a grid with --lock-mode lockfile
+
+    trained = fake_training(monkeypatch, grid_meanwhile)
+    assert train_main(train_args(dataset)) == 0, capsys.readouterr().err
+    assert len(trained) == 1
+    assert seen["outcome"].status == "busy" and f"pid {os.getpid()}" in seen["outcome"].message
+    assert seen["lockfile"] is False
+
+
+def test_only_rank_0_takes_the_run_lock(monkeypatch):
+    from sampref_bench.cli.train import main as train_main
+    from sampref_bench.trainers import distributed
+    from sampref_bench.trainers.registry import get_trainer
+    from tests.trainer_helpers import planned_phantoms
+
+    dataset = planned_phantoms()
+    folder = get_trainer("SAMBoxOracle")(dataset, 0, 0.5, overrides=TINY, progress=False).output_dir
+    trained = fake_training(monkeypatch)
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    held = grid_lock(folder)
+    assert held.acquire()  # rank 0 holds it; another rank of the same run goes on
+    try:
+        assert train_main(train_args(dataset)) == 0 and trained == [folder]
+    finally:
+        held.release()
+
+
+def test_continue_from_an_empty_checkpoint_through_sampref_train(capsys):
+    from sampref_bench.cli.train import main as train_main
+    from sampref_bench.trainers.registry import get_trainer
+    from tests.trainer_helpers import planned_phantoms
+
+    dataset = planned_phantoms()
+    folder = get_trainer("SAMBoxOracle")(dataset, 0, 0.5, overrides=TINY, progress=False).output_dir
+    folder.mkdir(parents=True)
+    (folder / "checkpoint_latest.pth").write_bytes(b"")
+    assert train_main(train_args(dataset, "--continue")) == 2
+    err = capsys.readouterr().err
+    assert f"sampref_train: error: {folder / 'checkpoint_latest.pth'} is empty (0 bytes)" in err
+    assert "Traceback" not in err and not Path(f"{folder}.lock").exists()

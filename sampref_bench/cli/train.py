@@ -157,8 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call(command)
 
     def train(report: bool) -> int:
-        """Build the trainer and run it; ``report``: print the run folder and its Dice (rank 0)."""
+        """Build the trainer and run it under the run folder's lock, the one ``sampref_benchmark`` takes (rank 0 or
+        the only process takes it), so that a second identical command, or a grid training the same run, is
+        refused at once; ``report``: print the run folder and its Dice (rank 0)."""
+        from sampref_bench import paths
+        from sampref_bench.grid.locks import lock_holder, lock_path, resolve_lock_policy
+        from sampref_bench.trainers import distributed
         from sampref_bench.trainers.registry import get_trainer
+        from sampref_bench.utilities.errors import SamprefError
 
         overrides = _overrides(args.overrides)
         if args.epochs is not None:
@@ -168,7 +174,27 @@ def main(argv: list[str] | None = None) -> int:
         cls = get_trainer(args.trainer)
         trainer = cls(args.dataset, args.fold, args.fraction, configuration=args.configuration, device=args.device,
                       overrides=overrides, progress=not args.no_progress, run_name=args.run_name)
-        out = trainer.run_training(continue_training=args.continue_training)
+        folder = trainer.output_dir
+        lock = None
+        if distributed.is_main():  # the grid's lock kind for this results folder (--lock-mode auto)
+            lock = resolve_lock_policy("auto", paths.results_root() / trainer.dataset_name).lock(folder)
+            if not lock.acquire():
+                holder = getattr(lock, "refusal", "") or lock_holder(folder) or "another process"
+                raise SamprefError(f"{folder} is being trained by another command: its run lock {lock_path(folder)} "
+                                   f"is held by {holder}, a sampref_train or sampref_benchmark of the same run. "
+                                   "Nothing was started. Wait for it to finish (then --continue resumes it if it "
+                                   "stopped early) or stop that process, and rerun.")
+            if getattr(lock, "recovered", ""):
+                print(f"sampref_train: took over the stale lock {lock_path(folder)} of {lock.recovered}",
+                      file=sys.stderr)
+        try:
+            out = trainer.run_training(continue_training=args.continue_training)
+        finally:
+            if lock is not None:
+                lock.release()
+        if lock is not None and getattr(lock, "lost", False):
+            print(f"sampref_train: warning: the lock file {lock_path(folder)} was taken over by another command while "
+                  "this run trained (its heartbeat looked stale); check the run", file=sys.stderr)
         if not report:
             return 0
         summary = json.loads((out / "validation" / "summary.json").read_text())
