@@ -91,3 +91,15 @@ def test_no_import_runs_up_the_floors(package: str) -> None:
                        for path in (PACKAGE / package).rglob("*.py") for name in _imports(path)
                        if name.startswith(UPPER))
     assert offenders == []
+
+
+#: Which family packages each family may import (DPO builds on the SAM trainers; nothing else crosses).
+FAMILY_IMPORTS = {"sam": (), "unet": (), "dpo": ("sam",)}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_IMPORTS))
+def test_a_family_imports_only_the_framework_and_the_families_it_builds_on(family: str) -> None:
+    others = [f"sampref_bench.trainers.{f}" for f in FAMILY_IMPORTS if f != family and f not in FAMILY_IMPORTS[family]]
+    offenders = sorted(f"{path.name} imports {name}" for path in (PACKAGE / "trainers" / family).rglob("*.py")
+                       for name in _imports(path) if any(name == o or name.startswith(o + ".") for o in others))
+    assert offenders == []

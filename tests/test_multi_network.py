@@ -9,7 +9,8 @@ import torch
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer, epoch_generator
 from sampref_bench.trainers.run_folder import load_checkpoint
-from sampref_bench.trainers.sam.trainer import boxes_from_masks, merge_label_probabilities
+from sampref_bench.trainers.sam.trainer import boxes_from_masks
+from sampref_bench.trainers.validation import merge_label_probabilities
 from tests.trainer_helpers import planned_phantoms
 
 

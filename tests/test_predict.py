@@ -15,7 +15,7 @@ from sampref_bench.cli.predict import main
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.prediction.ensemble import original_probabilities, predict_folder
 from sampref_bench.trainers.registry import get_trainer, load_trained_run
-from sampref_bench.trainers.sam.trainer import merge_label_probabilities
+from sampref_bench.trainers.validation import merge_label_probabilities
 from sampref_bench.utilities.errors import SamprefError
 from tests.trainer_helpers import FAST, planned_busi, planned_phantoms
 

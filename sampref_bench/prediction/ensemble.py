@@ -13,7 +13,7 @@ For each input case (:mod:`.inputs`):
    size)`` softmax classes with background first (:meth:`~sampref_bench.trainers.unet.trainer.UNet.predict_slices`);
    the folds' maps are averaged;
 3. the average becomes one label map by the trainers' own rule
-   (:func:`~sampref_bench.trainers.sam.trainer.merge_label_probabilities`: SAM: highest label wins, background below
+   (:func:`~sampref_bench.trainers.validation.merge_label_probabilities`: SAM: highest label wins, background below
    the run's ``threshold``; U-Net: argmax over classes) in the input's original geometry, written atomically as
    ``OUTPUT/{case}{ending}`` with the input's spacing, origin and direction; ``save_probabilities`` also writes
    ``OUTPUT/{case}.npz`` (``probabilities`` ``(C, *spatial)`` float32 in the original geometry, numpy order, and
@@ -41,7 +41,7 @@ from sampref_bench.planners.plans import fraction_key
 from sampref_bench.planners.preprocessing import from_slices, preprocess_image
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.prediction.inputs import InputCase, check_output_folder, find_input_cases
-from sampref_bench.trainers.sam.trainer import merge_label_probabilities
+from sampref_bench.trainers.validation import merge_label_probabilities
 from sampref_bench.utilities.atomic import atomic_write, load_json, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 from sampref_bench.utilities.imageio import Geometry, write_image

@@ -18,7 +18,12 @@ from tqdm import tqdm
 from sampref_bench import paths
 from sampref_bench.evaluation.metrics import case_metrics
 from sampref_bench.evaluation.summary import CaseResult, build_summary, write_summary
+from sampref_bench.planners.preprocessing import from_slices
+from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.utilities.imageio import Geometry, read_image, write_image
+
+#: At most this many validation samples are scored after each epoch (a fixed, seeded subset).
+MAX_EPOCH_VAL_SAMPLES = 64
 
 
 def write_prediction(trainer: Any, case: str, out_dir: Path, ending: str) -> tuple[Path, np.ndarray]:
@@ -62,3 +67,18 @@ def _file_ending(raw_dir: Path) -> str:
     from sampref_bench.dataset_conversion.dataset_json import load_dataset_json
 
     return load_dataset_json(raw_dir)["file_ending"]
+
+
+def merge_label_probabilities(probs: np.ndarray, transform: SliceTransform, labels: list[int], threshold: float,
+                              axis: int | None) -> np.ndarray:
+    """``(K, S, size, size)`` per-label probabilities -> one uint8 label map in the original geometry.
+
+    Each label's probabilities are mapped back to the original slice size; at every pixel the label with the
+    highest probability wins, and the pixel is background when that probability is below ``threshold``.
+    Slices are restacked along ``axis`` (``None`` for 2D).
+    """
+    back = np.stack([transform.inverse_probabilities(probs[:, k]) for k in range(probs.shape[1])], axis=1)
+    best = back.argmax(axis=0)
+    values = np.asarray(labels, dtype=np.uint8)[best]
+    label_slices = np.where(back.max(axis=0) >= threshold, values, 0).astype(np.uint8)
+    return from_slices(label_slices, axis)

@@ -27,14 +27,11 @@ from torchvision.ops import masks_to_boxes
 from sampref_bench.evaluation.metrics import confusion_per_label, overlap_scores
 from sampref_bench.planners.data import LabelStore, Sample, inference_samples, labeled_samples
 from sampref_bench.planners.embedding_cache import EmbeddingCache, embed_slices
-from sampref_bench.planners.preprocessing import from_slices
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer
 from sampref_bench.trainers.options import Option
 from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
-
-#: At most this many validation samples are scored after each epoch (a fixed, seeded subset).
-MAX_EPOCH_VAL_SAMPLES = 64
+from sampref_bench.trainers.validation import MAX_EPOCH_VAL_SAMPLES, merge_label_probabilities  # noqa: F401 (re-export)
 
 
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
@@ -320,18 +317,3 @@ class SAMTrainer(BaseTrainer):
         probs = self.predict_probabilities(case)
         return merge_label_probabilities(probs, SliceTransform.from_dict(meta["transform"]), self.labels,
                                          float(self.config["threshold"]), meta["slicing_axis"])
-
-
-def merge_label_probabilities(probs: np.ndarray, transform: SliceTransform, labels: list[int], threshold: float,
-                              axis: int | None) -> np.ndarray:
-    """``(K, S, size, size)`` per-label probabilities -> one uint8 label map in the original geometry.
-
-    Each label's probabilities are mapped back to the original slice size; at every pixel the label with the
-    highest probability wins, and the pixel is background when that probability is below ``threshold``.
-    Slices are restacked along ``axis`` (``None`` for 2D).
-    """
-    back = np.stack([transform.inverse_probabilities(probs[:, k]) for k in range(probs.shape[1])], axis=1)
-    best = back.argmax(axis=0)
-    values = np.asarray(labels, dtype=np.uint8)[best]
-    label_slices = np.where(back.max(axis=0) >= threshold, values, 0).astype(np.uint8)
-    return from_slices(label_slices, axis)

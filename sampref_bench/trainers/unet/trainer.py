@@ -37,7 +37,6 @@ from sampref_bench.planners.data import LabelStore, labeled_slices
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer
 from sampref_bench.trainers.options import Option
-from sampref_bench.trainers.sam.trainer import MAX_EPOCH_VAL_SAMPLES, merge_label_probabilities
 from sampref_bench.trainers.unet.data import (
     LABELED,
     UNLABELED,
@@ -52,6 +51,7 @@ from sampref_bench.trainers.unet.data import (
     spatial_transforms,
 )
 from sampref_bench.trainers.unet.parts import TwoStreamBatchSampler
+from sampref_bench.trainers.validation import MAX_EPOCH_VAL_SAMPLES, merge_label_probabilities
 from sampref_bench.utilities.errors import SamprefError
 
 #: Architecture options; ``None`` means the plan's ``unet`` value.
