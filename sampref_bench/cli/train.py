@@ -18,6 +18,7 @@ examples:
   sampref_train 003 MyTrainer 0 --trainer-module my_trainers.py       # your own subclass
   sampref_train 003 SAMBoxOracle 0 --set lr=3e-4 --set model=tiny     # any hyperparameter
   sampref_train 003 SAMNoPrompt 0 --set lr=3e-4 --run-name fastlr      # name the run yourself
+  sampref_train --list-options DPORanking                             # every --set key, its type and range
   sampref_train 003 SAMBaseline 0 --fraction 0.1                      # unsupervised prompts (sampref_prompts)
   sampref_train 003 SAMBaseline 0 --set saliency=biomedclip --set clip_path=/weights/BiomedCLIP
   sampref_train 003 DPORanking 0 --fraction 0.2                       # stage 1 (SAMBaseline@0.1) reused, then DPO
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--continue", dest="continue_training", action="store_true",
                         help="resume from checkpoint_latest.pth (or redo validation of a finished run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="any hyperparameter, value parsed as JSON (e.g. lr=3e-4, model=\"vit_b\")")
+                        help="any hyperparameter, value parsed as JSON (e.g. lr=3e-4, model=vit_b); each is checked "
+                             "against its type and range before anything is created (--list-options TRAINER)")
     parser.add_argument("--run-name", default=None, metavar="NAME",
                         help="name of this run's folder tag instead of one made from the non-default settings")
     parser.add_argument("--trainer-module", action="append", default=[],
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "--device cuda, CPU processes with --device cpu); default 1, or as many as torchrun "
                              "started")
     parser.add_argument("--list", action="store_true", help="list the available trainers and exit")
+    parser.add_argument("--list-options", metavar="TRAINER", default=None,
+                        help="list TRAINER's options (--set keys) with their defaults, types and ranges, and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -124,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             import_trainer_module(module)
         if args.list:
             print("\n".join(available_trainers()))
+            return 0
+        if args.list_options:
+            from sampref_bench.trainers.options import describe_options
+            from sampref_bench.trainers.registry import get_trainer
+
+            print(describe_options(get_trainer(args.list_options)))
             return 0
         if args.dataset is None or args.trainer is None or args.fold is None:
             parser.error("DATASET TRAINER FOLD are required (or --list)")

@@ -14,7 +14,10 @@ networks listed by :meth:`BaseTrainer.rebuilt_networks`, which are rebuilt rathe
 The loop is resumable: everything random in an epoch is drawn from generators seeded by ``(seed, epoch)``,
 and networks, optimizers, schedulers and the torch CPU and CUDA RNG states are saved after every epoch, so a
 run killed at any point and continued ends with the same weights and metrics as one never interrupted.
-``--continue`` refuses a run whose hyperparameters differ from the checkpoint's and names the keys.
+``--continue`` refuses a run whose hyperparameters differ from the checkpoint's and names the keys. What a
+checkpoint holds and how it is checked and restored is :class:`~sampref_bench.trainers.checkpointing.CheckpointState`;
+how a finished run is built for prediction is :class:`~sampref_bench.trainers.inference.InferenceLoading`; both
+are bases of :class:`BaseTrainer`, and subclasses override their methods as any other hook.
 
 Several processes (``sampref_train --num-gpus N``, :mod:`.distributed`): a trainer that declares ``distributed =
 True`` in its own class body trains on its shard of every global batch (:meth:`BaseTrainer.shard_batch`) with its
@@ -40,7 +43,9 @@ from sampref_bench.planners.pipeline import data_folder, load_splits, signature_
 from sampref_bench.planners.plans import fraction_key
 from sampref_bench.planners.raw_record import check_raw_unchanged
 from sampref_bench.trainers import distributed as ddp
+from sampref_bench.trainers.checkpointing import CheckpointState
 from sampref_bench.trainers.distributed import resolve_device
+from sampref_bench.trainers.inference import InferenceLoading
 from sampref_bench.trainers.options import Option, check_options
 from sampref_bench.trainers.plan_snapshot import (  # noqa: F401 (names of base.py before the split)
     PLAN_INPUT_KEYS,
@@ -51,7 +56,7 @@ from sampref_bench.trainers.plan_snapshot import (  # noqa: F401 (names of base.
 )
 from sampref_bench.trainers.randomness import epoch_generator, seed_globals, seeded_passes  # noqa: F401
 from sampref_bench.trainers.run_folder import load_checkpoint, plot_progress, run_folder, save_checkpoint, write_log
-from sampref_bench.trainers.run_identity import config_differences, run_tag, sibling_runs, validate_run_name
+from sampref_bench.trainers.run_identity import run_tag, sibling_runs, validate_run_name
 from sampref_bench.utilities.atomic import load_json, write_json_atomic
 from sampref_bench.utilities.errors import SamprefError
 
@@ -63,7 +68,7 @@ TRAINER_CLASSES: dict[str, type] = {}
 PLANNED = ("epochs", "iterations_per_epoch", "batch_size")
 
 
-class BaseTrainer:
+class BaseTrainer(CheckpointState, InferenceLoading):
     """Common machinery of every trainer; see the module docstring for the hooks."""
 
     abstract: ClassVar[bool] = True
@@ -360,110 +365,6 @@ class BaseTrainer:
             "versions": {"sampref": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "monai": monai.__version__, "python": platform.python_version()},
         }
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """The full resumable state after ``self.epoch`` finished epochs."""
-        skip = self.rebuilt_networks()
-        return {
-            "trainer": type(self).__name__, "epoch": self.epoch, "run_tag": self.run_tag,
-            "networks": {name: self.network_state(name, net) for name, net in self.networks.items()
-                         if name not in skip},
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "schedulers": {name: s.state_dict() for name, s in self.schedulers.items() if s is not None},
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "log": self.log, "config": self.config, "plan_snapshot": plan_snapshot(self.plans),
-        }
-
-    def check_checkpoint(self, state: dict[str, Any], path: Path, for_training: bool = True) -> None:
-        """Refuse a checkpoint of another trainer, other hyperparameters, or a plan that changed what the run
-        depends on (:data:`PLAN_INPUT_KEYS`; with ``for_training`` also :data:`PLAN_TRAINING_KEYS`), naming the
-        keys and both values. A checkpoint written before plan snapshots existed is accepted with a warning."""
-        if state.get("trainer") != type(self).__name__:
-            raise SamprefError(f"{path} was written by trainer {state.get('trainer')!r}, not {type(self).__name__}")
-        what = "--continue" if for_training else "loading a finished run"
-        differences = config_differences(state.get("config", {}), self.config, self.reference_config())
-        if differences:
-            advice = "Continue with the saved settings" if for_training else "Load it with its saved settings"
-            raise SamprefError(f"{what}: {path} was trained with other hyperparameters ({'; '.join(differences)}"
-                               f"). {advice}, or start a new run (another --run-name).")
-        saved = state.get("plan_snapshot")
-        if saved is None:
-            import warnings
-
-            warnings.warn(f"{path} predates plan snapshots: whether the plan it was trained under matches "
-                          f"{self.preprocessed_dir / 'plans.json'} (image size, normalization, slicing, transform) "
-                          "is not checked", stacklevel=2)
-            return
-        keys = PLAN_SNAPSHOT_KEYS if for_training else PLAN_INPUT_KEYS
-        changed = plan_differences(saved, self.plans, keys)
-        if changed:
-            raise SamprefError(
-                f"{what}: {path} was trained under another plan than {self.preprocessed_dir / 'plans.json'}: "
-                f"{'; '.join(changed)} (trained -> current plan). Replan with the run's settings, or train a new "
-                "run under the current plan (delete the run folder or pass another --run-name).")
-
-    def load_networks(self, state: dict[str, Any]) -> None:
-        """Load the checkpoint's stored networks (every network but :meth:`rebuilt_networks`) into :attr:`networks`;
-        a ``KeyError`` or ``RuntimeError`` when they do not match."""
-        expected = set(self.networks) - self.rebuilt_networks()
-        if set(state["networks"]) != expected:
-            raise KeyError(f"networks {sorted(state['networks'])} != {sorted(expected)}")
-        for name in sorted(expected):
-            self.load_network_state(name, self.networks[name], state["networks"][name])
-
-    # ----------------------------------------------------------- a finished run, for prediction
-    def build_inference_networks(self) -> dict[str, torch.nn.Module]:
-        """The networks a finished run needs to predict, with the weights its checkpoint will overwrite (default:
-        :meth:`build_networks`; a two-stage trainer builds its policy without reading its stage-1 run)."""
-        return self.build_networks()
-
-    def build_inference_data(self) -> None:
-        """What :meth:`predict_case` reads besides the networks (default: :meth:`build_data`; trainers whose
-        training data is expensive to prepare, such as DPO candidates, prepare less)."""
-        self.build_data()
-
-    def initialize_for_inference(self) -> None:
-        """Build a finished run's networks and inference data from its configuration and the plan alone: no stage-1
-        run, reference policy, candidates or optimizer is touched."""
-        self.check_preprocessing()
-        self.seed_everything()
-        self.networks = {name: net.to(self.device) for name, net in self.build_inference_networks().items()}
-        if "network" not in self.networks:
-            raise RuntimeError(f"{type(self).__name__}.build_inference_networks() must return a 'network'")
-        self.build_inference_data()
-
-    def load_inference_state(self, state: dict[str, Any], path: Path) -> None:
-        """Load a finished run's checkpoint into a trainer made by :meth:`initialize_for_inference`: trainer,
-        hyperparameters and the plan inputs it was trained under are checked; networks then go to eval mode."""
-        self.check_checkpoint(state, path, for_training=False)
-        try:
-            self.load_networks(state)
-        except (RuntimeError, KeyError) as err:
-            raise SamprefError(f"{path} does not match this run's model ({str(err).splitlines()[0][:200]})") from err
-        self.epoch = int(state["epoch"])
-        self.log = list(state.get("log", []))
-        for network in self.networks.values():
-            network.eval()
-
-    def restore(self, state: dict[str, Any], path: Path) -> None:
-        """Load a checkpoint's state into the initialized trainer (same trainer, hyperparameters and plan only)."""
-        self.check_checkpoint(state, path, for_training=True)
-        try:
-            self.load_networks(state)
-            for name, optimizer in self.optimizers.items():
-                optimizer.load_state_dict(state["optimizers"][name])
-            for name, scheduler in self.schedulers.items():
-                if scheduler is not None:
-                    scheduler.load_state_dict(state["schedulers"][name])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise SamprefError(f"{path} does not match this run's model ({str(err).splitlines()[0][:200]}); "
-                               "delete the run folder or start without --continue") from err
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.epoch = int(state["epoch"])
-        self.log = list(state["log"])
 
     def run_training(self, continue_training: bool = False) -> Path:
         """Train (or continue), then run the final validation; returns the run folder."""
