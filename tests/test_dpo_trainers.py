@@ -152,9 +152,9 @@ def test_paper_preset_and_option_names(dataset):
     assert "-paper" in paper.output_dir.parent.name
     default = _dpo("DPORanking", dataset)
     assert "paper" not in default.output_dir.parent.name
-    with pytest.raises(SamprefError, match="settings='mine' is unknown"):
+    with pytest.raises(SamprefError, match='--set settings="mine": expected one of paper, sampref'):
         _dpo("DPORanking", dataset, settings="mine")
-    with pytest.raises(SamprefError, match="reduction='median' is unknown"):
+    with pytest.raises(SamprefError, match='--set reduction="median": expected one of sum, mean, disagreement_mean'):
         _dpo("DPORanking", dataset, reduction="median")
     with pytest.raises(SamprefError, match="ratings_file"):
         _dpo("DPORanking", dataset, annotator="file")
@@ -207,7 +207,7 @@ def test_inner_selection_keeps_the_best_epoch_on_held_out_labeled_cases(dataset)
         stage1 = torch.load(trainer.stage1_dir / "checkpoint_final.pth", map_location="cpu", weights_only=True)
         for key, value in final.items():
             assert torch.equal(value, stage1["networks"]["network"][key]), key
-    with pytest.raises(SamprefError, match="selection='best' is unknown"):
+    with pytest.raises(SamprefError, match='--set selection="best": expected one of last, inner'):
         _dpo("DPORanking", dataset, selection="best")
 
 

@@ -76,7 +76,7 @@ def test_config_and_run_name_state_the_saliency_source():
     assert record["hyperparameters"]["saliency"] == "basin-dome"
     other = _trainer("SAMBoxOnly", dataset, saliency="dark-basin")
     assert other.output_dir != trainer.output_dir  # another saliency source is another run
-    with pytest.raises(SamprefError, match="unknown saliency source 'sift'"):
+    with pytest.raises(SamprefError, match='--set saliency="sift": expected one of dark-basin, bright-dome'):
         _trainer("SAMBoxOnly", dataset, saliency="sift")
 
 

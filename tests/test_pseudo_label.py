@@ -247,9 +247,9 @@ def test_no_unlabeled_image_and_bad_options_are_errors(dataset, sampref_roots):
     assert _trainer(dataset, use_unlabeled_images=False).unlabeled_cases_used() == half.roles.unlabeled
     with pytest.raises(SamprefError, match=r"imagesTrUnlabeled is not used \(use_unlabeled_images=False\)"):
         _trainer(dataset, fraction=1.0, use_unlabeled_images=False)
-    with pytest.raises(SamprefError, match="confidence_score='entropy' is unknown"):
+    with pytest.raises(SamprefError, match='--set confidence_score="entropy": expected one of confident_share'):
         _trainer(dataset, confidence_score="entropy")
-    with pytest.raises(SamprefError, match=r"confidence_cut=0.3 is outside \[0.5, 1.0\]"):
+    with pytest.raises(SamprefError, match=r"--set confidence_cut=0.3: expected a number in \[0.5, 1\]"):
         _trainer(dataset, confidence_cut=0.3)
     with pytest.raises(SamprefError, match="stage2_parameters=mask_decoder"):
         _trainer(dataset, selection="inner")
