@@ -23,7 +23,8 @@ examples:
 
 What happens:
   1. The whole request is checked first; every problem is listed at once (unknown trainers with the closest
-     names, fractions not in splits_final.json, folds out of range, --set keys no trainer knows).
+     names, fractions not in splits_final.json, folds out of range, --set keys no trainer knows, --set values
+     outside their option's type or range: `sampref_train --list-options TRAINER`), --dry-run included.
   2. A (trainer, fraction) the trainer refuses (a DPO trainer at the labeled fraction, where no case is left to
      rate; a semi-supervised trainer at 1.0 without imagesTrUnlabeled images) is skipped and listed.
   3. A finished run (checkpoint_final.pth + validation/summary.json) is skipped; an interrupted one
