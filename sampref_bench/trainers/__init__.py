@@ -4,10 +4,10 @@ state (:mod:`.checkpointing`) and a finished run built for prediction (:mod:`.in
 registry that finds trainers by name (:mod:`.registry`); run folders and identity (:mod:`.run_folder`,
 :mod:`.run_identity`); validation (:mod:`.validation`) and distributed training (:mod:`.distributed`).
 
-Each family has its package: :mod:`.sam` (supervised SAM, its bounds, the prompt-sourced trainers, the two-stage
-base and pseudo-labels), :mod:`.dpo` (preference optimization: trainers, losses, annotators, candidates) and
-:mod:`.unet` (the U-Net, its data, the semi-supervised trainers and their parts). The data layer they read is
-:mod:`sampref_bench.planners.data`. ``docs/architecture.md`` describes the framework.
+Each family has its package: :mod:`.sam` (supervised SAM, its bounds, the prompt-sourced and self-prompting
+trainers, the two-stage base and pseudo-labels), :mod:`.dpo` (preference optimization: trainers, losses,
+annotators, candidates) and :mod:`.unet` (the U-Net, its data, the semi-supervised trainers and their parts).
+The data layer they read is :mod:`sampref_bench.planners.data`. ``docs/architecture.md`` describes the framework.
 """
 
 from sampref_bench.trainers import _moved

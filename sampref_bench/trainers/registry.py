@@ -27,6 +27,7 @@ from sampref_bench.utilities.errors import SamprefError
 
 #: Modules whose trainers are built in.
 BUILTIN_MODULES = ("sampref_bench.trainers.sam.bounds", "sampref_bench.trainers.sam.prompted",
+                   "sampref_bench.trainers.sam.self_prompt",
                    "sampref_bench.trainers.sam.two_stage", "sampref_bench.trainers.dpo.trainers",
                    "sampref_bench.trainers.sam.pseudo_label", "sampref_bench.trainers.unet.trainer",
                    "sampref_bench.trainers.unet.semi_supervised")

@@ -1,0 +1,89 @@
+"""SAMSelfPrompt: box and point prompts from a coarse-mask head trained on the labeled cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sampref_bench.planners.data import inference_samples
+from sampref_bench.trainers.registry import get_trainer, load_trained_run
+from sampref_bench.trainers.sam.self_prompt import ABSENT_LOGIT, prompts_from_coarse
+from tests.trainer_helpers import FAST, planned_phantoms
+
+LEARN = {"epochs": 2, "iterations_per_epoch": 4, "lr": 3e-3, "threshold": 0.1}
+
+
+def test_prompts_from_coarse_masks_by_hand() -> None:
+    masks = np.zeros((3, 8, 8), bool)
+    masks[0, 2:5, 3:6] = True  # 3 x 3 block: rows 2-4, columns 3-5
+    masks[0, 7, 0] = True  # a smaller component, ignored
+    masks[1, 0:2, 6:8] = True  # 2 x 2 block in the top right corner
+    boxes, points, found = prompts_from_coarse(masks, image_size=32)  # each cell covers 4 x 4 pixels
+    assert found.tolist() == [True, True, False]
+    np.testing.assert_array_equal(boxes[0], [12, 8, 23, 19])  # x0 = 3*4, y0 = 2*4, x1 = 6*4 - 1, y1 = 5*4 - 1
+    np.testing.assert_array_equal(points[0], [17.5, 13.5])  # centre cell (row 3, col 4): (4.5*4 - .5, 3.5*4 - .5)
+    np.testing.assert_array_equal(boxes[1], [24, 0, 31, 7])
+    np.testing.assert_array_equal(points[1], [25.5, 1.5])  # all four cells at depth 1: the first, (row 0, col 6)
+    np.testing.assert_array_equal(boxes[2], [0, 0, 0, 0])
+
+
+class _FixedHead(torch.nn.Module):
+    """Label 0's map lights the top-left quarter, label 1's the bottom-right one, whatever the image."""
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        batch, _, grid, _ = embeddings.shape
+        out = torch.full((batch, 2, grid, grid), -10.0)
+        out[:, 0, : grid // 4, : grid // 4] = 10.0
+        out[:, 1, grid // 2:, grid // 2:] = 10.0
+        return out
+
+
+def test_each_label_of_a_slice_gets_its_own_box(sampref_roots) -> None:
+    dataset = planned_phantoms(n_labels=2)
+    trainer = get_trainer("SAMSelfPrompt")(dataset, 0, 0.5, overrides={**FAST, **LEARN}, progress=False)
+    trainer.initialize()
+    trainer.network.prompt_head = _FixedHead()
+    case = trainer.roles.val[0]
+    samples = [s for s in inference_samples(trainer.data, case, trainer.labels) if s.slice == 0]
+    assert [s.label for s in samples] == [1, 2]
+    boxes = trainer.inference_prompts(samples)["boxes"].cpu().numpy()
+    size = int(trainer.plans["image_size"])
+    np.testing.assert_allclose(boxes[0], [0, 0, size / 4 - 1, size / 4 - 1])
+    np.testing.assert_allclose(boxes[1], [size / 2, size / 2, size - 1, size - 1])
+
+
+def test_a_label_the_head_finds_absent_is_predicted_empty(sampref_roots) -> None:
+    dataset = planned_phantoms()
+    trainer = get_trainer("SAMSelfPrompt")(dataset, 0, 0.5, overrides={**FAST, **LEARN}, progress=False)
+    trainer.initialize()
+    with torch.no_grad():
+        trainer.network.prompt_head.body[-1].bias.fill_(-50.0)  # every cell far below the threshold
+        samples = inference_samples(trainer.data, trainer.roles.val[0], trainer.labels)[:2]
+        logits = trainer.predict_logits(samples)
+    assert torch.all(logits == ABSENT_LOGIT)
+
+
+def test_the_head_trains_is_checkpointed_and_a_reloaded_run_predicts_the_same(sampref_roots) -> None:
+    dataset = planned_phantoms()
+    trainer = get_trainer("SAMSelfPrompt")(dataset, 0, 0.5, overrides={**FAST, **LEARN, "head_threshold": 0.05},
+                                           progress=False)
+    trainer.initialize()
+    before = {k: v.clone() for k, v in trainer.network.prompt_head.state_dict().items()}
+    out = trainer.run_training()
+    after = trainer.network.prompt_head.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert {"train_head_loss", "train_decoder_loss"} <= set(trainer.log[-1])
+    loaded = load_trained_run(out)
+    for key, value in after.items():
+        assert torch.equal(loaded.network.prompt_head.state_dict()[key], value)
+    case = trainer.roles.val[0]
+    np.testing.assert_array_equal(loaded.predict_case(case), trainer.predict_case(case))
+
+
+def test_options_are_typed(sampref_roots) -> None:
+    from sampref_bench.utilities.errors import SamprefError
+
+    dataset = planned_phantoms()
+    with pytest.raises(SamprefError, match="--set head_threshold=1.5: expected a number in \\(0, 1\\)"):
+        get_trainer("SAMSelfPrompt")(dataset, 0, 0.5, overrides={**FAST, "head_threshold": 1.5}, progress=False)
