@@ -87,3 +87,42 @@ def test_options_are_typed(sampref_roots) -> None:
     dataset = planned_phantoms()
     with pytest.raises(SamprefError, match="--set head_threshold=1.5: expected a number in \\(0, 1\\)"):
         get_trainer("SAMSelfPrompt")(dataset, 0, 0.5, overrides={**FAST, "head_threshold": 1.5}, progress=False)
+
+
+# ------------------------------------------------------------------ box_source=learned in the prompt trainers
+@pytest.mark.parametrize(("name", "points", "texts"), [("SAMBaseline", 1, 2), ("SAMBoxOnly", 0, 0)])
+def test_learned_box_source_replaces_the_saliency_and_keeps_the_text(sampref_roots, name, points, texts) -> None:
+    dataset = planned_phantoms(n_labels=2)
+    trainer = get_trainer(name)(dataset, 0, 0.5, overrides={**FAST, **LEARN, "box_source": "learned"},
+                                progress=False)
+    assert "learned" in trainer.output_dir.parent.name  # its own run
+    assert trainer.prompt_sources() == (("vqa", "llm") if texts else ())
+    trainer.initialize()
+    trainer.network.prompt_head = _FixedHead()
+    case = trainer.roles.val[0]
+    samples = [s for s in inference_samples(trainer.data, case, trainer.labels) if s.slice == 0]
+    prompts = trainer.inference_prompts(samples)
+    size = int(trainer.plans["image_size"])
+    np.testing.assert_allclose(prompts["boxes"].cpu().numpy(),
+                               [[0, 0, size / 4 - 1, size / 4 - 1], [size / 2, size / 2, size - 1, size - 1]])
+    assert ("points" in prompts) == bool(points)
+    assert (prompts["extra_sparse"].shape[1] if "extra_sparse" in prompts else 0) == texts
+
+
+def test_learned_box_source_trains_the_head_and_reloads(sampref_roots) -> None:
+    dataset = planned_phantoms()
+    trainer = get_trainer("SAMBaseline")(dataset, 0, 0.5, overrides={**FAST, **LEARN, "box_source": "learned",
+                                                                    "head_threshold": 0.05}, progress=False)
+    out = trainer.run_training()
+    assert "train_head_loss" in trainer.log[-1]
+    loaded = load_trained_run(out)
+    case = trainer.roles.val[0]
+    np.testing.assert_array_equal(loaded.predict_case(case), trainer.predict_case(case))
+
+
+def test_a_text_only_trainer_refuses_learned_boxes(sampref_roots) -> None:
+    from sampref_bench.utilities.errors import SamprefError
+
+    dataset = planned_phantoms()
+    with pytest.raises(SamprefError, match="SAMTextOnly uses neither"):
+        get_trainer("SAMTextOnly")(dataset, 0, 0.5, overrides={**FAST, "box_source": "learned"}, progress=False)

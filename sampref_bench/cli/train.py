@@ -21,6 +21,8 @@ examples:
   sampref_train --list-options DPORanking                             # every --set key, its type and range
   sampref_train 003 SAMBaseline 0 --fraction 0.1                      # unsupervised prompts (sampref_prompts)
   sampref_train 003 SAMBaseline 0 --set saliency=biomedclip --set clip_path=/weights/BiomedCLIP
+  sampref_train 003 SAMSelfPrompt 0 --fraction 0.1                    # prompts from a head learned on the labels
+  sampref_train 003 SAMBaseline 0 --fraction 0.1 --set box_source=learned  # the same learned box, plus the text
   sampref_train 003 DPORanking 0 --fraction 0.2                       # stage 1 (SAMBaseline@0.1) reused, then DPO
   sampref_train 003 DPORanking 0 --fraction 0.2 --set settings=paper  # the paper's DPO settings
   sampref_train 003 DPORating 0 --fraction 0.2 --set annotator=file --set ratings_file=ratings.json

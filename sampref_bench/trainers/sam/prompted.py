@@ -25,6 +25,7 @@ from sampref_bench.prompts.settings import OVERRIDABLE, SALIENCY_SOURCES, resolv
 from sampref_bench.prompts.store import PromptStore
 from sampref_bench.prompts.text_encoder import TEXT_ENCODERS, build_text_encoder
 from sampref_bench.trainers.options import Option
+from sampref_bench.trainers.sam.learned_prompts import LEARNED_DEFAULTS, LEARNED_OPTIONS, LearnedPrompts
 from sampref_bench.trainers.sam.trainer import SAMTrainer
 from sampref_bench.utilities.errors import SamprefError
 
@@ -33,8 +34,18 @@ PROMPT_KEYS = OVERRIDABLE
 _PLANNED_PROMPT = "the plan's prompt setting"
 
 
-class SAMPromptTrainer(SAMTrainer):
-    """A SAM trainer whose prompts come from the prompt cache; subclasses choose which parts they use."""
+#: Where the box and points come from: the unsupervised saliency of the prompt cache, or a coarse-mask head learned
+#: from the run's labeled cases (:mod:`.learned_prompts`).
+BOX_SOURCES = ("saliency", "learned")
+
+
+class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
+    """A SAM trainer whose prompts come from the prompt cache; subclasses choose which parts they use.
+
+    With ``box_source=learned`` the box and points come from a coarse-mask head trained on the labeled cases
+    (:class:`~sampref_bench.trainers.sam.learned_prompts.LearnedPrompts`) instead of the saliency; the text prompts
+    stay as they are. Trainers without a box or points (``SAMTextOnly``) refuse it.
+    """
 
     abstract: ClassVar[bool] = True
     train_on_absent_labels: ClassVar[bool] = True
@@ -51,6 +62,7 @@ class SAMPromptTrainer(SAMTrainer):
         **SAMTrainer.defaults,
         **dict.fromkeys(PROMPT_KEYS),
         "clip_path": None, "medvint_path": None,
+        "box_source": "saliency", **LEARNED_DEFAULTS,
     }
     options: ClassVar[dict[str, Option]] = {
         "saliency": Option("str", choices=SALIENCY_SOURCES, none=_PLANNED_PROMPT,
@@ -65,11 +77,31 @@ class SAMPromptTrainer(SAMTrainer):
                                help="encoder of the text prompts"),
         "clip_path": Option("path", none="no BiomedCLIP weights", help="local BiomedCLIP weights (saliency, text)"),
         "medvint_path": Option("path", none="no MedVInT weights", help="local MedVInT weights (vqa=medvint)"),
+        "box_source": Option("str", choices=BOX_SOURCES, help="box and points from the saliency or a learned head"),
+        **LEARNED_OPTIONS,
     }
+
+    @property
+    def learned(self) -> bool:
+        """Whether the box and points come from the learned head (``box_source=learned``)."""
+        return self.config["box_source"] == "learned"
+
+    @property
+    def learned_box(self) -> bool:  # type: ignore[override]
+        """The learned box goes to the decoder when this trainer uses a box."""
+        return self.uses_box
+
+    @property
+    def learned_points(self) -> bool:  # type: ignore[override]
+        """The learned point goes to the decoder when this trainer uses points."""
+        return self.uses_points
 
     def canonicalize(self, config: dict[str, Any]) -> dict[str, Any]:
         """Prompt keys left at ``None`` take the plan's value, so ``config.json`` names the saliency source."""
         config = super().canonicalize(config)
+        if config["box_source"] == "learned" and not (self.uses_box or self.uses_points):
+            raise SamprefError(f"box_source=learned gives a box and a point, and {type(self).__name__} uses neither "
+                               "(it prompts with text only); use SAMBaseline, SAMNoVQA or SAMBoxOnly, or SAMSelfPrompt")
         settings = resolve_prompt_settings(self.plans, {k: config[k] for k in PROMPT_KEYS})
         return {**config, **{k: settings[k] for k in PROMPT_KEYS}}
 
@@ -79,7 +111,8 @@ class SAMPromptTrainer(SAMTrainer):
 
     def prompt_sources(self) -> tuple[str, ...]:
         """The cached sources this trainer reads (``saliency``, ``vqa``, ``llm``)."""
-        sources = ("saliency",) if self.uses_box or self.uses_points else ()
+        visual = (self.uses_box or self.uses_points) and not self.learned
+        sources = ("saliency",) if visual else ()
         return sources + tuple(k for k in ("vqa", "llm") if k in self.text_kinds)
 
     @property
@@ -125,9 +158,29 @@ class SAMPromptTrainer(SAMTrainer):
                 if getattr(new, name, None) is None and getattr(old, name, None) is not None:
                     setattr(new, name, getattr(old, name))
 
+    def build_network(self) -> torch.nn.Module:
+        """The SAM trainer's network, with the coarse-mask head when ``box_source=learned``."""
+        model = super().build_network()
+        return self.add_prompt_head(model) if self.learned else model
+
+    def predict_logits(self, samples: list[Sample]) -> torch.Tensor:
+        """As every SAM trainer; with learned prompts, empty where the head finds nothing."""
+        return self.learned_predict_logits(samples) if self.learned else super().predict_logits(samples)
+
+    def train_step(self, batch: tuple[int, list[Sample]]) -> dict[str, float]:
+        """As every SAM trainer; with learned prompts, head and decoder train together."""
+        return self.learned_train_step(batch) if self.learned else super().train_step(batch)
+
+    def other_prompts(self, samples: list[Sample]) -> dict[str, Any]:
+        """The text tokens (with learned visual prompts)."""
+        return self.text_prompts(samples)
+
     def inference_prompts(self, samples: list[Sample]) -> dict[str, Any]:
         """``boxes`` (B, 4), ``points`` ((B, P, 2), (B, P)) and text tokens ``extra_sparse`` (B, K, 256), as the
-        trainer uses them; all from the prompt cache (images and target texts only)."""
+        trainer uses them; from the prompt cache (images and target texts only), or the box and point from the
+        learned head."""
+        if self.learned:
+            return self.learned_inference_prompts(samples)
         prompts: dict[str, Any] = {}
         if self.uses_box or self.uses_points:
             visual = [self.prompts.visual(s.case, s.slice, s.label) for s in samples]
@@ -137,11 +190,15 @@ class SAMPromptTrainer(SAMTrainer):
                 coords = np.stack([_pad_points(v.points, int(self.config["points"])) for v in visual])
                 labels = np.ones(coords.shape[:2], np.int64)
                 prompts["points"] = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
-        if self.text_kinds:
-            features = {kind: torch.from_numpy(self.text_encoder.encode(self.texts(kind, samples))).to(self.device)
-                        for kind in self.text_kinds}
-            prompts["extra_sparse"] = self.network.text_projection(features)
-        return prompts
+        return {**prompts, **self.text_prompts(samples)}
+
+    def text_prompts(self, samples: list[Sample]) -> dict[str, Any]:
+        """``extra_sparse`` (B, K, 256): the projected text tokens of :attr:`text_kinds` (none without text)."""
+        if not self.text_kinds:
+            return {}
+        features = {kind: torch.from_numpy(self.text_encoder.encode(self.texts(kind, samples))).to(self.device)
+                    for kind in self.text_kinds}
+        return {"extra_sparse": self.network.text_projection(features)}
 
 
 def _pad_points(points: np.ndarray, n: int) -> np.ndarray:
