@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +128,43 @@ def test_a_text_only_trainer_refuses_learned_boxes(sampref_roots) -> None:
     dataset = planned_phantoms()
     with pytest.raises(SamprefError, match="SAMTextOnly uses neither"):
         get_trainer("SAMTextOnly")(dataset, 0, 0.5, overrides={**FAST, "box_source": "learned"}, progress=False)
+
+
+# ------------------------------------------------------------------ box_source=run:UNet (cascade)
+UNET_TINY = {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2, "channels": [4, 8, 16], "num_workers": 0,
+             "lr": 0.1}
+
+
+def test_a_cascade_without_its_unet_run_prints_the_command(sampref_roots) -> None:
+    from sampref_bench.utilities.errors import SamprefError
+
+    dataset = planned_phantoms()
+    trainer = get_trainer("SAMBoxOnly")(dataset, 0, 0.5, overrides={**FAST, **LEARN, "box_source": "run:UNet"},
+                                        progress=False)
+    with pytest.raises(SamprefError, match=r"Train it first: `sampref_train Dataset007_Phantom UNet 0 --fraction 0.5`"):
+        trainer.initialize()
+
+
+def test_cascade_boxes_are_the_unet_masks_boxes(sampref_roots) -> None:
+    from sampref_bench.trainers.sam.cascade import cascade_run_folder
+
+    dataset = planned_phantoms(n_labels=2)
+    unet = get_trainer("UNet")(dataset, 0, 0.5, overrides=UNET_TINY, progress=False)
+    unet.output_dir = cascade_run_folder(unet)  # the folder a cascade reads (the default configuration's)
+    unet.run_training()
+    trainer = get_trainer("SAMBoxOnly")(dataset, 0, 0.5, overrides={**FAST, **LEARN, "box_source": "run:UNet",
+                                                                    "head_points": False}, progress=False)
+    out = trainer.run_training()
+    assert json.loads((out / "config.json").read_text())["cascade_run"] == str(unet.output_dir)
+    case = trainer.roles.val[0]
+    samples = inference_samples(trainer.data, case, trainer.labels)
+    winner = unet.predict_slices(case, [s.slice for s in samples]).argmax(axis=0)  # (N, S, S)
+    boxes, _, found = prompts_from_coarse(np.stack([winner[i] == trainer.labels.index(s.label) + 1
+                                                    for i, s in enumerate(samples)]), int(trainer.plans["image_size"]))
+    assert found.any()  # the U-Net finds some of the labels (else the comparison below is empty)
+    prompts = trainer.inference_prompts(samples)
+    assert set(prompts) == {"boxes"}
+    np.testing.assert_allclose(prompts["boxes"].cpu().numpy()[found], boxes[found])
+    logits = trainer.predict_logits(samples)
+    assert torch.all(logits[torch.from_numpy(~found)] == ABSENT_LOGIT)
+    np.testing.assert_array_equal(load_trained_run(out).predict_case(case), trainer.predict_case(case))

@@ -133,11 +133,16 @@ class LearnedPrompts:
         return logits[torch.arange(len(samples), device=embeddings.device), index][:, None]
 
     def coarse_prompts(self, head_logits: torch.Tensor) -> tuple[dict[str, Any], np.ndarray]:
-        """The decoder's visual prompts from ``(B, 1, E, E)`` head logits, and which rows found a component; rows
-        without one get the whole image as a placeholder box (their output is replaced by :data:`ABSENT_LOGIT`)."""
-        size = int(self.plans["image_size"])
+        """The decoder's visual prompts from ``(B, 1, E, E)`` head logits, and which rows found a component."""
         coarse = (torch.sigmoid(head_logits.detach())[:, 0] >= float(self.config["head_threshold"])).cpu().numpy()
-        boxes, points, found = prompts_from_coarse(coarse, size)
+        return self.visual_prompts(*prompts_from_coarse(coarse, int(self.plans["image_size"])))
+
+    def visual_prompts(self, boxes: np.ndarray, points: np.ndarray, found: np.ndarray
+                       ) -> tuple[dict[str, Any], np.ndarray]:
+        """Prompt tensors of ``(B, 4)`` boxes and ``(B, 2)`` points in pixels, and ``found``; rows not found get the
+        whole image as a placeholder box (their output is replaced by :data:`ABSENT_LOGIT`)."""
+        size = int(self.plans["image_size"])
+        boxes, points = boxes.copy(), points.copy()
         boxes[~found] = (0, 0, size - 1, size - 1)
         points[~found] = ((size - 1) / 2, (size - 1) / 2)
         prompts: dict[str, Any] = {}
@@ -147,6 +152,14 @@ class LearnedPrompts:
             prompts["points"] = (torch.from_numpy(points[:, None]).to(self.device),
                                  torch.ones((len(points), 1), dtype=torch.int64, device=self.device))
         return prompts, found
+
+    def gated_logits(self, samples: list[Sample], embeddings: torch.Tensor, prompts: dict[str, Any],
+                     found: np.ndarray) -> torch.Tensor:
+        """``(B, 1, S, S)`` logits decoded from ``prompts`` and :meth:`other_prompts`; :data:`ABSENT_LOGIT` where
+        ``found`` is False."""
+        logits = self.decode_with(self.network, embeddings, {**prompts, **self.other_prompts(samples)})
+        absent = torch.from_numpy(~found).to(logits.device)
+        return torch.where(absent[:, None, None, None], torch.full_like(logits, ABSENT_LOGIT), logits)
 
     def learned_inference_prompts(self, samples: list[Sample]) -> dict[str, Any]:
         """Learned visual prompts and :meth:`other_prompts`, from the images alone."""
@@ -159,27 +172,35 @@ class LearnedPrompts:
         nothing."""
         embeddings = self.embeddings(samples)
         prompts, found = self.coarse_prompts(self.head_logits(samples, embeddings))
-        logits = self.decode_with(self.network, embeddings, {**prompts, **self.other_prompts(samples)})
-        absent = torch.from_numpy(~found).to(logits.device)
-        return torch.where(absent[:, None, None, None], torch.full_like(logits, ABSENT_LOGIT), logits)
+        return self.gated_logits(samples, embeddings, prompts, found)
 
     def learned_train_step(self, batch: tuple[int, list[Sample]]) -> dict[str, float]:
         """One Adam step of head and decoder (see the module docstring)."""
         index, samples = batch
-        optimizer = self.optimizers["network"]
-        rng = epoch_generator(int(self.config["seed"]), self.epoch, stream=1 + index)
         targets = self.targets(samples)
         embeddings = self.embeddings(samples)
         head = self.head_logits(samples, embeddings)
         coarse_targets = (F.adaptive_avg_pool2d(targets, head.shape[-1]) >= 0.5).float()
         head_loss = F.binary_cross_entropy_with_logits(head, coarse_targets) + self.head_dice(head, coarse_targets)
-        loss = float(self.config["head_weight"]) * head_loss
+        return self.visual_prompt_step(index, samples, targets, embeddings,
+                                       lambda keep: self.coarse_prompts(head[keep]),
+                                       float(self.config["head_weight"]) * head_loss,
+                                       {"head_loss": float(head_loss.detach())})
+
+    def visual_prompt_step(self, index: int, samples: list[Sample], targets: torch.Tensor, embeddings: torch.Tensor,
+                           make_prompts: Any, extra_loss: torch.Tensor | float, parts: dict[str, float]
+                           ) -> dict[str, float]:
+        """One Adam step on ``extra_loss`` plus the decoder's loss on the samples whose label is present, decoded
+        from ``make_prompts(keep)`` (``(prompts, found)`` of those rows), jittered, with the jittered ground-truth
+        box (and its centre) where nothing was found."""
+        optimizer = self.optimizers["network"]
+        rng = epoch_generator(int(self.config["seed"]), self.epoch, stream=1 + index)
+        loss = extra_loss
         present = targets.flatten(1).amax(dim=1) > 0
-        parts = {"head_loss": float(head_loss.detach())}
         if bool(present.any()):
             keep = torch.nonzero(present).flatten()
             kept = [samples[int(i)] for i in keep]
-            prompts, found = self.coarse_prompts(head[keep])
+            prompts, found = make_prompts(keep)
             truth = torch.nan_to_num(boxes_from_masks(targets[keep, 0].cpu()), nan=0.0)
             hit = torch.from_numpy(found)[:, None]
             if "boxes" in prompts:
@@ -194,8 +215,9 @@ class LearnedPrompts:
             logits = self.decode_with(self.network, embeddings[keep], {**prompts, **self.other_prompts(kept)})
             decoder_loss = self.loss_fn(logits, targets[keep])
             loss = loss + decoder_loss
-            parts["decoder_loss"] = float(decoder_loss.detach())
-            parts["head_found_share"] = float(found.mean())
+            parts = {**parts, "decoder_loss": float(decoder_loss.detach()), "prompt_found_share": float(found.mean())}
+        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            return {"loss": float(loss), **parts}  # nothing to learn from in this batch
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -25,6 +25,7 @@ from sampref_bench.prompts.settings import OVERRIDABLE, SALIENCY_SOURCES, resolv
 from sampref_bench.prompts.store import PromptStore
 from sampref_bench.prompts.text_encoder import TEXT_ENCODERS, build_text_encoder
 from sampref_bench.trainers.options import Option
+from sampref_bench.trainers.sam.cascade import CASCADE_SOURCE, CascadeBoxes, cascade_run_folder
 from sampref_bench.trainers.sam.learned_prompts import LEARNED_DEFAULTS, LEARNED_OPTIONS, LearnedPrompts
 from sampref_bench.trainers.sam.trainer import SAMTrainer
 from sampref_bench.utilities.errors import SamprefError
@@ -34,9 +35,10 @@ PROMPT_KEYS = OVERRIDABLE
 _PLANNED_PROMPT = "the plan's prompt setting"
 
 
-#: Where the box and points come from: the unsupervised saliency of the prompt cache, or a coarse-mask head learned
-#: from the run's labeled cases (:mod:`.learned_prompts`).
-BOX_SOURCES = ("saliency", "learned")
+#: Where the box and points come from: the unsupervised saliency of the prompt cache, a coarse-mask head learned
+#: from the run's labeled cases (:mod:`.learned_prompts`), or the masks of the finished UNet run of the same fold and
+#: fraction (:mod:`.cascade`).
+BOX_SOURCES = ("saliency", "learned", CASCADE_SOURCE)
 
 
 class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
@@ -87,6 +89,11 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
         return self.config["box_source"] == "learned"
 
     @property
+    def cascaded(self) -> bool:
+        """Whether the box and points come from the finished UNet run (``box_source=run:UNet``)."""
+        return self.config["box_source"] == CASCADE_SOURCE
+
+    @property
     def learned_box(self) -> bool:  # type: ignore[override]
         """The learned box goes to the decoder when this trainer uses a box."""
         return self.uses_box
@@ -99,9 +106,10 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
     def canonicalize(self, config: dict[str, Any]) -> dict[str, Any]:
         """Prompt keys left at ``None`` take the plan's value, so ``config.json`` names the saliency source."""
         config = super().canonicalize(config)
-        if config["box_source"] == "learned" and not (self.uses_box or self.uses_points):
-            raise SamprefError(f"box_source=learned gives a box and a point, and {type(self).__name__} uses neither "
-                               "(it prompts with text only); use SAMBaseline, SAMNoVQA or SAMBoxOnly, or SAMSelfPrompt")
+        if config["box_source"] != "saliency" and not (self.uses_box or self.uses_points):
+            raise SamprefError(f"box_source={config['box_source']} gives a box and a point, and {type(self).__name__} "
+                               "uses neither (it prompts with text only); use SAMBaseline, SAMNoVQA or SAMBoxOnly, or "
+                               "SAMSelfPrompt")
         settings = resolve_prompt_settings(self.plans, {k: config[k] for k in PROMPT_KEYS})
         return {**config, **{k: settings[k] for k in PROMPT_KEYS}}
 
@@ -111,7 +119,7 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
 
     def prompt_sources(self) -> tuple[str, ...]:
         """The cached sources this trainer reads (``saliency``, ``vqa``, ``llm``)."""
-        visual = (self.uses_box or self.uses_points) and not self.learned
+        visual = (self.uses_box or self.uses_points) and self.config["box_source"] == "saliency"
         sources = ("saliency",) if visual else ()
         return sources + tuple(k for k in ("vqa", "llm") if k in self.text_kinds)
 
@@ -134,6 +142,8 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
 
     def build_data(self) -> None:
         """Samples, embeddings, then every prompt this run reads (computed once into the cache)."""
+        if self.cascaded:
+            self.cascade = CascadeBoxes(self)
         super().build_data()
         triples = [(s.case, s.slice, s.label) for s in self.train_samples]
         triples += [(s.case, s.slice, s.label) for case in self.roles.val
@@ -164,12 +174,38 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
         return self.add_prompt_head(model) if self.learned else model
 
     def predict_logits(self, samples: list[Sample]) -> torch.Tensor:
-        """As every SAM trainer; with learned prompts, empty where the head finds nothing."""
-        return self.learned_predict_logits(samples) if self.learned else super().predict_logits(samples)
+        """As every SAM trainer; with learned or cascade prompts, empty where they find nothing."""
+        if self.learned:
+            return self.learned_predict_logits(samples)
+        if self.cascaded:
+            prompts, found = self.visual_prompts(*self.cascade.prompts(samples))
+            return self.gated_logits(samples, self.embeddings(samples), prompts, found)
+        return super().predict_logits(samples)
 
     def train_step(self, batch: tuple[int, list[Sample]]) -> dict[str, float]:
-        """As every SAM trainer; with learned prompts, head and decoder train together."""
-        return self.learned_train_step(batch) if self.learned else super().train_step(batch)
+        """As every SAM trainer; with learned prompts head and decoder train together; with cascade prompts the
+        decoder trains on the slices that hold the label, from the U-Net's boxes."""
+        if self.learned:
+            return self.learned_train_step(batch)
+        if self.cascaded:
+            index, samples = batch
+            return self.visual_prompt_step(index, samples, self.targets(samples), self.embeddings(samples),
+                                           lambda keep: self.visual_prompts(
+                                               *self.cascade.prompts([samples[int(i)] for i in keep])), 0.0, {})
+        return super().train_step(batch)
+
+    def build_inference_data(self) -> None:
+        """As every SAM trainer, plus the U-Net run of a cascade."""
+        super().build_inference_data()
+        if self.cascaded:
+            self.cascade = CascadeBoxes(self)
+
+    def config_record(self) -> dict[str, Any]:
+        """Also names the U-Net run a cascade reads."""
+        record = super().config_record()
+        if self.cascaded:
+            record["cascade_run"] = str(cascade_run_folder(self))
+        return record
 
     def other_prompts(self, samples: list[Sample]) -> dict[str, Any]:
         """The text tokens (with learned visual prompts)."""
@@ -181,6 +217,8 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
         learned head."""
         if self.learned:
             return self.learned_inference_prompts(samples)
+        if self.cascaded:
+            return {**self.visual_prompts(*self.cascade.prompts(samples))[0], **self.text_prompts(samples)}
         prompts: dict[str, Any] = {}
         if self.uses_box or self.uses_points:
             visual = [self.prompts.visual(s.case, s.slice, s.label) for s in samples]
