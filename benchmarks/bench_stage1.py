@@ -1,0 +1,203 @@
+"""Stage-1 SAM settings on the full BUSI set against the U-Net: which prompts (and, later, which encoder
+configuration and augmentation) close the gap to ``UNet`` at the same labeled budget.
+
+Trains, on fold 0 at the given fractions, the listed SAM trainers with their planned schedule (LiteMedSAM, frozen
+image encoder: the CPU-feasible configuration ``2d``) and reports their validation Dice beside the planned-schedule
+``UNet`` of the same fold and fraction, read from ``benchmarks/results/ssl_busi_planned_cpu_unet.json`` (the CPU
+run of ``bench_ssl_busi --schedule planned``) when it is there, with the paired difference per case.
+
+This first version measures prompt sources with the default configuration: ``SAMSelfPrompt`` (learned prompts
+from the labeled budget), ``SAMBaseline`` (weights-free saliency), and the bounds ``SAMNoPrompt`` and
+``SAMBoxOracle``. The encoder configurations and augmentation of the stage-1 issue add rows here as they land.
+Validation cases are the fold's test set: nothing here chooses a default on them.
+
+Usage: .venv/bin/python -m benchmarks.bench_stage1 --workdir /tmp/st1 [--fractions 0.1] [--trainers ...]
+       [--no-plan] [--json PATH]
+Writes benchmarks/results/stage1_busi.json (raw) and benchmarks/results/stage1_busi.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import wilcoxon
+
+from benchmarks.bench_prompts import prepare, train
+from benchmarks.report import REPO, RESULTS, markdown_table, set_roots, write_markdown
+from sampref_bench.utilities.atomic import write_json_atomic
+
+TRAINERS = ["SAMSelfPrompt", "SAMBaseline", "SAMNoPrompt", "SAMBoxOracle"]
+UNET_JSON = RESULTS / "ssl_busi_planned_cpu_unet.json"
+#: Mean validation Dice of the planned-schedule UNet of fold 0 by fraction, from benchmarks/results/ssl_busi.md
+#: (its CPU row), used when the per-case JSON of that run is not on this machine (the difference is then unpaired).
+UNET_MEAN = {0.1: 0.6106}
+
+
+def unet_reference(fraction: float) -> dict[str, float] | None:
+    """Per-case Dice of the planned-schedule UNet of fold 0 at ``fraction``: the finished run in this workdir
+    (default configuration), else the SSL benchmark's record, if there is one."""
+    import os
+
+    from benchmarks.bench_prompts import case_dice
+    from sampref_bench.planners.plans import fraction_key
+
+    local = (Path(os.environ.get("SAMPREF_results", "")) / "Dataset003_BUSI"
+             / f"UNet__samprefPlans__2d__f{fraction_key(fraction)}" / "fold_0" / "validation" / "summary.json")
+    if os.environ.get("SAMPREF_results") and local.is_file():
+        return case_dice(json.loads(local.read_text()))
+    if not UNET_JSON.is_file():
+        return None
+    for run in json.loads(UNET_JSON.read_text()).get("runs", []):
+        same = abs(float(run.get("fraction", -1)) - fraction) < 1e-9
+        if run.get("trainer") == "UNet" and run.get("fold") == 0 and same:
+            return {k: float(v) for k, v in run["dice"].items()}
+    return None
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any], str]:
+    """``NAME`` or ``NAME:key=value,key=value`` -> (trainer, overrides, row label); values parsed as JSON."""
+    name, _, rest = spec.partition(":")
+    overrides: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return name, overrides, spec
+
+
+def _boxes_of(trainer: Any, chunk: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The inference boxes of a finished run's prompt source and whether it found one: the learned head, the
+    cascade's U-Net, or the saliency cache; None for a trainer without box prompts from a source."""
+    if getattr(trainer, "cascaded", False):
+        boxes, _, found = trainer.cascade.prompts(chunk)
+        return boxes, found
+    if hasattr(trainer, "coarse_prompts") and getattr(trainer, "learned", True):
+        prompts, found = trainer.coarse_prompts(trainer.head_logits(chunk, trainer.embeddings(chunk)))
+        return prompts["boxes"].cpu().numpy(), found
+    if getattr(trainer, "uses_box", False):
+        boxes = np.stack([trainer.prompts.visual(s.case, s.slice, s.label).box for s in chunk])
+        return boxes, np.ones(len(chunk), bool)
+    return None
+
+
+@torch.no_grad()
+def box_quality(run_dir: Path) -> dict[str, float] | None:
+    """For a finished run with box prompts from a source (learned head, cascade, saliency): on its validation
+    slices that hold the label, the share whose box centre lies inside the lesion, the median IoU of the box with
+    the lesion's box, and the share without a box (scoring only; nothing is chosen on these cases)."""
+    from sampref_bench.planners.data import labeled_samples
+    from sampref_bench.trainers.registry import load_trained_run
+    from sampref_bench.trainers.sam.trainer import boxes_from_masks
+
+    trainer = load_trained_run(run_dir)
+    store = trainer.data.label_store(trainer.roles.val, "scoring the learned boxes")
+    samples = labeled_samples(store, trainer.roles.val, trainer.labels, 0.0, require_present=True)
+    inside, ious, missed = [], [], []
+    for start in range(0, len(samples), 16):
+        chunk = samples[start:start + 16]
+        made = _boxes_of(trainer, chunk)
+        if made is None:
+            return None
+        boxes, found = made
+        masks = np.stack([store.mask(s) for s in chunk])
+        truth = boxes_from_masks(torch.from_numpy(masks)).numpy()
+        for box, gt, mask, hit in zip(boxes, truth, masks, found):
+            missed.append(not hit)
+            if not hit:
+                inside.append(False)
+                ious.append(0.0)
+                continue
+            cx, cy = int(round((box[0] + box[2]) / 2)), int(round((box[1] + box[3]) / 2))
+            inside.append(bool(mask[min(cy, mask.shape[0] - 1), min(cx, mask.shape[1] - 1)]))
+            w = max(0.0, min(box[2], gt[2]) - max(box[0], gt[0]) + 1)
+            h = max(0.0, min(box[3], gt[3]) - max(box[1], gt[1]) + 1)
+            union = (box[2] - box[0] + 1) * (box[3] - box[1] + 1) + (gt[2] - gt[0] + 1) * (gt[3] - gt[1] + 1) - w * h
+            ious.append(float(w * h / union))
+    return {"centre_inside": float(np.mean(inside)), "median_box_iou": float(np.median(ious)),
+            "no_box": float(np.mean(missed)), "slices": len(samples)}
+
+
+def rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    """Table rows: trainer, fraction, Dice, difference to UNet (paired, Wilcoxon p), train seconds."""
+    out = []
+    for result in results:
+        dice = result["dice"]
+        mean = float(np.mean(list(dice.values())))
+        unet = unet_reference(result["fraction"])
+        gap = "-"
+        if unet is None and result["fraction"] in UNET_MEAN:
+            gap = f"{mean - UNET_MEAN[result['fraction']]:+.4f} (unpaired, vs {UNET_MEAN[result['fraction']]})"
+        if unet is not None:
+            cases = sorted(set(dice) & set(unet))
+            diff = np.array([dice[c] - unet[c] for c in cases])
+            p = wilcoxon(diff).pvalue if np.any(diff != 0) else 1.0
+            gap = f"{diff.mean():+.4f} (p {p:.2g}, {len(cases)} cases)"
+        quality = result.get("box_quality")
+        boxes = (f"{100 * quality['centre_inside']:.1f} % / {quality['median_box_iou']:.3f} / "
+                 f"{100 * quality['no_box']:.1f} %" if quality else "-")
+        out.append([result.get("label", result["trainer"]) + (" [oracle]" if result["oracle"] else ""),
+                    str(result["fraction"]), f"{mean:.4f}", gap, boxes, str(result["train_s"]),
+                    str(result["n_labeled"])])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "datasets" / "BUSI")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sampref_bench_stage1"))
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.1])
+    parser.add_argument("--trainers", nargs="+", default=TRAINERS)
+    parser.add_argument("--no-plan", action="store_true", help="the workdir is converted and planned already")
+    parser.add_argument("--json", type=Path, default=RESULTS / "stage1_busi.json")
+    args = parser.parse_args(argv)
+    set_roots(args.workdir)
+    if not args.no_plan:
+        prepare(args.workdir, args.source)
+    previous = json.loads(args.json.read_text())["runs"] if args.json.is_file() else []
+    results = {(r.get("label", r["trainer"]), r["fraction"]): r for r in previous}
+    for fraction in args.fractions:
+        for spec in args.trainers:
+            name, overrides, label = parse_spec(spec)
+            result = {**train(name, 0, fraction, overrides), "fraction": fraction, "label": label}
+            result["box_quality"] = box_quality(args.workdir / "results" / "Dataset003_BUSI" / result["run"])
+            results[(label, fraction)] = result
+            write_json_atomic(args.json, {"runs": list(results.values())})
+            print(f"{label}@{fraction}: Dice {np.mean(list(result['dice'].values())):.4f}, {result['train_s']} s, "
+                  f"boxes {result['box_quality']}", flush=True)
+    ordered = sorted(results.values(), key=lambda r: (r["fraction"], TRAINERS.index(r["trainer"])
+                                                        if r["trainer"] in TRAINERS else 99, r.get("label", "")))
+    table = markdown_table(["trainer", "fraction", "Dice (fold 0, 130 val cases)", "vs planned UNet",
+                            "boxes: centre inside / median IoU / none (val slices with the lesion)",
+                            "train s", "labeled cases"], rows(ordered))
+    gaps = []
+    for name in ("SAMBaseline", "SAMSelfPrompt"):  # the defaults (no override)
+        match = results.get((name, 0.1))
+        unet = unet_reference(0.1)
+        if match is not None and unet is not None:
+            cases = sorted(set(match["dice"]) & set(unet))
+            gaps.append(f"{name} {np.mean([match['dice'][c] - unet[c] for c in cases]):+.4f}")
+        elif match is not None:
+            gaps.append(f"{name} {np.mean(list(match['dice'].values())) - UNET_MEAN[0.1]:+.4f}")
+    body = ["Full BUSI (647 images; Al-Dhabyani et al. 2020), fold 0, LiteMedSAM with a frozen image encoder "
+            "(configuration `2d`), each trainer's planned schedule; Dice per validation case at the original "
+            "resolution, mean over the fold's 130 validation cases. 'vs planned UNet': paired mean difference "
+            "against the planned-schedule UNet of the same fold and fraction (its run in the same workdir, else "
+            "ssl_busi_planned_cpu_unet.json), Wilcoxon signed-rank p; without either, the unpaired difference to "
+            "its mean in ssl_busi.md.", "",
+            table]
+    if gaps:
+        body += ["", "gap to UNet@0.1 (fold 0): " + ", ".join(gaps)]
+    write_markdown("stage1_busi", "Stage-1 SAM settings on BUSI against the U-Net", "\n".join(body))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
