@@ -32,6 +32,20 @@ from benchmarks.report import REPO, RESULTS, markdown_table, set_roots, write_ma
 from sampref_bench.utilities.atomic import write_json_atomic
 
 TRAINERS = ["SAMSelfPrompt", "SAMBaseline", "SAMNoPrompt", "SAMBoxOracle"]
+#: The commands behind the committed table (stated in it).
+COMMANDS = [
+    ".venv/bin/python -m benchmarks.bench_stage1 --workdir /tmp/st1 --trainers SAMSelfPrompt SAMNoPrompt "
+    "--json /tmp/st1/stage1_busi.json",
+    ".venv/bin/python -m benchmarks.bench_stage1 --workdir /tmp/st1 --no-plan --trainers SAMBaseline SAMBoxOracle "
+    "--json /tmp/st1/stage1_busi.json",
+    ".venv/bin/python -m benchmarks.bench_stage1 --workdir /tmp/st1 --no-plan --trainers "
+    "SAMBaseline:box_source=learned SAMSelfPrompt --json /tmp/st1/stage1_busi.json",
+    "SAMPREF_raw=/tmp/st1/raw SAMPREF_preprocessed=/tmp/st1/preprocessed SAMPREF_results=/tmp/st1/results "
+    ".venv/bin/sampref_train 3 UNet 0 --fraction 0.1 --set num_workers=0",
+    ".venv/bin/python -m benchmarks.bench_stage1 --workdir /tmp/st1 --no-plan --trainers SAMBaseline "
+    "SAMBaseline:box_source=run:UNet --json /tmp/st1/stage1_busi.json",
+    ".venv/bin/python -m benchmarks.bench_stage1 --workdir /tmp/st1 --report-only --json /tmp/st1/stage1_busi.json",
+]
 UNET_JSON = RESULTS / "ssl_busi_planned_cpu_unet.json"
 #: Mean validation Dice of the planned-schedule UNet of fold 0 by fraction, from benchmarks/results/ssl_busi.md
 #: (its CPU row), used when the per-case JSON of that run is not on this machine (the difference is then unpaired).
@@ -157,13 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainers", nargs="+", default=TRAINERS)
     parser.add_argument("--no-plan", action="store_true", help="the workdir is converted and planned already")
     parser.add_argument("--json", type=Path, default=RESULTS / "stage1_busi.json")
+    parser.add_argument("--report-only", action="store_true", help="rewrite stage1_busi.md from the JSON")
     args = parser.parse_args(argv)
     set_roots(args.workdir)
-    if not args.no_plan:
+    if not args.no_plan and not args.report_only:
         prepare(args.workdir, args.source)
     previous = json.loads(args.json.read_text())["runs"] if args.json.is_file() else []
     results = {(r.get("label", r["trainer"]), r["fraction"]): r for r in previous}
-    for fraction in args.fractions:
+    for fraction in [] if args.report_only else args.fractions:
         for spec in args.trainers:
             name, overrides, label = parse_spec(spec)
             result = {**train(name, 0, fraction, overrides), "fraction": fraction, "label": label}
@@ -174,9 +189,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"boxes {result['box_quality']}", flush=True)
     ordered = sorted(results.values(), key=lambda r: (r["fraction"], TRAINERS.index(r["trainer"])
                                                         if r["trainer"] in TRAINERS else 99, r.get("label", "")))
+    table_rows = rows(ordered)
+    for fraction in sorted({r["fraction"] for r in ordered}):
+        unet = unet_reference(fraction)
+        if unet is not None:
+            table_rows.append([f"UNet (planned schedule, {len(unet)} cases)", str(fraction),
+                               f"{np.mean(list(unet.values())):.4f}", "(reference)", "-", "-", "-"])
     table = markdown_table(["trainer", "fraction", "Dice (fold 0, 130 val cases)", "vs planned UNet",
                             "boxes: centre inside / median IoU / none (val slices with the lesion)",
-                            "train s", "labeled cases"], rows(ordered))
+                            "train s", "labeled cases"], table_rows)
     gaps = []
     for name in ("SAMBaseline", "SAMSelfPrompt"):  # the defaults (no override)
         match = results.get((name, 0.1))
@@ -193,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             "ssl_busi_planned_cpu_unet.json), Wilcoxon signed-rank p; without either, the unpaired difference to "
             "its mean in ssl_busi.md.", "",
             table]
+    body += ["", "Notes: 'train s' is the run's own epochs; a `box_source=run:UNet` cascade also needs the U-Net run "
+             "(50 x 50 steps, about 1000 s here), trained on the same labeled cases. Box columns score each "
+             "source's inference boxes on the validation slices that hold the lesion (centre pixel inside the "
+             "lesion, IoU with the lesion's bounding box, share without a box); they explain rows, they choose "
+             "nothing. The defaults are unchanged (saliency boxes): no default has been chosen on an inner split yet.",
+             "", "Commands, in order: " + "; ".join(f"`{c}`" for c in COMMANDS)]
     if gaps:
         body += ["", "gap to UNet@0.1 (fold 0): " + ", ".join(gaps)]
     write_markdown("stage1_busi", "Stage-1 SAM settings on BUSI against the U-Net", "\n".join(body))
