@@ -168,3 +168,22 @@ def test_cascade_boxes_are_the_unet_masks_boxes(sampref_roots) -> None:
     logits = trainer.predict_logits(samples)
     assert torch.all(logits[torch.from_numpy(~found)] == ABSENT_LOGIT)
     np.testing.assert_array_equal(load_trained_run(out).predict_case(case), trainer.predict_case(case))
+
+
+def test_the_grid_trains_the_unet_before_a_cascade(sampref_roots) -> None:
+    from sampref_bench.grid.plan import plan_grid
+    from sampref_bench.trainers.sam.cascade import cascade_run_folder
+
+    dataset = planned_phantoms()
+    overrides = {"model": "tiny", "box_source": "run:UNet"}
+    plan = plan_grid(dataset, ["SAMBoxOnly", "DPORanking"], [0.5], ["0"], overrides)
+    order = [job.folder for job in plan.jobs]
+    cascades = [j for j in plan.jobs if j.spec.trainer == "SAMBoxOnly"] + \
+        [j for j in plan.jobs if j.spec.trainer == "SAMBaseline"]  # the cascade and DPO's stage 1
+    assert len(cascades) == 2
+    for job in cascades:
+        unet = cascade_run_folder(get_trainer(job.spec.trainer)(dataset, 0, job.spec.fraction, overrides=overrides,
+                                                                progress=False))
+        made = next(j for j in plan.jobs if j.folder == unet)
+        assert made.spec.trainer == "UNet" and made.spec.overrides == () and made.spec.fraction == job.spec.fraction
+        assert unet in job.depends_on and order.index(unet) < order.index(job.folder)

@@ -206,6 +206,15 @@ def plan_grid(dataset: str | int, trainers: list[str], fractions: list[float] | 
                     if dependency.folder not in stage1_jobs:
                         dependency.added_for = spec.label
                         stage1_jobs[dependency.folder] = dependency
+                stored = stage1_jobs.get(dependency.folder) if dependency is not None else None
+                for needs, owner in ((job, instance), (stored, _stage1_instance(instance))):
+                    cascade = _cascade_job(owner, fold, configuration) if needs is not None else None
+                    if cascade is None or needs is None or cascade.folder in needs.depends_on:
+                        continue
+                    needs.depends_on.append(cascade.folder)
+                    if cascade.folder not in stage1_jobs:
+                        cascade.added_for = needs.spec.label
+                        stage1_jobs[cascade.folder] = cascade
                 jobs.setdefault(folder, job)
     # a stage-1 run the grid asks for itself is not "added"
     for folder, dependency in stage1_jobs.items():
@@ -228,6 +237,25 @@ def _stage1_job(instance: Any, dataset: str, fold: int, configuration: str) -> J
     spec = RunSpec(type(stage1).__name__, fold, float(stage1.fraction),
                    tuple(sorted(instance.stage1_overrides().items())), configuration, None)
     return Job(spec, stage1.output_dir, run_state(stage1.output_dir))
+
+
+def _stage1_instance(instance: Any) -> Any:
+    """The stage-1 trainer of a two-stage instance (None otherwise, or with ``stage1_run`` set)."""
+    if not hasattr(instance, "stage1_trainer") or instance.config.get("stage1_run"):
+        return None
+    return instance.stage1_trainer()
+
+
+def _cascade_job(instance: Any, fold: int, configuration: str) -> Job | None:
+    """The job of the ``UNet`` run a ``box_source=run:UNet`` cascade reads (same fold and fraction, default
+    configuration); None for any other instance."""
+    if instance is None or not getattr(instance, "cascaded", False):
+        return None
+    from sampref_bench.trainers.sam.cascade import CASCADE_TRAINER, cascade_run_folder
+
+    folder = cascade_run_folder(instance)
+    spec = RunSpec(CASCADE_TRAINER, fold, float(instance.fraction), (), configuration, None)
+    return Job(spec, folder, run_state(folder))
 
 
 def order_jobs(jobs: list[Job]) -> list[Job]:
