@@ -152,7 +152,7 @@ class BaseTrainer(CheckpointState, InferenceLoading):
         self.roles: CaseRoles = case_roles(self.splits, self.fold, self.fraction, self.budget)
         type(self).check_distributed(ddp.world_size())
         overrides = check_options(type(self), dict(overrides or {}))
-        self.config: dict[str, Any] = self.resolve_config(overrides or {})
+        self.config: dict[str, Any] = self.resolve_config(overrides)
         reference = self.reference_config()
         changes = {k: v for k, v in self.config.items()
                    if v != reference[k] and k not in self.named_in_configuration}

@@ -24,6 +24,7 @@ typed by its default's kind when the default is not ``None``, and is left unchec
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -164,8 +165,6 @@ def _num(value: float) -> str:
 
 
 def _shown(value: Any) -> str:
-    import json
-
     try:
         return json.dumps(value)
     except (TypeError, ValueError):

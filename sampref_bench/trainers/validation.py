@@ -26,6 +26,13 @@ from sampref_bench.utilities.imageio import Geometry, read_image, write_image
 MAX_EPOCH_VAL_SAMPLES = 64
 
 
+def epoch_validation_subset(items: list[Any], seed: int) -> list[Any]:
+    """The fixed subset of ``items`` scored after each epoch: at most :data:`MAX_EPOCH_VAL_SAMPLES` of them, drawn
+    by a permutation seeded with ``seed``, in their original order."""
+    keep = np.random.default_rng(int(seed)).permutation(len(items))[:MAX_EPOCH_VAL_SAMPLES]
+    return [items[i] for i in sorted(keep)]
+
+
 def write_prediction(trainer: Any, case: str, out_dir: Path, ending: str) -> tuple[Path, np.ndarray]:
     """Predict ``case`` from its images and write it atomically as ``out_dir/{case}{ending}``."""
     prediction = trainer.predict_case(case)

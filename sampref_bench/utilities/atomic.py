@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 
 from sampref_bench import paths
 from sampref_bench.utilities.errors import SamprefError
-from sampref_bench.utilities.oserrors import DISK_FULL, disk_nearly_full
+from sampref_bench.utilities.oserrors import DISK_FULL, disk_nearly_full, existing_folder, is_under
 
 
 class DiskFullError(SamprefError, OSError):
@@ -39,9 +39,7 @@ class DiskFullError(SamprefError, OSError):
 
 def _mount_point(folder: Path) -> Path:
     """The mount point of the file system holding ``folder`` (or its nearest existing parent)."""
-    current = Path(os.path.abspath(folder))
-    while not current.exists() and current != current.parent:
-        current = current.parent
+    current = existing_folder(Path(os.path.abspath(folder)))
     while not os.path.ismount(current) and current != current.parent:
         current = current.parent
     return current
@@ -60,11 +58,10 @@ def _free_text(folder: Path) -> str:
 
 def _root_hint(path: Path, where: str = "a disk with room") -> str:
     """``point SAMPREF_x (now ...) at {where}`` when ``path`` lies under one of the roots, else ``write to {where}``."""
-    target = Path(os.path.abspath(path))
     for variable, root in (("SAMPREF_results", paths.results_root()), ("SAMPREF_preprocessed",
                                                                         paths.preprocessed_root()),
                            ("SAMPREF_raw", paths.raw_root())):
-        if target.is_relative_to(os.path.abspath(root)):
+        if is_under(path, root):
             return f"point {variable} (now {root}) at {where}"
     return f"write to {where}"
 

@@ -33,7 +33,7 @@ def _blocking_file(folder: Path) -> Path | None:
     return None
 
 
-def _existing_folder(path: Path) -> Path:
+def existing_folder(path: Path) -> Path:
     """``path`` or its nearest parent that exists."""
     for candidate in (path, *path.parents):
         if candidate.is_dir():
@@ -41,7 +41,8 @@ def _existing_folder(path: Path) -> Path:
     return Path(".")
 
 
-def _under(path: str | os.PathLike[str] | None, root: Path) -> bool:
+def is_under(path: str | os.PathLike[str] | None, root: Path) -> bool:
+    """Whether ``path`` lies under ``root`` (both made absolute; ``None`` is under nothing)."""
     if path is None:
         return False
     try:
@@ -57,7 +58,7 @@ def describe_os_error(err: OSError, root: Path, variable: str) -> str | None:
     where = err.filename if err.filename is not None else root
     named = f"{root} (${variable})"
     # numpy's tofile reports a short write as a bare OSError ("65536 requested and 57216 written", no errno)
-    short_write = err.errno is None and disk_nearly_full(_existing_folder(root))
+    short_write = err.errno is None and disk_nearly_full(existing_folder(root))
     if err.errno in DISK_FULL or short_write:
         reason = err.strerror or "No space left on device"
         where = where if err.filename is not None or not short_write else f"under {root}"
@@ -65,14 +66,14 @@ def describe_os_error(err: OSError, root: Path, variable: str) -> str | None:
                 f"kept. Free space on that disk, or point {variable} at a disk with room, and rerun.")
     if err.errno in NOT_A_FOLDER:
         blocker = _blocking_file(root)
-        if blocker is None and _under(where, root):
+        if blocker is None and is_under(where, root):
             blocker = _blocking_file(Path(where).parent)
         if blocker is not None:
             return (f"{named} must be a folder, but {blocker} is a file. Point {variable} at a folder (it is created "
                     "when missing) or move the file away, and rerun; nothing was written.")
         return None
     if err.errno in NOT_WRITABLE:
-        if not _under(where, root):
+        if not is_under(where, root):
             return f"cannot read {where}: {err.strerror}. Make it readable for this user and rerun."
         return (f"cannot write {where}: {err.strerror}. {named} must be a folder this user can write: fix its "
                 f"permissions or point {variable} at another folder, and rerun; nothing was written.")

@@ -54,7 +54,6 @@ class CascadeBoxes:
                 f"{trainer.dataset_name} UNet {trainer.fold} --fraction {trainer.fraction}` (same labeled cases, so "
                 "no extra label is spent).")
         self.image_size = int(trainer.plans["image_size"])
-        self.data = trainer.data
         self._unet: Any = None
         self._slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.labels = list(trainer.labels)

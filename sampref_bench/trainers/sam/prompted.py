@@ -178,7 +178,7 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
         if self.learned:
             return self.learned_predict_logits(samples)
         if self.cascaded:
-            prompts, found = self.visual_prompts(*self.cascade.prompts(samples))
+            prompts, found = self.cascade_prompts(samples)
             return self.gated_logits(samples, self.embeddings(samples), prompts, found)
         return super().predict_logits(samples)
 
@@ -190,9 +190,13 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
         if self.cascaded:
             index, samples = batch
             return self.visual_prompt_step(index, samples, self.targets(samples), self.embeddings(samples),
-                                           lambda keep: self.visual_prompts(
-                                               *self.cascade.prompts([samples[int(i)] for i in keep])), 0.0, {})
+                                           lambda keep: self.cascade_prompts([samples[int(i)] for i in keep]),
+                                           0.0, {})
         return super().train_step(batch)
+
+    def cascade_prompts(self, samples: list[Sample]) -> tuple[dict[str, Any], np.ndarray]:
+        """The visual prompts of ``samples`` from the cascade's U-Net masks, and which rows it found."""
+        return self.visual_prompts(*self.cascade.prompts(samples))
 
     def build_inference_data(self) -> None:
         """As every SAM trainer, plus the U-Net run of a cascade."""
@@ -218,7 +222,7 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
         if self.learned:
             return self.learned_inference_prompts(samples)
         if self.cascaded:
-            return {**self.visual_prompts(*self.cascade.prompts(samples))[0], **self.text_prompts(samples)}
+            return {**self.cascade_prompts(samples)[0], **self.text_prompts(samples)}
         prompts: dict[str, Any] = {}
         if self.uses_box or self.uses_points:
             visual = [self.prompts.visual(s.case, s.slice, s.label) for s in samples]

@@ -31,7 +31,11 @@ from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer
 from sampref_bench.trainers.options import Option
 from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
-from sampref_bench.trainers.validation import MAX_EPOCH_VAL_SAMPLES, merge_label_probabilities  # noqa: F401 (re-export)
+from sampref_bench.trainers.validation import (  # noqa: F401 (re-export)
+    MAX_EPOCH_VAL_SAMPLES,
+    epoch_validation_subset,
+    merge_label_probabilities,
+)
 
 
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
@@ -173,8 +177,7 @@ class SAMTrainer(BaseTrainer):
             raise RuntimeError(f"{self}: no training sample (labeled cases {self.roles.labeled})")
         self.val_labels = self.data.label_store(self.roles.val, "scoring of the per-epoch validation")
         val = self.planned_samples(self.val_labels, self.roles.val)
-        keep = np.random.default_rng(int(self.config["seed"])).permutation(len(val))[:MAX_EPOCH_VAL_SAMPLES]
-        self.val_samples = [val[i] for i in sorted(keep)]
+        self.val_samples = epoch_validation_subset(val, int(self.config["seed"]))
         self.cache = None
         if self.config["freeze_image_encoder"]:
             self.cache = EmbeddingCache(self.data, self.network, self.device)

@@ -51,7 +51,7 @@ from sampref_bench.trainers.unet.data import (
     spatial_transforms,
 )
 from sampref_bench.trainers.unet.parts import TwoStreamBatchSampler
-from sampref_bench.trainers.validation import MAX_EPOCH_VAL_SAMPLES, merge_label_probabilities
+from sampref_bench.trainers.validation import epoch_validation_subset, merge_label_probabilities
 from sampref_bench.utilities.errors import SamprefError
 
 #: Architecture options; ``None`` means the plan's ``unet`` value.
@@ -169,8 +169,7 @@ class UNet(BaseTrainer):
             raise SamprefError(f"{self}: no labeled training slice (labeled cases {self.roles.labeled})")
         self.val_labels = self.data.label_store(self.roles.val, "scoring of the per-epoch validation")
         val = self.planned_slices(self.val_labels, self.roles.val)
-        keep = np.random.default_rng(int(self.config["seed"])).permutation(len(val))[:MAX_EPOCH_VAL_SAMPLES]
-        self.val_slices = [val[i] for i in sorted(keep)]
+        self.val_slices = epoch_validation_subset(val, int(self.config["seed"]))
         self.unlabeled_slices = self.hidden_slices()
         self.dataset = SliceDataset(self.data, self.train_slices, self.unlabeled_slices, self.train_labels,
                                     self.lookup, self.labeled_view(), self.unlabeled_view(),
