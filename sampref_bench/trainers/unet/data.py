@@ -7,24 +7,13 @@ indices (0 background, k for the k-th foreground label value; all labels jointly
 seed and its key alone (:func:`~sampref_bench.trainers.unet.parts.item_seed`), so a batch is the same whichever
 worker process builds it and however many there are.
 
-Augmentation defaults are a subset of nnU-Net's 2D pipeline (Isensee et al., Nature Methods 2021; probabilities
-and ranges of its ``default_2D_augmentation_params``): mirroring along both axes (p 0.5 each), rotation in
-[-180, 180] degrees and scaling (one affine resampling, p 0.2; scale 0.7-1.3, MONAI's symmetric range, where
-nnU-Net draws 0.7-1.4), Gaussian noise (p 0.1), multiplicative brightness 0.75-1.25 (p 0.15) and gamma 0.7-1.5
-(p 0.3); nnU-Net's blur, contrast and low-resolution simulation are left out. Elastic deformation (off in
-nnU-Net's 2D default, p 0.2 in older nnU-Net versions) runs with p 0.1. Labels are resampled with
-nearest-neighbour interpolation so they stay class indices aligned with the image.
-
-FixMatch's views (Sohn et al. 2020): the *weak* view flips (p 0.5 per axis) and rotates by up to 20 degrees
-(p 0.5, SSL4MIS's ``random_rotate`` range); the *strong* view is the weak view (same geometry, pixel for pixel)
-with intensity perturbations standing in for RandAugment on grey-level slices (gamma contrast, histogram shift,
-Gaussian noise, Gaussian smoothing, each p 0.5) and one Cutout hole of 1/8 to 1/2 of the side (always, as
-FixMatch always applies Cutout).
+Augmentation: nnU-Net's 2D pipeline and FixMatch's weak and strong views through MONAI, defined in
+:mod:`sampref_bench.planners.augmentation` (shared with the SAM trainers) and re-exported here under their old names;
+the U-Net applies them to the whole ``(C, S, S)`` slice, padding included.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -32,6 +21,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from sampref_bench.planners.augmentation import (  # noqa: F401  (re-exported: the U-Net's transforms, moved)
+    NOISE_STD,
+    Augmenter,
+    intensity_transforms,
+    spatial_transforms,
+    strong_intensity_transforms,
+    weak_transforms,
+)
 from sampref_bench.planners.data import LabelStore, PreprocessedData
 from sampref_bench.trainers.unet.parts import item_seed
 from sampref_bench.utilities.errors import SamprefError
@@ -39,11 +36,6 @@ from sampref_bench.utilities.errors import SamprefError
 #: Stream of an :class:`ItemKey`: a labeled slice (image and label) or an unlabeled one (image only).
 LABELED = 0
 UNLABELED = 1
-
-#: Largest standard deviation of the additive Gaussian noise, in [0, 1] image units. nnU-Net draws the noise
-#: variance from U(0, 0.1) on z-scored images (std up to 0.32 image standard deviations); on [0, 1] slices whose
-#: standard deviation is about 0.15 that is a std of about 0.05.
-NOISE_STD = 0.05
 
 
 class ItemKey(NamedTuple):
@@ -76,131 +68,6 @@ def class_lookup(label_values: Sequence[int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- transforms
-def _p(probability: float, always: bool) -> float:
-    return 1.0 if always else probability
-
-
-def _elastic_when_drawn() -> type:
-    """MONAI's ``Rand2DElasticd`` that leaves the data untouched when its coin says "do not deform".
-
-    MONAI 1.x resamples every key through an identity grid even then (about 4 ms per 256 px item for an image and a
-    label, 90 % of the time at p 0.1), which made it the most expensive step of the U-Net loader. The coin is drawn
-    from the transform's own random state, which :class:`Augmenter` reseeds per item, so skipping the unused deform
-    draws changes no other transform's numbers; the output equals the original's up to the identity resampling's
-    float rounding (tested).
-    """
-    from monai.transforms import Rand2DElasticd
-
-    class ElasticWhenDrawn(Rand2DElasticd):
-        def __call__(self, data: Any) -> dict[Any, Any]:  # type: ignore[override]
-            state = self.R.get_state()
-            self.randomize(None)
-            if not self._do_transform:
-                return dict(data)
-            self.R.set_state(state)  # the parent draws the same coin again, then deforms
-            return super().__call__(data)
-
-    return ElasticWhenDrawn
-
-
-def spatial_transforms(keys: Sequence[str], label_keys: Sequence[str], image_size: int,
-                       always: bool = False) -> list[Any]:
-    """nnU-Net-style geometry on dictionary ``keys`` (``label_keys`` among them are resampled nearest): flips, one
-    affine rotation + scaling, a mild elastic deformation (see the module docstring). ``always`` sets every
-    probability to 1 (tests)."""
-    from monai.transforms import RandAffined, RandFlipd
-
-    keys = list(keys)
-    modes = ["nearest" if key in label_keys else "bilinear" for key in keys]
-    return [
-        RandFlipd(keys, prob=_p(0.5, always), spatial_axis=0),
-        RandFlipd(keys, prob=_p(0.5, always), spatial_axis=1),
-        RandAffined(keys, prob=_p(0.2, always), rotate_range=(math.pi,), scale_range=(0.3, 0.3), mode=modes,
-                    padding_mode="zeros"),
-        # control points every 1/8 of the side, displaced by N(0, 1) x U(1, 2) px (MONAI's RandDeformGrid)
-        _elastic_when_drawn()(keys, spacing=(image_size // 8, image_size // 8), magnitude_range=(1.0, 2.0),
-                       prob=_p(0.1, always), mode=modes, padding_mode="zeros"),
-    ]
-
-
-def intensity_transforms(key: str = "image", always: bool = False) -> list[Any]:
-    """nnU-Net-style intensity changes of the image ``key``: Gaussian noise, brightness, gamma."""
-    from monai.transforms import RandAdjustContrastd, RandGaussianNoised, RandScaleIntensityd
-
-    return [
-        RandGaussianNoised(key, prob=_p(0.1, always), std=NOISE_STD),
-        RandScaleIntensityd(key, factors=0.25, prob=_p(0.15, always)),
-        RandAdjustContrastd(key, prob=_p(0.3, always), gamma=(0.7, 1.5)),
-    ]
-
-
-def weak_transforms(keys: Sequence[str], label_keys: Sequence[str] = (), always: bool = False) -> list[Any]:
-    """FixMatch's weak view: flips along both axes and a rotation of up to 20 degrees."""
-    from monai.transforms import RandFlipd, RandRotated
-
-    keys = list(keys)
-    modes = ["nearest" if key in label_keys else "bilinear" for key in keys]
-    return [
-        RandFlipd(keys, prob=_p(0.5, always), spatial_axis=0),
-        RandFlipd(keys, prob=_p(0.5, always), spatial_axis=1),
-        RandRotated(keys, range_x=math.radians(20), prob=_p(0.5, always), mode=modes, padding_mode="zeros"),
-    ]
-
-
-def strong_intensity_transforms(image_size: int, key: str = "image", always: bool = False) -> list[Any]:
-    """FixMatch's strong perturbations of an (already weak-augmented) image ``key``; no geometry."""
-    from monai.transforms import (
-        RandAdjustContrastd,
-        RandCoarseDropoutd,
-        RandGaussianNoised,
-        RandGaussianSmoothd,
-        RandHistogramShiftd,
-    )
-
-    return [
-        RandAdjustContrastd(key, prob=_p(0.5, always), gamma=(0.5, 2.0)),
-        RandHistogramShiftd(key, num_control_points=(5, 10), prob=_p(0.5, always)),
-        RandGaussianNoised(key, prob=_p(0.5, always), std=0.1),
-        RandGaussianSmoothd(key, sigma_x=(0.5, 1.5), sigma_y=(0.5, 1.5), prob=_p(0.5, always)),
-        RandCoarseDropoutd(key, holes=1, spatial_size=max(1, image_size // 8), max_spatial_size=image_size // 2,
-                           fill_value=0.0, prob=1.0),
-    ]
-
-
-def _plain(value: Any) -> torch.Tensor:
-    from monai.utils import convert_to_tensor
-
-    return convert_to_tensor(value, track_meta=False).float().contiguous()
-
-
-class Augmenter:
-    """A MONAI ``Compose`` applied to a dictionary with a given seed; returns plain float tensors.
-
-    ``transforms`` empty means no augmentation. The compose is reseeded before every call, so the result depends on
-    the input and the seed only (never on earlier calls or on the process that makes it).
-    """
-
-    def __init__(self, transforms: list[Any]) -> None:
-        from monai.transforms import Compose
-
-        self.compose = Compose(transforms) if transforms else None
-
-    def __call__(self, sample: dict[str, np.ndarray | torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-        """``sample``: arrays ``(C, S, S)`` by key -> the augmented tensors by key."""
-        if self.compose is None:
-            return {key: _plain(value) for key, value in sample.items()}
-        from monai.data import get_track_meta, set_track_meta
-
-        self.compose.set_random_state(seed=int(seed))
-        tracking = get_track_meta()
-        set_track_meta(False)  # plain tensors throughout: a quarter faster, the same numbers (tested)
-        try:
-            out = self.compose(dict(sample))
-        finally:
-            set_track_meta(tracking)
-        return {key: _plain(out[key]) for key in sample}
-
-
 class WeakStrongAugmenter:
     """FixMatch's pair of views of one unlabeled image: ``weak`` (geometry) and ``strong`` (the weak image with
     strong intensity perturbations, hence the same geometry pixel for pixel)."""
