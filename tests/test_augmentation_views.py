@@ -148,7 +148,10 @@ def test_apply_view_is_deterministic_and_stays_in_the_valid_region():
         assert not a_mask[VALID[0]:].any() and not a_mask[:, VALID[1]:].any()
         inside = a_mask[:VALID[0], :VALID[1]] > 0
         assert a_image[0, :VALID[0], :VALID[1]][inside].mean() > a_image[0, :VALID[0], :VALID[1]][~inside].mean()
-        assert apply_view(image, None, VALID, spec)[1] is None
+        only_image, no_mask = apply_view(image, None, VALID, spec)
+        no_image, only_mask = apply_view(None, mask, VALID, spec)
+        assert no_mask is None and no_image is None
+        assert np.array_equal(only_image, a_image) and np.array_equal(only_mask, a_mask)  # one geometry
     flipped = apply_view(image, mask, VALID, ViewSpec(flip_cols=True))[1]
     assert np.array_equal(flipped[:VALID[0], :VALID[1]], mask[:VALID[0], :VALID[1]][:, ::-1])
 

@@ -407,48 +407,60 @@ def view_specs(n_views: int, seed: int) -> list[ViewSpec]:
     return specs
 
 
-def apply_view(image01: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | None,
-               valid_size: Sequence[int] | None, spec: ViewSpec) -> tuple[np.ndarray, np.ndarray | None]:
+def _warp(crop: np.ndarray, spec: ViewSpec, mode: str) -> np.ndarray:
+    """``spec``'s flips and affine warp of a ``(C, h, w)`` float32 crop (``mode``: MONAI's ``bilinear`` or
+    ``nearest``), uncovered pixels 0."""
+    from monai.transforms import Affine, Flip
+
+    out: Any = torch.from_numpy(np.ascontiguousarray(crop))
+    for axis, flip in ((0, spec.flip_rows), (1, spec.flip_cols)):
+        if flip:
+            out = Flip(spatial_axis=axis)(out)
+    if spec.rotate_deg != 0.0 or spec.scale != 1.0:
+        out = Affine(rotate_params=math.radians(spec.rotate_deg), scale_params=(spec.scale, spec.scale),
+                     padding_mode="zeros", mode=mode, image_only=True)(out)
+    return _plain(out).numpy()
+
+
+def apply_view(image01: np.ndarray | torch.Tensor | None, mask: np.ndarray | torch.Tensor | None,
+               valid_size: Sequence[int] | None, spec: ViewSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
     """One fixed view of a slice: deterministic (the same inputs and ``spec`` give the same arrays, bit for bit).
 
     Args:
-        image01: ``(3, S, S)`` (or ``(C, S, S)``) float image in [0, 1].
+        image01: ``(3, S, S)`` (or ``(C, S, S)``) float image in [0, 1], or ``None`` (a view of the mask alone:
+            the same geometry, e.g. for a training target whose embedding comes from the cache).
         mask: ``(S, S)`` mask (binary or class indices, any dtype), or ``None``.
         valid_size: ``(h, w)`` px of the valid top-left region (``SliceTransform.valid_size``); ``None``: all.
-        spec: the view; :data:`IDENTITY_VIEW` returns float32 copies of the inputs unchanged.
+        spec: the view; :data:`IDENTITY_VIEW` returns (float32) copies of the inputs unchanged.
 
     Returns:
-        ``(image, mask)``: ``(C, S, S)`` float32 in [0, 1] and the ``(S, S)`` mask in its dtype (nearest-neighbour)
-        or ``None``. Only the valid region is transformed (flips within it, rotation and scale about its centre,
-        uncovered corners 0); the padding is returned unchanged. MONAI's array transforms do the work
-        (``Flip``, ``Affine`` with bilinear / nearest resampling, ``AdjustContrast`` on the valid region's range).
+        ``(image, mask)``: ``(C, S, S)`` float32 in [0, 1] and the ``(S, S)`` mask in its dtype (nearest-neighbour),
+        each ``None`` where the input was. Only the valid region is transformed (flips within it, rotation and
+        scale about its centre, uncovered corners 0); the padding is returned unchanged. MONAI's array transforms
+        do the work (``Flip``, ``Affine`` with bilinear / nearest resampling, ``AdjustContrast`` on the valid
+        region's range).
     """
-    from monai.transforms import AdjustContrast, Affine, Flip
+    from monai.transforms import AdjustContrast
 
-    image = _as_numpy(image01).astype(np.float32, copy=True)
-    if image.ndim != 3 or image.shape[-1] != image.shape[-2]:
-        raise ValueError(f"expected an image of shape (3, S, S), got {image.shape}")
-    size = image.shape[-1]
-    h, w = _valid_hw(valid_size, size)
+    image = None if image01 is None else _as_numpy(image01).astype(np.float32, copy=True)
     out_mask = None if mask is None else _as_numpy(mask).copy()
-    if out_mask is not None and out_mask.shape != (size, size):
-        raise ValueError(f"expected a mask of shape {(size, size)}, got {out_mask.shape}")
+    if image is not None and (image.ndim != 3 or image.shape[-1] != image.shape[-2]):
+        raise ValueError(f"expected an image of shape (3, S, S), got {image.shape}")
+    if out_mask is not None and (out_mask.ndim != 2 or out_mask.shape[0] != out_mask.shape[1]
+                                 or (image is not None and out_mask.shape != image.shape[-2:])):
+        raise ValueError(f"expected a square (S, S) mask matching the image, got {out_mask.shape}")
+    if image is None and out_mask is None:
+        return None, None
+    size = image.shape[-1] if image is not None else out_mask.shape[-1]  # type: ignore[union-attr]
+    h, w = _valid_hw(valid_size, size)
     if spec.is_identity:
         return image, out_mask
-    crop = torch.from_numpy(image[:, :h, :w].copy())
-    crop_mask = None if out_mask is None else torch.from_numpy(out_mask[None, :h, :w].astype(np.float32))
-    for axis, flip in ((0, spec.flip_rows), (1, spec.flip_cols)):
-        if flip:
-            crop = Flip(spatial_axis=axis)(crop)
-            crop_mask = None if crop_mask is None else Flip(spatial_axis=axis)(crop_mask)
-    if spec.rotate_deg != 0.0 or spec.scale != 1.0:
-        params = {"rotate_params": math.radians(spec.rotate_deg), "scale_params": (spec.scale, spec.scale),
-                  "padding_mode": "zeros", "image_only": True}
-        crop = Affine(mode="bilinear", **params)(crop)
-        crop_mask = None if crop_mask is None else Affine(mode="nearest", **params)(crop_mask)
-    if spec.gamma != 1.0:
-        crop = AdjustContrast(gamma=spec.gamma)(crop)
-    image[:, :h, :w] = np.clip(_plain(crop).numpy(), 0.0, 1.0)
-    if out_mask is not None and crop_mask is not None:
-        out_mask[:h, :w] = np.rint(_plain(crop_mask)[0].numpy()).astype(out_mask.dtype)
+    if image is not None:
+        crop = _warp(image[:, :h, :w], spec, "bilinear")
+        if spec.gamma != 1.0:
+            crop = _plain(AdjustContrast(gamma=spec.gamma)(torch.from_numpy(crop))).numpy()
+        image[:, :h, :w] = np.clip(crop, 0.0, 1.0)
+    if out_mask is not None:
+        warped = _warp(out_mask[None, :h, :w].astype(np.float32), spec, "nearest")
+        out_mask[:h, :w] = np.rint(warped[0]).astype(out_mask.dtype)
     return image, out_mask
