@@ -272,11 +272,11 @@ def test_embedding_cache_keys(sampref_roots):
     assert new == TODAY_CACHE["vit_b"].replace("arch6710200f/", "arch6710200f-in2/")
 
 
-@pytest.mark.parametrize(("model", "frozen", "expected"), [
-    ("litemedsam", True, "2d"), ("litemedsam", False, "2d-unfrozen"),
-    ("tiny", True, "2d-tiny"), ("medsam", True, "2d-medsam"), ("vit_b", True, "2d-vit_b-in2"),
-    ("vit_h", False, "2d-vit_h-in2-unfrozen"), ("sam-med2d", True, "2d-sam-med2d-in2"),
+@pytest.mark.parametrize(("model", "configuration", "expected"), [
+    ("litemedsam", "2d", "2d"), ("litemedsam", "2d_full", "2d_full"), ("litemedsam", "2d_lora", "2d_lora"),
+    ("tiny", "2d", "2d-tiny"), ("medsam", "2d", "2d-medsam"), ("vit_b", "2d", "2d-vit_b-in2"),
+    ("vit_h", "2d_full", "2d_full-vit_h-in2"), ("sam-med2d", "2d_partial", "2d_partial-sam-med2d-in2"),
 ])
-def test_run_folder_configuration(model, frozen, expected):
-    stub = SimpleNamespace(configuration="2d", config={"model": model, "freeze_image_encoder": frozen})
+def test_run_folder_configuration(model, configuration, expected):
+    stub = SimpleNamespace(configuration=configuration, config={"model": model})
     assert SAMTrainer.base_configuration_name(stub) == expected

@@ -156,7 +156,8 @@ def test_a_bool_given_as_no_unfreezes_the_encoder(sampref_roots: dict[str, Path]
     trainer = get_trainer("SAMNoPrompt")(dataset, 0, 0.5, overrides={"model": "tiny", "freeze_image_encoder": "no"},
                                          progress=False)
     assert trainer.config["freeze_image_encoder"] is False
-    assert trainer.output_dir.parent.name.split("__")[2].startswith("2d-tiny-unfrozen")
+    assert trainer.output_dir.parent.name.split("__")[2].startswith("2d_full-tiny")
+    assert trainer.configuration == "2d_full"
 
 
 def test_unet_num_workers_is_checked_too(sampref_roots: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

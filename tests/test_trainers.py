@@ -258,7 +258,7 @@ def test_checkpoint_of_another_trainer_is_refused():
 def test_unfrozen_encoder_trains_and_is_checkpointed():
     dataset = planned_phantoms()
     trainer = _trainer("SAMBoxOracle", dataset, epochs=1, freeze_image_encoder=False)
-    assert trainer.base_configuration_name() == "2d-tiny-unfrozen"
+    assert trainer.base_configuration_name() == "2d_full-tiny"
     trainer.initialize()
     before = {k: v.clone() for k, v in trainer.network.image_encoder.state_dict().items()}
     out = _trainer("SAMBoxOracle", dataset, epochs=1, freeze_image_encoder=False).run_training()

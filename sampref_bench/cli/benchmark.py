@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fractions", nargs="+", type=float, default=None,
                         help="annotation fractions (planned ones; default: every planned fraction)")
     parser.add_argument("--folds", nargs="+", default=["all"], help="fold numbers or 'all' (default)")
-    parser.add_argument("-c", "--configuration", default="2d", help="plan configuration (default 2d)")
+    parser.add_argument("-c", "--configuration", nargs="+", default=["2d"], metavar="CONFIGURATION",
+                        help="planned configuration(s), side by side: 2d (frozen encoder, the CPU default), "
+                             "2d_partial, 2d_lora, 2d_full (plans.json states each one's cost); U-Net trainers run "
+                             "once, under 2d")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="hyperparameter for every trainer that has it, value parsed as JSON")
     parser.add_argument("--run-name", default=None, metavar="NAME", help="run folder tag of every run of the grid")

@@ -135,9 +135,11 @@ def parse_folds(folds: list[str], n_folds: int) -> tuple[list[int], list[str]]:
 
 def plan_grid(dataset: str | int, trainers: list[str], fractions: list[float] | None = None,
               folds: list[str] | None = None, overrides: dict[str, Any] | None = None,
-              configuration: str = "2d", run_name: str | None = None) -> GridPlan:
+              configuration: str | list[str] = "2d", run_name: str | None = None) -> GridPlan:
     """Validate and expand the grid (see the module docstring). ``fractions=None`` means every planned fraction,
-    ``folds=None`` every fold. Raises one :class:`SamprefError` listing every problem of the request."""
+    ``folds=None`` every fold; ``configuration`` one planned configuration or several side by side (a trainer
+    without a SAM image encoder, such as the U-Nets, runs once, under the default ``2d`` when it is among them).
+    Raises one :class:`SamprefError` listing every problem of the request."""
     from sampref_bench.trainers.options import option_problems
     from sampref_bench.trainers.registry import available_trainers, get_trainer
 
@@ -145,6 +147,7 @@ def plan_grid(dataset: str | int, trainers: list[str], fractions: list[float] | 
     splits = load_splits(paths.preprocessed_root() / name)
     planned = [key for key in splits[0]["labeled"] if all(key in entry["labeled"] for entry in splits)]
     overrides = dict(overrides or {})
+    configurations = [configuration] if isinstance(configuration, str) else list(dict.fromkeys(configuration))
     problems: list[str] = []
 
     known = available_trainers()
@@ -182,40 +185,43 @@ def plan_grid(dataset: str | int, trainers: list[str], fractions: list[float] | 
     notes: list[str] = []
     jobs: dict[Path, Job] = {}
     stage1_jobs: dict[Path, Job] = {}
-    refused: dict[tuple[str, str], Refusal] = {}
+    refused: dict[tuple[str, str, str], Refusal] = {}
     for trainer, cls in classes.items():
         mine = checked[trainer]
         left_out = sorted(set(overrides) - set(mine))
         if left_out:
             notes.append(f"--set {', '.join(left_out)} not applied to {trainer} (not its option)")
-        for key in dict.fromkeys(wanted):
-            for fold in fold_list:
-                spec = RunSpec(trainer, fold, float(key), tuple(sorted(mine.items())), configuration, run_name)
-                try:
-                    instance = cls(name, fold, float(key), configuration=configuration, device="cpu",
-                                   overrides=mine, progress=False, run_name=run_name)
-                except SamprefError as err:
-                    entry = refused.setdefault((trainer, key), Refusal(trainer, float(key), [], str(err)))
-                    entry.folds.append(fold)
+        mine_configurations = configurations
+        if not getattr(cls, "encoder_configurations", False) and "2d" in configurations:
+            mine_configurations = ["2d"]
+        for key, configuration, fold in ((k, c, f) for k in dict.fromkeys(wanted) for c in mine_configurations
+                                         for f in fold_list):
+            spec = RunSpec(trainer, fold, float(key), tuple(sorted(mine.items())), configuration, run_name)
+            try:
+                instance = cls(name, fold, float(key), configuration=configuration, device="cpu",
+                               overrides=mine, progress=False, run_name=run_name)
+            except SamprefError as err:
+                entry = refused.setdefault((trainer, key, configuration), Refusal(trainer, float(key), [], str(err)))
+                entry.folds.append(fold)
+                continue
+            folder = instance.output_dir
+            job = Job(spec, folder, run_state(folder))
+            dependency = _stage1_job(instance, name, fold, configuration)
+            if dependency is not None and dependency.folder != folder:
+                job.depends_on.append(dependency.folder)
+                if dependency.folder not in stage1_jobs:
+                    dependency.added_for = spec.label
+                    stage1_jobs[dependency.folder] = dependency
+            stored = stage1_jobs.get(dependency.folder) if dependency is not None else None
+            for needs, owner in ((job, instance), (stored, _stage1_instance(instance))):
+                cascade = _cascade_job(owner, fold, configuration) if needs is not None else None
+                if cascade is None or needs is None or cascade.folder in needs.depends_on:
                     continue
-                folder = instance.output_dir
-                job = Job(spec, folder, run_state(folder))
-                dependency = _stage1_job(instance, name, fold, configuration)
-                if dependency is not None and dependency.folder != folder:
-                    job.depends_on.append(dependency.folder)
-                    if dependency.folder not in stage1_jobs:
-                        dependency.added_for = spec.label
-                        stage1_jobs[dependency.folder] = dependency
-                stored = stage1_jobs.get(dependency.folder) if dependency is not None else None
-                for needs, owner in ((job, instance), (stored, _stage1_instance(instance))):
-                    cascade = _cascade_job(owner, fold, configuration) if needs is not None else None
-                    if cascade is None or needs is None or cascade.folder in needs.depends_on:
-                        continue
-                    needs.depends_on.append(cascade.folder)
-                    if cascade.folder not in stage1_jobs:
-                        cascade.added_for = needs.spec.label
-                        stage1_jobs[cascade.folder] = cascade
-                jobs.setdefault(folder, job)
+                needs.depends_on.append(cascade.folder)
+                if cascade.folder not in stage1_jobs:
+                    cascade.added_for = needs.spec.label
+                    stage1_jobs[cascade.folder] = cascade
+            jobs.setdefault(folder, job)
     # a stage-1 run the grid asks for itself is not "added"
     for folder, dependency in stage1_jobs.items():
         if folder in jobs:
@@ -254,7 +260,7 @@ def _cascade_job(instance: Any, fold: int, configuration: str) -> Job | None:
     from sampref_bench.trainers.sam.cascade import CASCADE_TRAINER, cascade_run_folder
 
     folder = cascade_run_folder(instance)
-    spec = RunSpec(CASCADE_TRAINER, fold, float(instance.fraction), (), configuration, None)
+    spec = RunSpec(CASCADE_TRAINER, fold, float(instance.fraction), (), "2d", None)  # a U-Net has one configuration
     return Job(spec, folder, run_state(folder))
 
 

@@ -30,7 +30,9 @@ PLANS_NAME = "samprefPlans"
 #: Version of the plan's content; part of its inputs hash, so a change re-plans old datasets.
 #: 2: planned training length (epochs, iterations_per_epoch, dpo_*), batch size independent of the fractions,
 #: dpo_labeled_fraction always planned, dpo_fractions. 3: hidden_label_min_content; 10 iterations per epoch.
-PLANS_FORMAT = 4
+#: 5: planned configurations (``configurations``: frozen, partial, LoRA and full encoder) and ``plans_format``.
+PLANS_FORMAT = 5
+#: The default configuration (``plans["configuration"]``): LiteMedSAM's frozen image encoder, embeddings cached.
 CONFIGURATION = "2d"
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
@@ -73,6 +75,23 @@ UNET_CHANNELS = (16, 32, 64, 128, 256)
 UNET_MIN_BOTTLENECK = 16
 #: Residual units per U-Net block (MONAI UNet's ``num_res_units``).
 UNET_RES_UNITS = 2
+#: How much of SAM's image encoder trains, by configuration (see :func:`plan_configurations`).
+ENCODER_MODES = {"2d": "frozen", "2d_partial": "partial", "2d_lora": "lora", "2d_full": "full"}
+#: Last encoder stages (and the neck) the partial configuration trains; activations before them are cached.
+PARTIAL_TRAINABLE_STAGES = 1
+#: LoRA rank of the parameter-efficient configuration (SAMed's rank 4) and its scaling alpha.
+LORA_RANK = 4
+#: Augmented views per training image cached for the frozen and partial encoders (0: none; view 0 is the image).
+AUGMENTED_VIEWS = 0
+#: Per-epoch validation samples (a fixed seeded subset of the validation samples) of the cached-encoder configurations.
+EPOCH_VAL_SAMPLES = 64
+#: Per-epoch validation samples of a configuration whose encoder runs at every validation (LoRA, full).
+ENCODER_EPOCH_VAL_SAMPLES = 16
+#: Measured CPU seconds per image per training step on 2 CPU cores (LiteMedSAM, 256 px, batch 8; bench_stage1's
+#: step timing): the decoder on cached embeddings, the last TinyViT stage and neck on cached activations, the
+#: whole encoder with LoRA, the whole encoder trained.
+CPU_SECONDS_PER_IMAGE_STEP_BY_MODE = {"frozen": CPU_SECONDS_PER_IMAGE_STEP, "partial": 0.9, "lora": 5.0,
+                                      "full": 7.0}
 #: Keys added to plans.json after :data:`PLANS_FORMAT` 4 without changing its inputs hash (finished runs record
 #: the hash and are reused by it): ``sampref_plan`` re-plans a plans.json that lacks one, under the same hash.
 ADDED_PLAN_KEYS = ("unet_epochs", "unet_iterations_per_epoch", "unet")
@@ -112,6 +131,62 @@ def training_time_text(epochs: int, iterations_per_epoch: int, batch_size: int) 
     return (f"{epochs} x {iterations_per_epoch} x {batch_size} = {steps} decoder image steps, about "
             f"{minutes:.0f} min on 2 CPU cores ({CPU_SECONDS_PER_IMAGE_STEP} s per image step of LiteMedSAM's "
             "mask decoder, embeddings cached)")
+
+
+def plan_configurations(image_size: int, batch_size: int, epochs: int, iterations_per_epoch: int,
+                        epoch_val_samples: int) -> dict[str, dict[str, Any]]:
+    """The planned configurations, by name, each with its encoder mode, schedule, augmentation and reason.
+
+    Every configuration has ``encoder`` (``frozen``, ``partial``, ``lora`` or ``full``), ``batch_size``, ``epochs``,
+    ``iterations_per_epoch`` (stage 1; the same at every fraction), ``augmentation`` (``{"views": N}``: N augmented
+    views per training image embedded once and cached, for the encoders whose output is cached; ``{"online":
+    true}``: the U-Net's augmentation drawn per item at every step, for the encoders that run at every step),
+    ``epoch_val_samples`` (per-epoch validation subset), ``cpu_seconds_per_image_step`` (measured, 2 CPU cores,
+    LiteMedSAM) and ``reason``; ``partial`` adds ``trainable_stages``, ``lora`` adds ``lora_rank``.
+    """
+    steps = epochs * iterations_per_epoch * batch_size
+    out: dict[str, dict[str, Any]] = {}
+    for name, mode in ENCODER_MODES.items():
+        seconds = CPU_SECONDS_PER_IMAGE_STEP_BY_MODE[mode]
+        cached = mode in ("frozen", "partial")
+        entry: dict[str, Any] = {
+            "encoder": mode, "batch_size": batch_size, "epochs": epochs, "iterations_per_epoch": iterations_per_epoch,
+            "augmentation": {"views": AUGMENTED_VIEWS} if cached else {"online": True},
+            "epoch_val_samples": epoch_val_samples if cached else min(epoch_val_samples, ENCODER_EPOCH_VAL_SAMPLES),
+            "cpu_seconds_per_image_step": seconds,
+        }
+        cost = (f"{steps} image steps at about {seconds} s each on 2 CPU cores (LiteMedSAM, {image_size} px): "
+                f"about {steps * seconds / 3600:.1f} h per run")
+        if mode == "frozen":
+            why = ("the image encoder stays fixed and its embeddings are computed once per image and cached; only "
+                   "the prompt encoder and mask decoder train. The CPU default")
+        elif mode == "partial":
+            entry["trainable_stages"] = PARTIAL_TRAINABLE_STAGES
+            why = (f"the encoder's activations before its last {PARTIAL_TRAINABLE_STAGES} stage are computed once per "
+                   "image (and view) and cached; that stage, the neck, the prompt encoder and the mask decoder train. "
+                   "CPU-feasible encoder adaptation")
+        elif mode == "lora":
+            entry["lora_rank"] = LORA_RANK
+            why = (f"rank-{LORA_RANK} LoRA updates in the image encoder's attention projections (SAMed, Zhang & Liu "
+                   "2023) train with the prompt encoder and mask decoder; the encoder's own weights stay fixed, but "
+                   "it runs forward and backward at every step. A GPU configuration")
+        else:
+            why = ("every component trains, as the paper's stage 1 does (SAM-Med2D at 256 px); the encoder runs "
+                   "forward and backward at every step. A GPU configuration")
+        aug = (f"{AUGMENTED_VIEWS} augmented view(s) per training image, each embedded once and cached"
+               if cached and AUGMENTED_VIEWS else "no augmented views (the cached image only)" if cached else
+               "the U-Net's spatial and intensity augmentation on image and mask, seeded per item")
+        vit = ("" if mode in ("lora", "full") else "; ViT flavours (vit_b, vit_l, vit_h, medsam) run at "
+               f"{image_size} px with interpolated position embeddings, sensible only when their encoder trains: use "
+               "2d_lora or 2d_full for them")
+        entry["reason"] = f"{why}; {aug}; {cost}{vit}"
+        out[name] = entry
+    return out
+
+
+def configuration_names(plans: dict[str, Any]) -> list[str]:
+    """The configurations a plan offers (:func:`plan_configurations`), in planned order."""
+    return list(plans.get("configurations", {}))
 
 
 def validate_thresholds(thresholds: list[float] | tuple[float, ...]) -> list[float]:
@@ -227,6 +302,7 @@ def make_plans(dataset_json: dict[str, Any], fingerprint: dict[str, Any], *, ima
     reasons: dict[str, str] = {}
     plans: dict[str, Any] = {
         "plans_name": PLANS_NAME,
+        "plans_format": PLANS_FORMAT,
         "configuration": CONFIGURATION,
         "dataset_name": fingerprint["dataset_name"],
         "sampref_version": __version__,
@@ -311,6 +387,14 @@ def make_plans(dataset_json: dict[str, Any], fingerprint: dict[str, Any], *, ima
                                             "decoder; the poly learning-rate decay steps once per epoch")
     plans["unet"] = plan_unet(int(image_size), n_channels, len(plans["labels"]))
     reasons["unet"] = plans["unet"]["reason"]
+    plans["configurations"] = plan_configurations(int(image_size), BATCH_SIZE, EPOCHS, ITERATIONS_PER_EPOCH,
+                                                  EPOCH_VAL_SAMPLES)
+    reasons["configurations"] = (
+        "how much of SAM's image encoder trains, one configuration per choice (sampref_train -c NAME; the run folder "
+        "names it): " + "; ".join(f"{name} ({c['encoder']}, {c['cpu_seconds_per_image_step']} s per image step on "
+                                  "2 CPU cores)" for name, c in plans["configurations"].items())
+        + f". {CONFIGURATION} is the default: the only one a CPU user runs in minutes. Each entry states its reason")
+    reasons["configuration"] = f"the default configuration, {CONFIGURATION}"
     plans["fractions"] = fractions
     reasons["fractions"] = "fraction f labels the first ceil(f*n) cases of each fold's permutation (nested budgets)"
     if dpo_labeled_fraction not in requested:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from sampref_bench import __version__, paths
 from sampref_bench.planners.data import CaseRoles, LabelStore, PreprocessedData, case_roles, with_extra_unlabeled
 from sampref_bench.planners.pipeline import data_folder, load_splits, signature_hash
-from sampref_bench.planners.plans import fraction_key
+from sampref_bench.planners.plans import PLANS_FORMAT, configuration_names, fraction_key
 from sampref_bench.planners.raw_record import check_raw_unchanged
 from sampref_bench.trainers import distributed as ddp
 from sampref_bench.trainers.checkpointing import CheckpointState
@@ -80,6 +80,9 @@ class BaseTrainer(CheckpointState, InferenceLoading):
     #: True for a trainer that trains on images without pixel labels or ratings (semi-supervised): it lists
     #: them in :meth:`unlabeled_cases_used`, and ``config.json`` counts them.
     uses_unlabeled: ClassVar[bool] = False
+    #: Whether the trainer's network holds a SAM image encoder, so that the plan's encoder configurations
+    #: (``2d_partial``, ``2d_lora``, ``2d_full``) apply to it; the U-Net trainers train under the default only.
+    encoder_configurations: ClassVar[bool] = False
     #: Prefix of the planned schedule keys this trainer trains by ("" stage 1, "dpo_" a DPO stage).
     schedule: ClassVar[str] = ""
     #: Hyperparameters already spelled out in the configuration name, hence not repeated in the run tag.
@@ -142,16 +145,13 @@ class BaseTrainer(CheckpointState, InferenceLoading):
         if not plans_path.is_file():
             raise SamprefError(f"{plans_path} is missing: run `sampref_plan -d {self.dataset_name}` first")
         self.plans = load_json(plans_path)
-        if configuration != self.plans["configuration"]:
-            raise SamprefError(f"configuration {configuration!r} is not in the plan (it has "
-                               f"{self.plans['configuration']!r})")
-        self.configuration = configuration
+        overrides = check_options(type(self), dict(overrides or {}))
+        self.configuration = self.resolve_configuration(configuration, overrides)
         self.splits = load_splits(self.preprocessed_dir)
         self.fold = int(fold)
         self.fraction = float(fraction)
         self.roles: CaseRoles = case_roles(self.splits, self.fold, self.fraction, self.budget)
         type(self).check_distributed(ddp.world_size())
-        overrides = check_options(type(self), dict(overrides or {}))
         self.config: dict[str, Any] = self.resolve_config(overrides)
         reference = self.reference_config()
         changes = {k: v for k, v in self.config.items()
@@ -175,12 +175,41 @@ class BaseTrainer(CheckpointState, InferenceLoading):
         self.epoch_callbacks: list[Callable[[dict[str, Any]], None]] = []
 
     # ----------------------------------------------------------- configuration
+    def resolve_configuration(self, name: str, overrides: dict[str, Any]) -> str:
+        """The planned configuration ``name`` (``-c``), checked against the plan; subclasses map aliases.
+
+        A :class:`SamprefError` names the planned configurations for an unknown one, asks to replan a plan that
+        predates planned configurations, and refuses an encoder configuration for a trainer without a SAM image
+        encoder (:attr:`encoder_configurations`)."""
+        planned = configuration_names(self.plans)
+        if not planned:
+            raise SamprefError(f"plans.json of {self.dataset_name} predates planned configurations (plan format "
+                               f"{self.plans.get('plans_format', '4 or older')}; this sampref writes {PLANS_FORMAT}): "
+                               f"rerun `sampref_plan -d {self.dataset_name}`")
+        if name not in planned:
+            raise SamprefError(f"configuration {name!r} is not planned for {self.dataset_name}: the plan has "
+                               f"{', '.join(planned)} (sampref_train -c NAME; plans.json states each one's reason)")
+        default = self.plans["configuration"]
+        if name != default and not self.encoder_configurations:
+            raise SamprefError(f"{type(self).__name__} has no SAM image encoder, so the encoder configuration {name!r} "
+                               f"does not apply to it: it trains under the default configuration {default!r}")
+        return name
+
+    def planned_configuration(self) -> dict[str, Any]:
+        """This run's entry of the plan's ``configurations`` (encoder mode, schedule, augmentation, reason)."""
+        return dict(self.plans["configurations"][self.configuration])
+
     def resolve_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Defaults, then ``overrides``, then planned values for the ``None`` keys of :data:`PLANNED`."""
+        """Defaults, then ``overrides``, then planned values for the ``None`` keys of :data:`PLANNED` (stage 1 reads
+        them from the run's configuration, a later stage from its prefixed plan keys)."""
         config = {**self.defaults, **overrides}
+        planned = self.planned_configuration() if not self.schedule else {}
         for key in PLANNED:
             if key in config and config[key] is None:
                 name = key if key == "batch_size" else f"{self.schedule}{key}"
+                if key in planned:
+                    config[key] = int(planned[key])
+                    continue
                 if name not in self.plans:
                     raise SamprefError(f"plans.json of {self.dataset_name} has no {name!r} (it predates planned "
                                        f"training length): rerun `sampref_plan -d {self.dataset_name}`")

@@ -67,6 +67,13 @@ class CheckpointState:
             return
         keys = PLAN_SNAPSHOT_KEYS if for_training else PLAN_INPUT_KEYS
         changed = plan_differences(saved, self.plans, keys)
+        if for_training and saved.get("plans_format") != self.plans.get("plans_format"):
+            raise SamprefError(
+                f"--continue: {path} was trained under plan format {saved.get('plans_format') or '4 or older'}, and "
+                f"{self.preprocessed_dir / 'plans.json'} is format {self.plans.get('plans_format')} (planned "
+                f"configurations {', '.join(self.plans.get('configurations', {}))}, each with its own schedule and "
+                "augmentation). A run is never continued under another plan format: train it again under the new "
+                "plan (delete the run folder, or pass another --run-name).")
         if changed:
             raise SamprefError(
                 f"{what}: {path} was trained under another plan than {self.preprocessed_dir / 'plans.json'}: "

@@ -14,8 +14,9 @@ from sampref_bench.trainers.run_identity import config_differences
 PLAN_INPUT_KEYS = ("configuration", "dimensionality", "labels", "slicing_axis", "normalization", "channels_to_rgb",
                    "storage_dtype", "image_size", "transform")
 #: Plan keys of how a run is trained (which slices, how long): compared on ``--continue`` only, since a finished run
-#: predicts the same whatever the plan now says about training.
-PLAN_TRAINING_KEYS = ("background_slice_share", "hidden_label_min_content", "batch_size", "epochs",
+#: predicts the same whatever the plan now says about training. ``plans_format`` is among them: a run planned under
+#: another plan format (before planned configurations: none recorded) is never continued under the new plan.
+PLAN_TRAINING_KEYS = ("plans_format", "background_slice_share", "hidden_label_min_content", "batch_size", "epochs",
                       "iterations_per_epoch", "dpo_epochs", "dpo_iterations_per_epoch", "unet_epochs",
                       "unet_iterations_per_epoch")
 PLAN_SNAPSHOT_KEYS = PLAN_INPUT_KEYS + PLAN_TRAINING_KEYS

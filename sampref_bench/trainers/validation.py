@@ -18,18 +18,20 @@ from tqdm import tqdm
 from sampref_bench import paths
 from sampref_bench.evaluation.metrics import case_metrics
 from sampref_bench.evaluation.summary import CaseResult, build_summary, write_summary
+from sampref_bench.planners.plans import EPOCH_VAL_SAMPLES
 from sampref_bench.planners.preprocessing import from_slices
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.utilities.imageio import Geometry, read_image, write_image
 
-#: At most this many validation samples are scored after each epoch (a fixed, seeded subset).
-MAX_EPOCH_VAL_SAMPLES = 64
+#: At most this many validation samples are scored after each epoch (a fixed, seeded subset), unless the plan's
+#: configuration says fewer (``epoch_val_samples``: an encoder that runs at every validation).
+MAX_EPOCH_VAL_SAMPLES = EPOCH_VAL_SAMPLES
 
 
-def epoch_validation_subset(items: list[Any], seed: int) -> list[Any]:
-    """The fixed subset of ``items`` scored after each epoch: at most :data:`MAX_EPOCH_VAL_SAMPLES` of them, drawn
-    by a permutation seeded with ``seed``, in their original order."""
-    keep = np.random.default_rng(int(seed)).permutation(len(items))[:MAX_EPOCH_VAL_SAMPLES]
+def epoch_validation_subset(items: list[Any], seed: int, limit: int = MAX_EPOCH_VAL_SAMPLES) -> list[Any]:
+    """The fixed subset of ``items`` scored after each epoch: at most ``limit`` of them, drawn by a permutation
+    seeded with ``seed``, in their original order (a smaller limit keeps a prefix of the same permutation)."""
+    keep = np.random.default_rng(int(seed)).permutation(len(items))[:int(limit)]
     return [items[i] for i in sorted(keep)]
 
 

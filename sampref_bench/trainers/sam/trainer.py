@@ -31,6 +31,7 @@ from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer
 from sampref_bench.trainers.options import Option
 from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
+from sampref_bench.trainers.sam.encoder_config import EncoderConfiguration
 from sampref_bench.trainers.validation import (  # noqa: F401 (re-export)
     MAX_EPOCH_VAL_SAMPLES,
     epoch_validation_subset,
@@ -69,7 +70,7 @@ def _flavour_names() -> tuple[str, ...]:
 
     return tuple(name for spec in FLAVOURS.values() for name in (spec.name, *spec.aliases))
 
-class SAMTrainer(BaseTrainer):
+class SAMTrainer(EncoderConfiguration, BaseTrainer):
     """Fine-tunes SAM's mask decoder (and prompt encoder) on labeled cases; prompts come from subclasses."""
 
     abstract: ClassVar[bool] = True
@@ -80,7 +81,7 @@ class SAMTrainer(BaseTrainer):
         **BaseTrainer.defaults,
         "lr": 1e-4, "lr_step_epochs": 10, "lr_gamma": 0.5,
         "focal_weight": 20.0, "dice_weight": 1.0,
-        "model": "litemedsam", "model_checkpoint": None, "model_arch": None, "freeze_image_encoder": True,
+        "model": "litemedsam", "model_checkpoint": None, "model_arch": None, "freeze_image_encoder": None,
         "train_prompt_encoder": True, "box_jitter": 0.1, "threshold": 0.5,
     }
     options: ClassVar[dict[str, Option]] = {
@@ -93,7 +94,9 @@ class SAMTrainer(BaseTrainer):
         "model_checkpoint": Option("path", none="the flavour's bundled or default weights",
                                    help="weights file of the flavour"),
         "model_arch": Option("dict", none="the flavour's architecture", help="architecture overrides"),
-        "freeze_image_encoder": Option("bool", help="keep the image encoder fixed (embeddings cached)"),
+        "freeze_image_encoder": Option("bool", none="the configuration's: true for 2d only",
+                                       help="keep the image encoder fixed (embeddings cached); false with -c 2d is "
+                                            "-c 2d_full"),
         "train_prompt_encoder": Option("bool", help="train the prompt encoder with the mask decoder"),
         "box_jitter": Option("float", low=0, high=1, help="largest box-side move in training, share of the box"),
         "threshold": Option("float", low=0, high=1, low_open=True, high_open=True,
@@ -104,18 +107,16 @@ class SAMTrainer(BaseTrainer):
         """Model aliases become the flavour's name (``lite_medsam`` and ``litemedsam`` are one run)."""
         from sampref_bench.models import resolve_flavour
 
-        return {**config, "model": resolve_flavour(config["model"]).name}
+        return self.canonicalize_encoder({**config, "model": resolve_flavour(config["model"]).name})
 
     def base_configuration_name(self) -> str:
-        """``2d`` for LiteMedSAM with a frozen encoder; other models (by their flavour identity, e.g. ``2d-tiny``,
-        ``2d-vit_b-in2``) and an unfrozen encoder are named."""
+        """The planned configuration (``2d``, ``2d_partial``, ``2d_lora``, ``2d_full``), followed by the model for any
+        but LiteMedSAM (its flavour identity: ``2d-tiny``, ``2d_full-vit_b-in2``)."""
         from sampref_bench.models import resolve_flavour
 
         name = self.configuration
         if self.config["model"] != "litemedsam":
             name += f"-{resolve_flavour(self.config['model']).identity}"
-        if not self.config["freeze_image_encoder"]:
-            name += "-unfrozen"
         return name
 
     # ------------------------------------------------------------ network
@@ -126,8 +127,8 @@ class SAMTrainer(BaseTrainer):
         model = build_sam(self.config["model"], checkpoint=self.config["model_checkpoint"],
                           image_size=int(self.plans["image_size"]), device="cpu", seed=int(self.config["seed"]),
                           arch_overrides=self.config["model_arch"])
-        for p in model.image_encoder.parameters():
-            p.requires_grad_(not self.config["freeze_image_encoder"])
+        self.warn_interpolated_vit()
+        self.prepare_encoder(model)
         for p in model.prompt_encoder.parameters():
             p.requires_grad_(bool(self.config["train_prompt_encoder"]))
         for name, module in self.extra_modules().items():
@@ -139,10 +140,10 @@ class SAMTrainer(BaseTrainer):
         return {}
 
     def set_train_mode(self) -> None:
-        """Training mode, except a frozen image encoder (its BatchNorm statistics must not drift)."""
+        """Training mode, except what of the image encoder does not train (frozen, LoRA's base weights, the partial
+        configuration's trunk): its BatchNorm statistics must not drift."""
         super().set_train_mode()
-        if self.config["freeze_image_encoder"]:
-            self.network.image_encoder.eval()
+        self.set_encoder_mode(self.network)
 
     def network_state(self, name: str, network: torch.nn.Module) -> dict[str, Any]:
         """Everything but a frozen image encoder (rebuilt from its weights on load)."""
@@ -177,7 +178,8 @@ class SAMTrainer(BaseTrainer):
             raise RuntimeError(f"{self}: no training sample (labeled cases {self.roles.labeled})")
         self.val_labels = self.data.label_store(self.roles.val, "scoring of the per-epoch validation")
         val = self.planned_samples(self.val_labels, self.roles.val)
-        self.val_samples = epoch_validation_subset(val, int(self.config["seed"]))
+        limit = int(self.planned_configuration().get("epoch_val_samples", MAX_EPOCH_VAL_SAMPLES))
+        self.val_samples = epoch_validation_subset(val, int(self.config["seed"]), limit)
         self.cache = None
         if self.config["freeze_image_encoder"]:
             self.cache = EmbeddingCache(self.data, self.network, self.device)
@@ -225,7 +227,19 @@ class SAMTrainer(BaseTrainer):
         if self.cache is not None:
             arrays = [self.cache.get(s.case, s.slice) for s in samples]
             return torch.from_numpy(np.stack(arrays).astype(np.float32)).to(self.device)
-        return embed_slices(self.network, self.data, [(s.case, s.slice) for s in samples], self.device)
+        pairs = [(s.case, s.slice) for s in samples]
+        if getattr(self, "encoder_split", None) is not None:
+            return self.encoder_split.embed_activations(self.trunk_activations(pairs))
+        return embed_slices(self.network, self.data, pairs, self.device)
+
+    @torch.no_grad()
+    def trunk_activations(self, pairs: list[tuple[str, int]]) -> torch.Tensor:
+        """``(B, *activation_shape)`` activations of the partial configuration's frozen trunk for slices."""
+        from sampref_bench.planners.embedding_cache import slice_valid_sizes
+
+        images = np.concatenate([self.data.rgb(case, [int(k)]) for case, k in pairs])
+        return self.encoder_split.activations(torch.from_numpy(images).to(self.device),
+                                              slice_valid_sizes(self.data, pairs))
 
     def targets(self, samples: list[Sample]) -> torch.Tensor:
         """``(B, 1, S, S)`` float binary masks of each training sample's label (labeled cases only)."""
