@@ -177,8 +177,7 @@ class LearnedPrompts:
     def learned_train_step(self, batch: tuple[int, list[Sample]]) -> dict[str, float]:
         """One Adam step of head and decoder (see the module docstring)."""
         index, samples = batch
-        targets = self.targets(samples)
-        embeddings = self.embeddings(samples)
+        embeddings, targets = self.training_inputs(index, samples)
         head = self.head_logits(samples, embeddings)
         coarse_targets = (F.adaptive_avg_pool2d(targets, head.shape[-1]) >= 0.5).float()
         head_loss = F.binary_cross_entropy_with_logits(head, coarse_targets) + self.head_dice(head, coarse_targets)

@@ -26,11 +26,12 @@ from torchvision.ops import masks_to_boxes
 
 from sampref_bench.evaluation.metrics import confusion_per_label, overlap_scores
 from sampref_bench.planners.data import LabelStore, Sample, inference_samples, labeled_samples
-from sampref_bench.planners.embedding_cache import EmbeddingCache, embed_slices
+from sampref_bench.planners.embedding_cache import ActivationCache, EmbeddingCache, embed_slices
 from sampref_bench.planners.transforms import SliceTransform
 from sampref_bench.trainers.base import BaseTrainer
 from sampref_bench.trainers.options import Option
 from sampref_bench.trainers.randomness import epoch_generator, seeded_passes
+from sampref_bench.trainers.sam.augmented import AUGMENTATION_DEFAULTS, TrainingAugmentation
 from sampref_bench.trainers.sam.encoder_config import EncoderConfiguration
 from sampref_bench.trainers.validation import (  # noqa: F401 (re-export)
     MAX_EPOCH_VAL_SAMPLES,
@@ -70,7 +71,7 @@ def _flavour_names() -> tuple[str, ...]:
 
     return tuple(name for spec in FLAVOURS.values() for name in (spec.name, *spec.aliases))
 
-class SAMTrainer(EncoderConfiguration, BaseTrainer):
+class SAMTrainer(EncoderConfiguration, TrainingAugmentation, BaseTrainer):
     """Fine-tunes SAM's mask decoder (and prompt encoder) on labeled cases; prompts come from subclasses."""
 
     abstract: ClassVar[bool] = True
@@ -82,7 +83,7 @@ class SAMTrainer(EncoderConfiguration, BaseTrainer):
         "lr": 1e-4, "lr_step_epochs": 10, "lr_gamma": 0.5,
         "focal_weight": 20.0, "dice_weight": 1.0,
         "model": "litemedsam", "model_checkpoint": None, "model_arch": None, "freeze_image_encoder": None,
-        "train_prompt_encoder": True, "box_jitter": 0.1, "threshold": 0.5,
+        "train_prompt_encoder": True, "box_jitter": 0.1, "threshold": 0.5, **AUGMENTATION_DEFAULTS,
     }
     options: ClassVar[dict[str, Option]] = {
         "lr": Option("float", low=0, low_open=True, help="AdamW learning rate"),
@@ -107,7 +108,8 @@ class SAMTrainer(EncoderConfiguration, BaseTrainer):
         """Model aliases become the flavour's name (``lite_medsam`` and ``litemedsam`` are one run)."""
         from sampref_bench.models import resolve_flavour
 
-        return self.canonicalize_encoder({**config, "model": resolve_flavour(config["model"]).name})
+        config = self.canonicalize_encoder({**config, "model": resolve_flavour(config["model"]).name})
+        return self.canonicalize_augmentation(config)
 
     def base_configuration_name(self) -> str:
         """The planned configuration (``2d``, ``2d_partial``, ``2d_lora``, ``2d_full``), followed by the model for any
@@ -180,23 +182,33 @@ class SAMTrainer(EncoderConfiguration, BaseTrainer):
         val = self.planned_samples(self.val_labels, self.roles.val)
         limit = int(self.planned_configuration().get("epoch_val_samples", MAX_EPOCH_VAL_SAMPLES))
         self.val_samples = epoch_validation_subset(val, int(self.config["seed"]), limit)
-        self.cache = None
-        if self.config["freeze_image_encoder"]:
-            self.cache = EmbeddingCache(self.data, self.network, self.device)
+        self.cache = self.encoder_cache()
+        if self.cache is not None:
             self.cache.ensure(self.slices_read(), progress=self.progress)
+            if self.training_views():
+                self.cache.ensure([(s.case, s.slice) for s in self.train_samples], progress=self.progress,
+                                  views=self.training_views())
+
+    def encoder_cache(self, data: Any = None) -> Any:
+        """What of the encoder is cached: the embeddings of a frozen encoder (:class:`EmbeddingCache`), the
+        partial configuration's trunk activations (:class:`ActivationCache`), or nothing (LoRA, full)."""
+        data = self.data if data is None else data
+        if self.config["freeze_image_encoder"]:
+            return EmbeddingCache(data, self.network, self.device)
+        if getattr(self, "encoder_split", None) is not None:
+            return ActivationCache(data, self.encoder_split, self.device)
+        return None
 
     def build_inference_data(self) -> None:
-        """A finished run predicts from images alone: only the embedding cache of a frozen encoder (embeddings are
-        computed when first read); no sample list, label store or loss."""
-        self.cache = EmbeddingCache(self.data, self.network, self.device) if self.config["freeze_image_encoder"] \
-            else None
+        """A finished run predicts from images alone: only the encoder's cache (:meth:`encoder_cache`; computed
+        when first read); no sample list, label store or loss."""
+        self.cache = self.encoder_cache()
 
     def use_data(self, data: Any) -> None:
-        """As :meth:`BaseTrainer.use_data`; a frozen encoder's embedding cache is rebuilt beside ``data``."""
+        """As :meth:`BaseTrainer.use_data`; the encoder's cache is rebuilt beside ``data``."""
         super().use_data(data)
-        cache = getattr(self, "cache", None)
-        if cache is not None:
-            self.cache = EmbeddingCache(data, cache.model, cache.device, cache.batch_size)
+        if getattr(self, "cache", None) is not None:
+            self.cache = self.encoder_cache(data)
 
     def slices_read(self) -> list[tuple[str, int]]:
         """The (case, slice) pairs this run reads: its training slices and every slice of its validation cases."""
@@ -222,24 +234,17 @@ class SAMTrainer(EncoderConfiguration, BaseTrainer):
         batches = seeded_passes(rng, len(self.train_samples), n_batches, size)
         return [(b, [self.train_samples[i] for i in batch]) for b, batch in enumerate(batches)]
 
-    def embeddings(self, samples: list[Sample]) -> torch.Tensor:
-        """``(B, 256, E, E)`` image embeddings (cached, or computed with gradients when the encoder trains)."""
+    def embeddings(self, samples: list[Sample], views: list[Any] | None = None) -> torch.Tensor:
+        """``(B, 256, E, E)`` image embeddings: cached (a frozen encoder), the partial configuration's tail on cached
+        trunk activations (with gradients), or the whole encoder with gradients (LoRA, full). ``views``: the cached
+        view each sample reads (training only; None: the plain slices)."""
+        views = [None] * len(samples) if views is None else views
         if self.cache is not None:
-            arrays = [self.cache.get(s.case, s.slice) for s in samples]
-            return torch.from_numpy(np.stack(arrays).astype(np.float32)).to(self.device)
-        pairs = [(s.case, s.slice) for s in samples]
-        if getattr(self, "encoder_split", None) is not None:
-            return self.encoder_split.embed_activations(self.trunk_activations(pairs))
-        return embed_slices(self.network, self.data, pairs, self.device)
-
-    @torch.no_grad()
-    def trunk_activations(self, pairs: list[tuple[str, int]]) -> torch.Tensor:
-        """``(B, *activation_shape)`` activations of the partial configuration's frozen trunk for slices."""
-        from sampref_bench.planners.embedding_cache import slice_valid_sizes
-
-        images = np.concatenate([self.data.rgb(case, [int(k)]) for case, k in pairs])
-        return self.encoder_split.activations(torch.from_numpy(images).to(self.device),
-                                              slice_valid_sizes(self.data, pairs))
+            arrays = np.stack([self.cache.get(s.case, s.slice, v) for s, v in zip(samples, views)])
+            tensor = torch.from_numpy(arrays.astype(np.float32)).to(self.device)
+            split = getattr(self, "encoder_split", None)
+            return split.embed_activations(tensor) if split is not None else tensor
+        return embed_slices(self.network, self.data, [(s.case, s.slice) for s in samples], self.device)
 
     def targets(self, samples: list[Sample]) -> torch.Tensor:
         """``(B, 1, S, S)`` float binary masks of each training sample's label (labeled cases only)."""
@@ -249,8 +254,9 @@ class SAMTrainer(EncoderConfiguration, BaseTrainer):
     # ------------------------------------------------------------ prompts
     def train_prompts(self, samples: list[Sample], targets: torch.Tensor,
                       rng: np.random.Generator) -> dict[str, Any]:
-        """Prompts of a training batch; may use ``targets`` ``(B, 1, S, S)``. Default: :meth:`inference_prompts`."""
-        return self.inference_prompts(samples)
+        """Prompts of a training batch; may use ``targets`` ``(B, 1, S, S)``, which are augmented like the batch's
+        images. Default: :meth:`inference_prompts`, moved with the batch's augmentation (:meth:`warp_prompts`)."""
+        return self.warp_prompts(self.inference_prompts(samples))
 
     def inference_prompts(self, samples: list[Sample]) -> dict[str, Any]:
         """Keyword arguments of ``SamModel.decode`` besides the embeddings (boxes, points, extra_sparse), from
@@ -275,12 +281,13 @@ class SAMTrainer(EncoderConfiguration, BaseTrainer):
 
     # ---------------------------------------------------------------- loop
     def train_step(self, batch: tuple[int, list[Sample]]) -> dict[str, float]:
-        """One Adam step on the focal + Dice loss."""
+        """One Adam step on the focal + Dice loss, on the batch augmented as configured (:meth:`training_inputs`)."""
         index, samples = batch
         optimizer = self.optimizers["network"]
         rng = epoch_generator(int(self.config["seed"]), self.epoch, stream=1 + index)
-        targets = self.targets(samples)
-        loss = self.loss_fn(self.decode_logits(samples, self.train_prompts(samples, targets, rng)), targets)
+        embeddings, targets = self.training_inputs(index, samples)
+        prompts = self.train_prompts(samples, targets, rng)
+        loss = self.loss_fn(self.decode_with(self.network, embeddings, prompts), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
