@@ -54,11 +54,12 @@ def case_dice(summary: dict) -> dict[str, float]:
     return {row["case"]: float(row["metrics"]["1"]["Dice"]) for row in summary["metric_per_case"]}
 
 
-def train(name: str, fold: int, fraction: float, overrides: dict | None = None, run_name: str | None = None) -> dict:
-    """Train (or reuse a finished run) and return its per-case validation Dice and timing."""
+def train(name: str, fold: int, fraction: float, overrides: dict | None = None, run_name: str | None = None,
+          dataset: int | str = 3) -> dict:
+    """Train (or reuse a finished run) of ``dataset`` and return its per-case validation Dice and timing."""
     from sampref_bench.trainers.registry import get_trainer
 
-    trainer = get_trainer(name)(3, fold, fraction, overrides=overrides or {}, progress=False, run_name=run_name)
+    trainer = get_trainer(name)(dataset, fold, fraction, overrides=overrides or {}, progress=False, run_name=run_name)
     summary_path = trainer.output_dir / "validation" / "summary.json"
     start = time.perf_counter()
     if not summary_path.is_file():

@@ -162,6 +162,34 @@ def rows(results: list[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
+#: Dataset ID of the inner split of fold 0's training cases (:mod:`benchmarks.inner_split`).
+INNER_ID = 903
+
+
+def run_inner(workdir: Path, fractions: list[float], specs: list[str], json_path: Path) -> None:
+    """Train each spec on inner fold 0 of dataset :data:`INNER_ID` and record its per-case Dice, its per-epoch
+    validation Dice (the inner validation subset) and its box quality, in ``json_path``."""
+    import csv
+
+    from benchmarks.bench_prompts import train
+
+    previous = json.loads(json_path.read_text())["runs"] if json_path.is_file() else []
+    results = {(r["label"], r["fraction"]): r for r in previous}
+    for fraction in fractions:
+        for spec in specs:
+            name, overrides, label = parse_spec(spec)
+            result = {**train(name, 0, fraction, overrides, dataset=INNER_ID), "fraction": fraction, "label": label}
+            run_dir = workdir / "results" / "Dataset903_BUSIinner" / result["run"]
+            log = run_dir / "training_log.csv"
+            result["val_dice_per_epoch"] = ([float(row.get("val_dice") or "nan") for row in csv.DictReader(log.open())]
+                                            if log.is_file() else [])
+            result["box_quality"] = box_quality(run_dir)
+            results[(label, fraction)] = result
+            write_json_atomic(json_path, {"runs": list(results.values())})
+            print(f"inner {label}@{fraction}: Dice {np.mean(list(result['dice'].values())):.4f}, "
+                  f"{result['train_s']} s, boxes {result['box_quality']}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,10 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plan", action="store_true", help="the workdir is converted and planned already")
     parser.add_argument("--json", type=Path, default=RESULTS / "stage1_busi.json")
     parser.add_argument("--report-only", action="store_true", help="rewrite stage1_busi.md from the JSON")
+    parser.add_argument("--inner", action="store_true",
+                        help="train on the inner split of fold 0's training cases (dataset 903, its fold 0), where "
+                             "defaults are chosen; results go to --inner-json")
+    parser.add_argument("--inner-json", type=Path, default=RESULTS / "stage1_busi_inner.json")
     args = parser.parse_args(argv)
     set_roots(args.workdir)
     if not args.no_plan and not args.report_only:
         prepare(args.workdir, args.source)
+    if args.inner and not args.report_only:
+        from benchmarks.inner_split import make_inner_dataset
+
+        make_inner_dataset(3, INNER_ID, 0)
+        run_inner(args.workdir, args.fractions, args.trainers, args.inner_json)
+        return 0
     previous = json.loads(args.json.read_text())["runs"] if args.json.is_file() else []
     results = {(r.get("label", r["trainer"]), r["fraction"]): r for r in previous}
     for fraction in [] if args.report_only else args.fractions:
