@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-t", "--trainer", required=True, help="DPO trainer: DPORanking, DPORating or DPOBestOnly")
     parser.add_argument("-f", "--fold", required=True, type=int, help="fold index, 0..4")
     parser.add_argument("--fraction", type=float, default=1.0, help="annotation fraction (planned; default 1.0)")
-    parser.add_argument("-c", "--configuration", default="2d", help="plan configuration (default 2d)")
+    parser.add_argument("-c", "--configuration", default="2d",
+                        help="planned configuration: 2d (frozen image encoder, the default), 2d_partial, 2d_lora, "
+                             "2d_full (plans.json states each one's reason and CPU cost; old *-unfrozen names are "
+                             "2d_full)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any hyperparameter, value parsed as JSON (e.g. candidates=jitter); use the same ones "
                              "for sampref_train")

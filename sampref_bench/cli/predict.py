@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folds to ensemble (default 0 1 2 3 4); 'all': every finished fold")
     parser.add_argument("-i", "--input", required=True, help="folder of {case}_XXXX{ext} channel files")
     parser.add_argument("-o", "--output", required=True, help="folder for the masks (not the input folder)")
-    parser.add_argument("-c", "--configuration", default="2d", help="plan configuration (default 2d)")
+    parser.add_argument("-c", "--configuration", default="2d",
+                        help="planned configuration: 2d (frozen image encoder, the default), 2d_partial, 2d_lora, "
+                             "2d_full (plans.json states each one's reason and CPU cost; old *-unfrozen names are "
+                             "2d_full)")
     parser.add_argument("--run-name", default=None, metavar="NAME", help="the run's tag (--run-name of sampref_train)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     parser.add_argument("--save-probabilities", action="store_true", help="also write {case}.npz probabilities")

@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("trainer", nargs="?", help="trainer class name, e.g. SAMBoxOracle")
     parser.add_argument("fold", nargs="?", type=int, help="fold index, 0..4")
     parser.add_argument("--fraction", type=float, default=1.0, help="annotation fraction (planned; default 1.0)")
-    parser.add_argument("-c", "--configuration", default="2d", help="plan configuration (default 2d)")
+    parser.add_argument("-c", "--configuration", default="2d",
+                        help="planned configuration: 2d (frozen image encoder, the default), 2d_partial, 2d_lora, "
+                             "2d_full (plans.json states each one's reason and CPU cost; old *-unfrozen names are "
+                             "2d_full)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     parser.add_argument("--epochs", type=int, default=None, help="override the planned number of epochs")
     parser.add_argument("--seed", type=int, default=None, help="override the seed (default 12345)")
