@@ -56,10 +56,14 @@ def case_dice(summary: dict) -> dict[str, float]:
 
 def train(name: str, fold: int, fraction: float, overrides: dict | None = None, run_name: str | None = None,
           dataset: int | str = 3) -> dict:
-    """Train (or reuse a finished run) of ``dataset`` and return its per-case validation Dice and timing."""
+    """Train (or reuse a finished run) of ``dataset`` and return its per-case validation Dice and timing; the override
+    ``_configuration`` names the planned configuration (default ``2d``)."""
     from sampref_bench.trainers.registry import get_trainer
 
-    trainer = get_trainer(name)(dataset, fold, fraction, overrides=overrides or {}, progress=False, run_name=run_name)
+    overrides = dict(overrides or {})
+    configuration = overrides.pop("_configuration", "2d")
+    trainer = get_trainer(name)(dataset, fold, fraction, configuration=configuration, overrides=overrides,
+                                progress=False, run_name=run_name)
     summary_path = trainer.output_dir / "validation" / "summary.json"
     start = time.perf_counter()
     if not summary_path.is_file():
@@ -69,7 +73,8 @@ def train(name: str, fold: int, fraction: float, overrides: dict | None = None, 
     return {"trainer": name, "fold": fold, "run": f"{trainer.output_dir.parent.name}/{trainer.output_dir.name}",
             "train_s": training_seconds(trainer.output_dir), "oracle": bool(config["oracle"]),
             "saliency": config["hyperparameters"].get("saliency"), "epochs": config["hyperparameters"]["epochs"],
-            "n_labeled": config["cases"]["labeled"], "dice": dice, "wall_s": round(time.perf_counter() - start, 1)}
+            "n_labeled": config["cases"]["labeled"], "dice": dice, "configuration": configuration,
+            "wall_s": round(time.perf_counter() - start, 1)}
 
 
 def training_seconds(run_dir: Path) -> float:

@@ -74,9 +74,11 @@ def unet_reference(fraction: float) -> dict[str, float] | None:
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any], str]:
-    """``NAME`` or ``NAME:key=value,key=value`` -> (trainer, overrides, row label); values parsed as JSON."""
+    """``NAME[@CONFIGURATION][:key=value,key=value]`` -> (trainer, overrides, row label); values parsed as JSON,
+    the configuration (default ``2d``) passed as the override ``_configuration``."""
     name, _, rest = spec.partition(":")
-    overrides: dict[str, Any] = {}
+    name, _, configuration = name.partition("@")
+    overrides: dict[str, Any] = {"_configuration": configuration} if configuration else {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         try:
@@ -190,6 +192,64 @@ def run_inner(workdir: Path, fractions: list[float], specs: list[str], json_path
                   f"{result['train_s']} s, boxes {result['box_quality']}", flush=True)
 
 
+#: Candidate planned lengths (stage-1 epochs at the planned 10 iterations of 8 slices): the plan's 15, and two and
+#: three times it. The lr halves every 10 epochs whatever the length, so epoch E of a longer run is the end of an
+#: E-epoch run, and one long run's per-epoch validation curve scores every candidate.
+EPOCH_CANDIDATES = (15, 30, 45)
+#: A candidate length "converges" when its smoothed per-epoch inner Dice is within this of the curve's best.
+CONVERGED_WITHIN = 0.005
+
+
+def smoothed(curve: list[float], epoch: int, width: int = 3) -> float:
+    """Mean per-epoch validation Dice over epochs ``epoch - width + 1 .. epoch`` (1-based) of ``curve``."""
+    values = [v for v in curve[max(0, epoch - width):epoch] if v == v]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def choose_epochs(curve: list[float]) -> tuple[int | None, str]:
+    """The shortest of :data:`EPOCH_CANDIDATES` whose smoothed Dice is within :data:`CONVERGED_WITHIN` of the best
+    smoothed value of the curve (None when the curve is shorter than the longest candidate), and why."""
+    if len(curve) < max(EPOCH_CANDIDATES):
+        return None, f"the curve has {len(curve)} of {max(EPOCH_CANDIDATES)} epochs"
+    best = max(smoothed(curve, e) for e in range(3, len(curve) + 1))
+    for epochs in EPOCH_CANDIDATES:
+        value = smoothed(curve, epochs)
+        if value >= best - CONVERGED_WITHIN:
+            return epochs, (f"smoothed inner Dice {value:.4f} at epoch {epochs}, best {best:.4f} "
+                            f"(within {CONVERGED_WITHIN})")
+    return max(EPOCH_CANDIDATES), f"no candidate within {CONVERGED_WITHIN} of the best {best:.4f}"
+
+
+def inner_section(path: Path) -> list[str]:
+    """Markdown lines of the inner-split runs (where defaults are chosen): per run its final inner Dice, its
+    per-epoch inner Dice at every candidate length, and its box quality; then the chosen length."""
+    if not path.is_file():
+        return []
+    runs = json.loads(path.read_text())["runs"]
+    rows = []
+    for run in sorted(runs, key=lambda r: (r["fraction"], r["label"])):
+        curve = run.get("val_dice_per_epoch", [])
+        quality = run.get("box_quality")
+        boxes = (f"{100 * quality['centre_inside']:.1f} % / {quality['median_box_iou']:.3f}" if quality else "-")
+        rows.append([run["label"], str(run["fraction"]), f"{np.mean(list(run['dice'].values())):.4f}",
+                     *[f"{smoothed(curve, e):.4f}" if len(curve) >= e else "-" for e in EPOCH_CANDIDATES],
+                     boxes, str(run["train_s"]), str(run["n_labeled"])])
+    table = markdown_table(["run (inner fold 0)", "fraction", "final Dice (inner val cases)",
+                            *[f"epoch-{e} inner Dice (per-epoch subset, 3-epoch mean)" for e in EPOCH_CANDIDATES],
+                            "boxes: centre inside / median IoU", "train s", "labeled cases"], rows)
+    lines = ["", "## Inner split: where the defaults are chosen", "",
+             "Dataset 903 holds fold 0's 517 training cases only (`benchmarks/inner_split.py`); its own fold 0 splits "
+             "them 413/104, and its fractions label the first cases of its own permutation (0.1: 42 cases, 0.2: 83). "
+             "Nothing below reads a validation case of the outer fold 0. 'final Dice' is the run's final validation "
+             "on the 104 inner validation cases; the epoch columns are its per-epoch pseudo Dice on the fixed "
+             "64-sample validation subset, averaged over the three epochs ending there.", "", table]
+    for run in runs:
+        if run["trainer"] == "SAMBaseline" and run["label"].endswith(":epochs=45"):
+            chosen, why = choose_epochs(run.get("val_dice_per_epoch", []))
+            lines += ["", f"Length from `{run['label']}` at {run['fraction']}: {chosen} epochs ({why})."]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -258,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
              "lesion, IoU with the lesion's bounding box, share without a box); they explain rows, they choose "
              "nothing. The defaults are unchanged (saliency boxes): no default has been chosen on an inner split yet.",
              "", "Commands, in order: " + "; ".join(f"`{c}`" for c in COMMANDS)]
+    body += inner_section(args.inner_json)
     if gaps:
         body += ["", "gap to UNet@0.1 (fold 0): " + ", ".join(gaps)]
     write_markdown("stage1_busi", "Stage-1 SAM settings on BUSI against the U-Net", "\n".join(body))
