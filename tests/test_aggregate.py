@@ -484,9 +484,10 @@ def test_prompt_source_in_text_csv_json(sourced, tmp_path):
     write_outputs(table, tmp_path)
     with (tmp_path / "summary_table.csv").open() as handle:
         header = next(csv.reader(handle))
-    # each new column appended: older columns keep their place (the data-use columns came last)
-    assert header[-11:] == ["paired_note", "prompt_source", "baseline_fraction", "pixel_labeled", "pixel_label_share",
-                            "rated", "unlabeled_used", "p_holm", "complete", "missing_folds", "missing_fractions"]
+    # each new column appended: older columns keep their place (the box source came last)
+    assert header[-13:] == ["paired_note", "prompt_source", "baseline_fraction", "pixel_labeled", "pixel_label_share",
+                            "rated", "unlabeled_used", "p_holm", "complete", "missing_folds", "missing_fractions",
+                            "box_source", "box_source_training"]
     assert header[:9] == ["trainer", "oracle", "plans", "configuration", "configuration_base", "run_tag",
                           "fraction", "n_folds", "folds"]
     records = list(csv.DictReader((tmp_path / "summary_table.csv").open()))
@@ -503,7 +504,7 @@ def test_no_prompt_source_mark_without_sources(results, tmp_path):
     assert "[saliency" not in text and "saliency source" not in text
     write_outputs(table, tmp_path)
     records = list(csv.DictReader((tmp_path / "summary_table.csv").open()))
-    assert list(records[0])[-8] == "prompt_source" and {r["prompt_source"] for r in records} == {""}
+    assert list(records[0])[-10] == "prompt_source" and {r["prompt_source"] for r in records} == {""}
     data = json.loads((tmp_path / "summary_table.json").read_text())
     assert all("prompt_source" in r and r["prompt_source"] is None for r in data["rows"])
 
@@ -878,3 +879,81 @@ def test_cli_prints_data_use_columns(used, capsys):
     assert evaluate_main(["-d", "3"]) == 0
     out = capsys.readouterr().out
     assert "pixel labels" in out and "unlabeled used" in out and "8-9 (20-21%)" in out
+
+
+# ------------------------------------------------------------------------------------------------- box sources
+CASCADE_TRAINING = {"run": "UNet__samprefPlans__2d__f0.2/fold_0", "trainer": "UNet", "epochs": 50,
+                    "iterations_per_epoch": 250, "pixel_labeled": 8}
+
+
+def box_cfg(trainer, hyperparameters=None, box_source=None, training=None, **extra):
+    """A config.json of ``trainer`` (8 pixel-labeled cases) with ``data_use.box_source`` when given (a record written
+    before it when ``None``)."""
+    record = {**use_cfg(8, 0.2, 0, 0, 40), "trainer": trainer, **extra}
+    if hyperparameters is not None:
+        record["hyperparameters"] = hyperparameters
+    if box_source is not None:
+        record["data_use"] = {**record["data_use"], "box_source": box_source, "box_source_training": training}
+    return record
+
+
+BOXES = {  # folder trainer -> config.json; all at 2d f0.2 fold 0
+    "SAMBoxOnly": box_cfg("SAMBoxOnly", {"box_source": "run:UNet"}, "cascade:UNet", CASCADE_TRAINING),
+    "SAMNoVQA": box_cfg("SAMNoVQA", {"box_source": "run:UNet"},  # an older cascade record: its run, no length
+                        cascade_run="/r/Dataset003_BUSI/UNet__samprefPlans__2d__f0.2/fold_0"),
+    "SAMSelfPrompt": box_cfg("SAMSelfPrompt", {}),                 # older record: the trainer says "learned"
+    "SAMBaseline": box_cfg("SAMBaseline", {"saliency": "dark-basin", "box_source": "saliency"}, "saliency"),
+    "SAMTextOnly": box_cfg("SAMTextOnly", {"saliency": "dark-basin", "box_source": "saliency"}),  # no box
+    "UNet": box_cfg("UNet", {"lr": 0.01}),
+}
+
+
+def test_read_box_source_of_new_and_old_records():
+    uses = {name: read_data_use(record) for name, record in BOXES.items()}
+    assert uses["SAMBoxOnly"] == DataUse(8, 0.2, 0, 0, "cascade:UNet", CASCADE_TRAINING)
+    assert uses["SAMNoVQA"].box_source == "cascade:UNet"
+    assert uses["SAMNoVQA"].box_source_training["run"] == "UNet__samprefPlans__2d__f0.2/fold_0"
+    assert uses["SAMNoVQA"].box_source_training["epochs"] is None
+    assert (uses["SAMSelfPrompt"].box_source, uses["SAMBaseline"].box_source) == ("learned", "saliency")
+    assert uses["SAMTextOnly"].box_source is None and uses["UNet"] == DataUse(8, 0.2, 0, 0)
+    assert read_data_use({"data_use": {"box_source": "oracle"}}).box_source is None  # unknown values are unknown
+
+
+def test_box_source_column_says_the_learned_sources_spend_no_extra_label(sampref_roots, tmp_path):
+    root = sampref_roots["results"]
+    for trainer, record in BOXES.items():
+        write_fold(root, trainer, "2d", "0.2", 0, [0.5] * 5, [0.5] * 5, config=record)
+    table = build_table(scan_runs(DATASET))
+    lines = format_table(table).splitlines()
+    head = re.split(r"\s{2,}", lines[1].strip())
+    assert head[4:8] == ["pixel labels", "ratings", "unlabeled used", "box prompts"]
+    cells = {line.split()[0]: re.split(r"\s{2,}", line.strip())[7] for line in lines[2:2 + len(table.rows)]}
+    assert cells == {"SAMBaseline": "saliency", "SAMBoxOnly": "cascade:UNet (+UNet 50x250)",
+                     "SAMNoVQA": "cascade:UNet", "SAMSelfPrompt": "learned", "SAMTextOnly": "-", "UNet": "-"}
+    assert any("neither learned source uses a label beyond the pixel labels column" in line for line in lines)
+
+    write_outputs(table, tmp_path)
+    rows = list(csv.reader((tmp_path / "summary_table.csv").open()))
+    assert rows[0][-2:] == ["box_source", "box_source_training"]
+    by_trainer = {r[0]: r for r in rows[1:]}
+    assert by_trainer["SAMBoxOnly"][-2:] == ["cascade:UNet (+UNet 50x250)",
+                                             "UNet__samprefPlans__2d__f0.2/fold_0 (50 epochs x 250 iterations)"]
+    assert by_trainer["SAMNoVQA"][-1] == "UNet__samprefPlans__2d__f0.2/fold_0 (? epochs x ? iterations)"
+    assert by_trainer["UNet"][-2:] == ["", ""]
+    data = {r["trainer"]: r for r in json.loads((tmp_path / "summary_table.json").read_text())["rows"]}
+    assert data["SAMBoxOnly"]["box_source"] == ["cascade:UNet"]
+    assert data["SAMBoxOnly"]["box_source_training"] == [CASCADE_TRAINING]
+    assert set(data["SAMBoxOnly"]["data_use"]) == {"pixel_labeled", "pixel_label_share", "rated", "unlabeled_used"}
+    assert "| Box prompts |" in (tmp_path / "summary_table.md").read_text()
+
+
+def test_a_table_without_learned_boxes_keeps_its_columns(sampref_roots, tmp_path):
+    root = sampref_roots["results"]
+    for trainer in ("SAMBaseline", "UNet"):
+        write_fold(root, trainer, "2d", "0.2", 0, [0.5] * 5, [0.5] * 5, config=BOXES[trainer])
+    table = build_table(scan_runs(DATASET))
+    text = format_table(table)
+    assert "box prompts" not in text
+    assert re.split(r"\s{2,}", text.splitlines()[1].strip())[4:7] == ["pixel labels", "ratings", "unlabeled used"]
+    write_outputs(table, tmp_path)
+    assert "Box prompts" not in (tmp_path / "summary_table.md").read_text()

@@ -26,6 +26,16 @@ labels and ratings come from ``cases``, the unlabeled images it used are unknown
 ``lo-hi`` when folds differ, empty when unknown); the JSON gives each row ``data_use``, one value per fold (in
 ``folds`` order, ``null`` when unknown).
 
+Where a box came from is data use too (:func:`~sampref_bench.evaluation.data_use.read_box_source`): when some row's
+SAM box and point came from a learned source, ``learned`` (a head trained with SAM on the run's pixel-labeled cases)
+or ``cascade:UNet`` (a finished UNet run of the same fold and fraction, trained on the same pixel-labeled cases), the
+text and paper tables add a ``box prompts`` column after ``unlabeled used`` (``saliency`` for the unsupervised
+source, ``cascade:UNet (+UNet 50x250)`` with the cascade's extra UNet training in epochs x iterations per epoch,
+``-`` for a row without box prompts) and a note saying that neither learned source uses a label beyond the pixel
+labels column. A table without a learned source keeps its columns. The CSV always appends ``box_source`` and
+``box_source_training`` after every older column; the JSON gives each row ``box_source`` and
+``box_source_training``, one value per fold.
+
 With a baseline, the p-values are also given Holm-adjusted over every defined p-value of the table (NaN ones stay
 NaN, outside the family): the text's ``p Holm`` column after ``p``, the CSV's ``p_holm`` (appended after the data
 use), the JSON's ``paired.p_holm`` and top-level ``paired_correction``.
@@ -45,7 +55,12 @@ from pathlib import Path
 from typing import Any
 
 from sampref_bench.evaluation.aggregate import PAPER_METRICS, ResultTable, TableRow
-from sampref_bench.evaluation.data_use import DATA_USE_FIELDS, data_use_range
+from sampref_bench.evaluation.data_use import (
+    DATA_USE_FIELDS,
+    box_sources_text,
+    data_use_range,
+    shows_box_sources,
+)
 from sampref_bench.evaluation.grid import GridCheck, check_grid, grid_notes
 from sampref_bench.evaluation.paper_tables import PaperTable, to_latex, to_markdown
 from sampref_bench.evaluation.plots import Box, Point, plot_boxplots, plot_vs_fraction
@@ -72,6 +87,13 @@ DATA_USE_HEAD = ["pixel labels", "ratings", "unlabeled used"]
 DATA_USE_NOTE = ("pixel labels (share of the fold's training cases), ratings, unlabeled used: per fold, as each run's "
                  "config.json records them, the pixel-labeled cases, the rated cases and the images trained on "
                  "without labels or ratings; a-b: the folds differ")
+#: The text table's box-source column (after the data use), shown when some row's boxes came from a learned source.
+BOX_SOURCE_HEAD = "box prompts"
+BOX_SOURCE_NOTE = ("box prompts: where SAM's box and point came from (config.json data_use.box_source): saliency "
+                   "(unsupervised, reads no label); learned (a coarse-mask head trained with SAM on the run's "
+                   "pixel-labeled cases); cascade:UNet (the finished UNet run of the same fold and fraction, trained "
+                   "on the same pixel-labeled cases; +UNet ExI: the extra training it costs, epochs x iterations per "
+                   "epoch); neither learned source uses a label beyond the pixel labels column; -: no box prompt")
 UNKNOWN_USE_NOTE = ("?: not recorded in some fold's config.json (a run written before config.json had data_use "
                     "does not say how many unlabeled images it used; an older one nothing at all)")
 
@@ -92,6 +114,15 @@ def data_use_cells(row: TableRow) -> list[str]:
     pixel = _span_text(labeled) + (f" ({_span_text(share, percent=True)})" if labeled and share else "")
     return [pixel, _span_text(data_use_range(row.data_use, "rated")),
             _span_text(data_use_range(row.data_use, "unlabeled_used"))]
+
+
+def box_source_cell(row: TableRow) -> str:
+    """The tables' box-source cell of ``row`` (see :data:`BOX_SOURCE_HEAD`): ``-`` when no fold records one."""
+    return box_sources_text(row.data_use) or "-"
+
+
+def _shows_box_sources(table: ResultTable) -> bool:
+    return shows_box_sources(row.data_use for row in table.rows)
 
 
 def _csv_span(span: tuple[float, float] | None) -> Any:
@@ -132,7 +163,7 @@ def format_table(table: ResultTable, grid: GridCheck | None = None) -> str:
     :func:`~sampref_bench.evaluation.grid.check_grid`), unfinished and skipped folders."""
     grid = grid if grid is not None else check_grid(table)
     head = ["trainer", *(["plans"] if _show_plans(table) else []), "configuration", "fraction", "folds"]
-    head += DATA_USE_HEAD
+    head += DATA_USE_HEAD + ([BOX_SOURCE_HEAD] if _shows_box_sources(table) else [])
     head += table.columns
     if table.baseline:
         head += [f"diff vs {table.baseline_name}", "pairs", "p", "p Holm"]
@@ -141,6 +172,7 @@ def format_table(table: ResultTable, grid: GridCheck | None = None) -> str:
     for row in table.rows:
         cells = [_trainer_cell(row), *([row.key.plans] if _show_plans(table) else []), row.key.configuration,
                  row.key.fraction, str(len(row.folds)), *data_use_cells(row)]
+        cells += [box_source_cell(row)] if _shows_box_sources(table) else []
         cells += [f"{_num(row.values[c].mean):>6} ± {_num(row.values[c].std):<6}" for c in table.columns]
         if table.baseline:
             p = row.paired
@@ -163,6 +195,8 @@ def _notes(table: ResultTable, grid: GridCheck) -> list[str]:
     if any(row.prompt_source is not None for row in table.rows):
         notes.append(PROMPT_SOURCE_NOTE)
     notes.append(DATA_USE_NOTE)
+    if _shows_box_sources(table):
+        notes.append(BOX_SOURCE_NOTE)
     if any("?" in cell for row in table.rows for cell in data_use_cells(row)):
         notes.append(UNKNOWN_USE_NOTE)
     if table.baseline:
@@ -193,6 +227,8 @@ def _row_record(table: ResultTable, row: TableRow, grid: GridCheck) -> dict[str,
                                          for c in table.columns},
                               "data_use": {name: [getattr(use, name) for use in row.data_use]
                                            for name in DATA_USE_FIELDS},
+                              "box_source": [use.box_source for use in row.data_use],
+                              "box_source_training": [use.box_source_training for use in row.data_use],
                               "fold_values": row.fold_values,
                               "metrics": {m: {"mean": s.mean, "std": s.std} for m, s in row.metrics.items()},
                               "complete": grid.of(row).complete, "missing_folds": list(grid.of(row).missing_folds),
@@ -213,8 +249,10 @@ def table_to_json(table: ResultTable, grid: GridCheck | None = None) -> dict[str
     a list with one value per fold in ``folds`` order, ``null`` where that fold's config.json does not say).
     ``baseline`` is the baseline trainer, ``baseline_fraction`` the fraction every row is compared at (``null``:
     each row at its own); a row's ``paired.baseline_fraction`` is the fraction of the baseline run that row is
-    compared with. ``paired.p_holm`` is the Holm-adjusted p-value. Each row has ``fold_values`` (the summary
-    column's value per fold), ``metrics`` (mean and std of Dice, IoU, HD95 where present), ``complete``,
+    compared with. ``paired.p_holm`` is the Holm-adjusted p-value. ``box_source`` and ``box_source_training`` give
+    each fold's box source and a cascade's UNet training (``null`` where unknown or without box prompts). Each row
+    has ``fold_values`` (the summary column's value per fold), ``metrics`` (mean and std of Dice, IoU, HD95 where
+    present), ``complete``,
     ``missing_folds`` and ``missing_fractions``; ``grid`` is the plan they are checked against (default
     :func:`~sampref_bench.evaluation.grid.check_grid`) and its notes."""
     grid = grid if grid is not None else check_grid(table)
@@ -240,9 +278,11 @@ def table_to_csv(table: ResultTable, grid: GridCheck | None = None) -> str:
     appended after it for the same reason, and last the data use (:data:`~sampref_bench.evaluation.aggregate.
     DATA_USE_FIELDS`: ``pixel_labeled``, ``pixel_label_share``, ``rated``, ``unlabeled_used``; the folds' common
     value, ``lo-hi`` when they differ, empty when some fold's config.json does not say), then with a baseline
-    ``p_holm`` (the Holm-adjusted p-value), and last ``complete`` (``true``/``false``), ``missing_folds`` and
+    ``p_holm`` (the Holm-adjusted p-value), then ``complete`` (``true``/``false``), ``missing_folds`` and
     ``missing_fractions`` (``;``-separated) against ``grid`` (default
-    :func:`~sampref_bench.evaluation.grid.check_grid`)."""
+    :func:`~sampref_bench.evaluation.grid.check_grid`), and last, appended after those, ``box_source`` (the row's
+    box source as the text table shows it, empty when no fold records one) and ``box_source_training`` (a cascade's
+    UNet run and its epochs x iterations, see :func:`_csv_training`)."""
     grid = grid if grid is not None else check_grid(table)
     head = ["trainer", "oracle", "plans", "configuration", "configuration_base", "run_tag", "fraction", "n_folds",
             "folds"]
@@ -254,6 +294,7 @@ def table_to_csv(table: ResultTable, grid: GridCheck | None = None) -> str:
         head.append("baseline_fraction")
     head += list(DATA_USE_FIELDS)
     head += (["p_holm"] if table.baseline else []) + ["complete", "missing_folds", "missing_fractions"]
+    head += ["box_source", "box_source_training"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(head)
@@ -276,8 +317,23 @@ def table_to_csv(table: ResultTable, grid: GridCheck | None = None) -> str:
         state = grid.of(row)
         cells += ["true" if state.complete else "false", ";".join(map(str, state.missing_folds)),
                   ";".join(state.missing_fractions)]
+        cells += [box_sources_text(row.data_use) or "", _csv_training(row)]
         writer.writerow(cells)
     return buffer.getvalue()
+
+
+def _csv_training(row: TableRow) -> str:
+    """The CSV's ``box_source_training`` cell: each distinct cascade run of the row's folds, ``RUN (E epochs x I
+    iterations)`` (``?`` where its record does not say), ``;``-separated; empty without a cascade."""
+    runs = []
+    for use in row.data_use:
+        training = use.box_source_training
+        if training is None:
+            continue
+        length = [training.get("epochs"), training.get("iterations_per_epoch")]
+        shown = [str(v) if isinstance(v, int) else "?" for v in length]
+        runs.append(f"{training.get('run')} ({shown[0]} epochs x {shown[1]} iterations)")
+    return ";".join(dict.fromkeys(runs))
 
 
 def _mean_std(stat: FoldStat | None, spec: str) -> str:
@@ -305,7 +361,8 @@ def paper_table(table: ResultTable, grid: GridCheck | None = None) -> PaperTable
     grid = grid if grid is not None else check_grid(table)
     metrics, column, n_planned = paper_metrics(table), table.columns[-1], len(grid.plan.folds)
     head = ["Trainer", *(["Plans"] if _show_plans(table) else []), "Configuration", "Fraction", "Folds",
-            "Pixel labels", "Ratings", "Unlabeled used", *metrics]
+            "Pixel labels", "Ratings", "Unlabeled used", *(["Box prompts"] if _shows_box_sources(table) else []),
+            *metrics]
     if table.baseline:
         head += [f"Δ{table.metric} vs {table.baseline_name}", "p", "p (Holm)"]
     head.append("Complete")
@@ -313,7 +370,7 @@ def paper_table(table: ResultTable, grid: GridCheck | None = None) -> PaperTable
     for row in table.rows:
         cells = [_trainer_cell(row), *([row.key.plans] if _show_plans(table) else []), row.key.configuration,
                  row.key.fraction, f"{len(row.folds)}/{n_planned}" if n_planned else str(len(row.folds)),
-                 *data_use_cells(row)]
+                 *data_use_cells(row), *([box_source_cell(row)] if _shows_box_sources(table) else [])]
         cells += [_mean_std(row.values[column] if m == table.metric else row.metrics.get(m),
                             ".2f" if m == "HD95" else ".4f") for m in metrics]
         if table.baseline:

@@ -67,3 +67,8 @@ class SAMSelfPrompt(LearnedPrompts, SAMTrainer):
     def train_step(self, batch: tuple[int, list[Sample]]) -> dict[str, float]:
         """One step of head and decoder (:meth:`~.learned_prompts.LearnedPrompts.learned_train_step`)."""
         return self.learned_train_step(batch)
+
+    def data_use(self) -> dict[str, Any]:
+        """As every trainer's, plus ``box_source="learned"``: the head trains with SAM on the run's pixel-labeled
+        cases, so its boxes spend no label beyond them (and no extra run)."""
+        return {**super().data_use(), "box_source": "learned"}
