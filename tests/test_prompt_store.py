@@ -49,7 +49,8 @@ def test_store_writes_typed_prompts_and_reuses_them_across_replanning():
     store, cases = dataset_prompt_store("3")
     assert isinstance(store, PromptStore)
     assert len(cases) == 100 and cases == sorted(cases) and len(set(cases)) == 100
-    assert store.settings == store.data.plans["prompts"]
+    # the plan's settings, and the unplanned component choice resolved from its one label (today's behaviour)
+    assert store.settings == {**store.data.plans["prompts"], "component_choice": "saliency"}
     assert store.settings["points"] == 1 and store.settings["saliency"] == "dark-basin"  # ultrasound default
     assert store.target_text == {1: "breast tumor"}
 
@@ -242,6 +243,7 @@ PLAN = {"dataset_name": "Dataset003_BUSI", "prompts": copy.deepcopy(DEFAULT_PROM
     ({"crf": {}}, "unknown prompt setting"),
     ({"saliency": "spectral-residual"}, "unknown saliency source"),
     ({"saliency": "Dark-Basin"}, "unknown saliency source"),
+    ({"component_choice": "largest"}, "unknown component_choice"),
 ])
 def test_resolve_prompt_settings_rejects_unknown_names(overrides, message):
     with pytest.raises(SamprefError, match=message):
@@ -257,9 +259,21 @@ def test_resolve_prompt_settings_rejects_unknown_names(overrides, message):
 ])
 def test_resolve_prompt_settings_applies_overrides_and_none_keeps_the_plan(overrides, changed):
     settings = resolve_prompt_settings(PLAN, overrides)
-    assert settings == {**DEFAULT_PROMPTS, **changed}
+    assert settings == {**DEFAULT_PROMPTS, "component_choice": "saliency", **changed}
     settings["crf"]["threshold"] = 0.9  # a copy: the plan is not changed through it
     assert PLAN["prompts"]["crf"]["threshold"] == DEFAULT_PROMPTS["crf"]["threshold"] == 0.2
+
+
+@pytest.mark.parametrize(("labels", "override", "expected"), [
+    ({"background": 0, "lesion": 1}, None, "saliency"),                       # one label: today's prompts
+    ({"background": 0, "left_lung": 1, "right_lung": 2}, None, "label_prior"),
+    ({"background": 0, "left_lung": 1, "right_lung": 2}, "saliency", "saliency"),
+    ({"background": 0, "lesion": 1}, "label_prior", "label_prior"),
+])
+def test_component_choice_follows_the_number_of_labels_unless_set(labels, override, expected):
+    settings = resolve_prompt_settings({**PLAN, "labels": labels}, {"component_choice": override})
+    assert settings["component_choice"] == expected
+    assert "component_choice" not in DEFAULT_PROMPTS  # not planned: no plan or cache key changes
 
 
 def test_resolve_prompt_settings_of_an_old_plan_asks_for_replanning():

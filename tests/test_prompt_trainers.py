@@ -43,7 +43,9 @@ def test_each_trainer_gets_its_prompts_from_the_cache(name):
     assert set(prompts) == {key for key, used in expected.items() if used}
     if box:
         assert prompts["boxes"].shape == (4, 4)
-        visual = trainer.prompts.visual(samples[1].case, samples[1].slice, samples[1].label)
+        # two labels: each label's component is chosen by the labeled cases' location prior
+        assert trainer.config["component_choice"] == "label_prior" and trainer.label_prior is not None
+        visual = trainer.prompts.visual(samples[1].case, samples[1].slice, samples[1].label, trainer.label_prior)
         np.testing.assert_array_equal(prompts["boxes"][1].numpy(), visual.box)
     if n_points:
         coords, labels = prompts["points"]

@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from sampref_bench.evaluation.aggregate import build_table
+from sampref_bench.evaluation.data_use import box_sources_text
+from sampref_bench.evaluation.run_scan import scan_runs
+from sampref_bench.evaluation.table_output import format_table
 from sampref_bench.planners.data import inference_samples
 from sampref_bench.trainers.registry import get_trainer, load_trained_run
 from sampref_bench.trainers.sam.self_prompt import ABSENT_LOGIT, prompts_from_coarse
@@ -155,7 +159,23 @@ def test_cascade_boxes_are_the_unet_masks_boxes(sampref_roots) -> None:
     trainer = get_trainer("SAMBoxOnly")(dataset, 0, 0.5, overrides={**FAST, **LEARN, "box_source": "run:UNet",
                                                                     "head_points": False}, progress=False)
     out = trainer.run_training()
-    assert json.loads((out / "config.json").read_text())["cascade_run"] == str(unet.output_dir)
+    record = json.loads((out / "config.json").read_text())
+    assert record["cascade_run"] == str(unet.output_dir)
+    # budget-honest: the boxes come from a UNet run trained on the same pixel-labeled cases, and the record says
+    # so, with the extra training that run cost
+    unet_use = json.loads((unet.output_dir / "config.json").read_text())["data_use"]
+    assert record["data_use"]["pixel_labeled"] == unet_use["pixel_labeled"] == len(trainer.roles.labeled)
+    assert record["data_use"]["box_source"] == "cascade:UNet"
+    assert record["data_use"]["box_source_training"] == {
+        "run": f"{unet.output_dir.parent.name}/fold_0", "trainer": "UNet", "epochs": 1, "iterations_per_epoch": 2,
+        "pixel_labeled": len(trainer.roles.labeled)}
+    assert record["hyperparameters"]["component_choice"] == "saliency"  # no saliency region read: no choice
+    table = build_table(scan_runs(trainer.dataset_name))
+    text = format_table(table)
+    assert "box prompts" in text.splitlines()[1] and "cascade:UNet (+UNet 1x2)" in text
+    assert "neither learned source uses a label beyond the pixel labels column" in text
+    sources = {r.key.trainer: box_sources_text(r.data_use) for r in table.rows}
+    assert sources == {"SAMBoxOnly": "cascade:UNet (+UNet 1x2)", "UNet": None}
     case = trainer.roles.val[0]
     samples = inference_samples(trainer.data, case, trainer.labels)
     winner = unet.predict_slices(case, [s.slice for s in samples]).argmax(axis=0)  # (N, S, S)

@@ -20,7 +20,9 @@ examples:
 Prompts come from the image and each label's target_text (dataset.json), never from a label, so every case is
 prompted, labeled or not. Sources:
   saliency  a saliency map (weights-free dark-basin depth by default; BiomedCLIP + gScoreCAM with weights),
-            refined by a dense CRF; its largest component gives the box and interior points
+            refined by a dense CRF; its largest component gives the box and interior points (with 2+ labels a
+            training run picks each label's own component by its labeled cases, component_choice=label_prior;
+            the candidate components are cached here, the report scores the largest)
   vqa       answers about the target's side, quadrant, size, shape and number of regions (from the saliency
             mask, or MedVInT with --vqa medvint and its weights)
   llm       a generic description of each target from an OpenAI-compatible endpoint (OPENAI_API_KEY,

@@ -15,6 +15,11 @@ report to choose settings from: that fold's validation cases stay unseen) or eve
 (``prompt_quality.json``, which includes every fold's validation cases and serves as a description, not for
 choosing). Both are written into the visual prompts' folder, with overlay PNGs (image, saliency, CRF mask,
 boxes) of a few scored cases (``overlays/`` or ``overlays_fold{K}/``).
+
+``prior``: a run's :class:`~sampref_bench.prompts.label_prior.LabelPrior` scores the prompts that run gives SAM
+with ``component_choice="label_prior"`` (each label's own component) instead of the cached largest component; the
+report records the prior's digest (``label_prior``). Such a prior comes from a run's labeled cases: score it on
+cases outside them (its fold's validation cases) to see how it does on new images.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sampref_bench.planners.data import LabelStore, Sample
+from sampref_bench.prompts.label_prior import LabelPrior
 from sampref_bench.prompts.regions import mask_box
 from sampref_bench.prompts.store import PromptStore, VisualPrompt
 from sampref_bench.utilities.atomic import write_bytes_atomic, write_json_atomic
@@ -55,6 +61,13 @@ def score_prompt(prompt: VisualPrompt, target: np.ndarray) -> dict[str, float]:
             "saliency_empty": float(prompt.empty)}
 
 
+def _visual(store: PromptStore, sample: Sample, prior: LabelPrior | None) -> VisualPrompt:
+    """The visual prompt of ``sample`` (the label's chosen component with a ``prior``, else the cached one)."""
+    if prior is None:
+        return store.visual(sample.case, sample.slice, sample.label)
+    return store.visual(sample.case, sample.slice, sample.label, prior)
+
+
 def _summary(rows: list[dict[str, float]]) -> dict[str, Any]:
     if not rows:
         return {"pairs": 0}
@@ -67,22 +80,25 @@ def _summary(rows: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def prompt_quality(store: PromptStore, labels: LabelStore, cases: Iterable[str], label_values: list[int],
-                   progress: bool = True) -> dict[str, Any]:
-    """Score the prompts of every (slice, label) pair of ``cases`` where the label is present.
+                   progress: bool = True, prior: LabelPrior | None = None) -> dict[str, Any]:
+    """Score the prompts of every (slice, label) pair of ``cases`` where the label is present (with ``prior``, the
+    per-label components it chooses, see the module docstring).
 
-    Returns ``{"settings", "folder", "pooled": {...}, "per_label": {name: {...}}, "cases": {case: [rows]}}``.
+    Returns ``{"settings", "folder", "label_prior", "pooled": {...}, "per_label": {name: {...}}, "cases": {case:
+    [rows]}}`` (``label_prior``: the prior's digest, ``None`` without one).
     """
     samples = [Sample(case, k, v) for case in cases for k, present in enumerate(labels.labels_per_slice(case))
                for v in label_values if v in present]
     rows: dict[int, list[dict[str, float]]] = {v: [] for v in label_values}
     per_case: dict[str, list[dict[str, Any]]] = {}
     for s in tqdm(samples, desc="prompt quality", unit="pair", disable=not progress or not samples):
-        row = score_prompt(store.visual(s.case, s.slice, s.label), labels.mask(s))
+        row = score_prompt(_visual(store, s, prior), labels.mask(s))
         rows[s.label].append(row)
         per_case.setdefault(s.case, []).append({"slice": s.slice, "label": s.label, **row})
     pooled = [r for values in rows.values() for r in values]
     return {"saliency": store.settings["saliency"], "settings": store.saliency_source.settings(),
-            "folder": str(store.visual_folder), "pooled": _summary(pooled),
+            "folder": str(store.visual_folder), "label_prior": None if prior is None else prior.digest(),
+            "pooled": _summary(pooled),
             "per_label": {store.label_names[v]: _summary(rows[v]) for v in label_values}, "cases": per_case}
 
 
@@ -107,9 +123,11 @@ def summary_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_overlays(store: PromptStore, labels: LabelStore, samples: list[Sample], folder: Path) -> list[Path]:
-    """One PNG per sample: the image, the saliency, the CRF mask, and the image with the prompt box (red),
-    its points (yellow) and the ground-truth box (green)."""
+def write_overlays(store: PromptStore, labels: LabelStore, samples: list[Sample], folder: Path,
+                   prior: LabelPrior | None = None) -> list[Path]:
+    """One PNG per sample: the image, the saliency, the CRF mask (the component the prompt came from), and the image
+    with the prompt box (red), its points (yellow) and the ground-truth box (green); ``prior`` as in
+    :func:`prompt_quality`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +137,7 @@ def write_overlays(store: PromptStore, labels: LabelStore, samples: list[Sample]
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for s in samples:
-        prompt = store.visual(s.case, s.slice, s.label)
+        prompt = _visual(store, s, prior)
         image = store.data.rgb(s.case, [s.slice])[0].transpose(1, 2, 0)
         truth = mask_box(labels.mask(s))
         fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))

@@ -1,8 +1,10 @@
-"""From a saliency map to SAM prompts: dense-CRF mask, largest connected component, box and interior points.
+"""From a saliency map to SAM prompts: dense-CRF mask, its connected components, box and interior points.
 
 The MedCLIP-SAM recipe (Koleilat et al., MICCAI 2024): the saliency map is the foreground probability of a
 fully connected CRF (Kraehenbuehl & Koltun, NeurIPS 2011; ``pydensecrf``) with a Gaussian smoothness kernel
-and a bilateral appearance kernel; the CRF's largest connected foreground component gives the box.
+and a bilateral appearance kernel; the CRF's largest connected foreground component gives the box. All of its
+components (:func:`connected_components`) are the candidates a per-label location prior chooses among
+(:mod:`.label_prior`).
 Coordinates are ``x, y`` in pixels of the preprocessed slice (SAM's convention); boxes are
 ``x0, y0, x1, y1`` with the last foreground pixel inclusive, as torchvision's ``masks_to_boxes``.
 """
@@ -43,9 +45,16 @@ def crf_mask(image_u8: np.ndarray, saliency: np.ndarray, settings: dict[str, Any
     return q[1] > q[0]
 
 
+def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The 8-connected components of a ``(H, W)`` bool mask: an ``(H, W)`` int32 map (0 background, components
+    ``1..n`` numbered in raster order of their first pixel) and ``n``."""
+    labels, n = ndi.label(np.asarray(mask, bool), structure=np.ones((3, 3), bool))
+    return labels.astype(np.int32, copy=False), int(n)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected component of a ``(H, W)`` bool mask (ties: the first in raster order)."""
-    labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    labels, n = connected_components(mask)
     if n == 0:
         return np.zeros(mask.shape, bool)
     sizes = np.bincount(labels.ravel())[1:]

@@ -1,14 +1,24 @@
 """Planned prompt settings: which saliency source, CRF, points, VQA and text encoder a dataset's prompts use.
 
 ``plans.json`` holds them under ``"prompts"`` (with a reason, like every planned value); a trainer may override
-any of them by name (``--set saliency=biomedclip``). Every value here is part of the key of the cache that holds
-its results (:mod:`sampref_bench.prompts.store`), so changing one never reads a stale prompt.
+any of them by name (``--set saliency=biomedclip``). Every planned value here is part of the key of the cache that
+holds its results (:mod:`sampref_bench.prompts.store`), so changing one never reads a stale prompt.
+
+``component_choice`` is the exception, on purpose: it is not planned and not in any cache key. It says how a label's
+region is picked among the CRF mask's components, the largest (``"saliency"``, every label of a slice the same) or
+the best match of a location prior learned from the run's labeled cases (``"label_prior"``,
+:mod:`sampref_bench.prompts.label_prior`). The components are cached label-free and the choice is made at run time,
+so the cache is shared by both. Left unset it is resolved from the plan's labels (:func:`default_component_choice`):
+``"label_prior"`` with two or more foreground labels, ``"saliency"`` (the behaviour from before the setting existed)
+with one, so a single-label dataset such as BUSI keeps its prompts.
 """
 
 from __future__ import annotations
 
 import copy
 from typing import Any
+
+from sampref_bench.prompts.label_prior import COMPONENT_CHOICES
 
 #: Saliency sources by name: the weights-free default and the text-driven BiomedCLIP + gScoreCAM source.
 SALIENCY_SOURCES = ("dark-basin", "bright-dome", "basin-dome", "biomedclip")
@@ -61,11 +71,19 @@ def default_prompt_settings(modality: str) -> tuple[dict[str, Any], str]:
 
 #: Prompt settings a trainer or ``sampref_prompts`` may override by name.
 OVERRIDABLE = ("saliency", "gscorecam_topk", "gscorecam_layer", "points", "vqa", "llm_model", "llm_base_url",
-               "text_encoder")
+               "text_encoder", "component_choice")
+
+
+def default_component_choice(plans: dict[str, Any]) -> str:
+    """``"label_prior"`` for a plan with two or more foreground labels, else ``"saliency"`` (one label: the largest
+    component, as before ``component_choice`` existed)."""
+    foreground = [v for v in (plans.get("labels") or {}).values() if int(v) != 0]
+    return "label_prior" if len(foreground) >= 2 else "saliency"
 
 
 def resolve_prompt_settings(plans: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The plan's ``prompts`` settings with ``overrides`` (``None`` values keep the plan's)."""
+    """The plan's ``prompts`` settings with ``overrides`` (``None`` values keep the plan's); ``component_choice``,
+    when neither planned nor overridden, is :func:`default_component_choice` of the plan's labels."""
     from sampref_bench.utilities.errors import SamprefError
 
     planned = plans.get("prompts")
@@ -78,4 +96,10 @@ def resolve_prompt_settings(plans: dict[str, Any], overrides: dict[str, Any] | N
     if (overrides or {}).get("saliency") not in (None, *SALIENCY_SOURCES):
         raise SamprefError(f"unknown saliency source {overrides['saliency']!r}; choose one of "
                            f"{', '.join(SALIENCY_SOURCES)}")
-    return {**copy.deepcopy(planned), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    if (overrides or {}).get("component_choice") not in (None, *COMPONENT_CHOICES):
+        raise SamprefError(f"unknown component_choice {overrides['component_choice']!r}; choose one of "
+                           f"{', '.join(COMPONENT_CHOICES)}")
+    settings = {**copy.deepcopy(planned), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    if settings.get("component_choice") is None:
+        settings["component_choice"] = default_component_choice(plans)
+    return settings

@@ -10,17 +10,38 @@ Which saliency source made the prompts is a hyperparameter (``saliency``; the pl
 in ``config.json`` and in the results tables. Every (slice, label) pair of the training slices is trained,
 including pairs where the label is absent: at inference the prompts cannot know that, so the decoder learns
 to answer "nothing here" inside a misplaced box.
+
+Which CRF component becomes a label's region is ``component_choice``: ``"saliency"`` (the largest, the same for
+every label of a slice) or ``"label_prior"`` (each label's best match to where it lies in the run's labeled cases,
+:mod:`sampref_bench.prompts.label_prior`); unset, ``"label_prior"`` with two or more foreground labels and
+``"saliency"`` with one. The prior is learned in :meth:`SAMPromptTrainer.build_data` from the labels of
+``roles.labeled`` only, kept in the checkpoint (a finished run predicts without a label) and summarised in
+``config.json`` (``label_prior``: its digest, slices per label, centroids). The weights-free VQA text then describes
+the chosen component too. Identity: the run tag measures ``component_choice`` against ``"saliency"``, the behaviour
+of every run from before the setting, so a single-label run keeps its folder, a multi-label run with per-label
+regions is tagged ``component_choicelabel_prior`` and an untagged folder always holds shared-region prompts. A
+trainer that reads no saliency region (``SAMTextOnly``, ``box_source=learned`` or ``run:UNet`` without mask-VQA
+text) records ``"saliency"``: the setting changes nothing there.
 """
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from sampref_bench.evaluation.data_use import BOX_SOURCE_NAMES
 from sampref_bench.models.text_prompt import TextPromptProjection
 from sampref_bench.planners.data import Sample, inference_samples
+from sampref_bench.prompts.label_prior import (
+    COMPONENT_CHOICES,
+    LEGACY_COMPONENT_CHOICE,
+    LabelPrior,
+    learn_label_prior,
+)
 from sampref_bench.prompts.settings import OVERRIDABLE, SALIENCY_SOURCES, resolve_prompt_settings
 from sampref_bench.prompts.store import PromptStore
 from sampref_bench.prompts.text_encoder import TEXT_ENCODERS, build_text_encoder
@@ -80,6 +101,10 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
         "clip_path": Option("path", none="no BiomedCLIP weights", help="local BiomedCLIP weights (saliency, text)"),
         "medvint_path": Option("path", none="no MedVInT weights", help="local MedVInT weights (vqa=medvint)"),
         "box_source": Option("str", choices=BOX_SOURCES, help="box and points from the saliency or a learned head"),
+        "component_choice": Option("str", choices=COMPONENT_CHOICES,
+                                   none="label_prior with 2+ foreground labels, else saliency",
+                                   help="a label's saliency region: the largest CRF component or its labeled-case "
+                                   "location prior's best match"),
         **LEARNED_OPTIONS,
     }
 
@@ -111,7 +136,40 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
                                "uses neither (it prompts with text only); use SAMBaseline, SAMNoVQA or SAMBoxOnly, or "
                                "SAMSelfPrompt")
         settings = resolve_prompt_settings(self.plans, {k: config[k] for k in PROMPT_KEYS})
-        return {**config, **{k: settings[k] for k in PROMPT_KEYS}}
+        config = {**config, **{k: settings[k] for k in PROMPT_KEYS}}
+        if not self.reads_saliency_regions(config):
+            config["component_choice"] = LEGACY_COMPONENT_CHOICE  # no saliency region is read: nothing to choose
+        return config
+
+    def reads_saliency_regions(self, config: dict[str, Any]) -> bool:
+        """Whether a run of ``config`` reads a saliency CRF region: the saliency box or points, or the weights-free
+        VQA text measured on the region (so ``component_choice`` matters)."""
+        visual = (self.uses_box or self.uses_points) and config["box_source"] == "saliency"
+        return visual or ("vqa" in self.text_kinds and config["vqa"] == "mask")
+
+    def reference_config(self) -> dict[str, Any]:
+        """As every trainer's, with ``component_choice`` at ``"saliency"``: the behaviour of runs from before the
+        setting existed, so only per-label regions (``label_prior``) make a run tag and an untagged folder always
+        holds shared-region prompts."""
+        return {**super().reference_config(), "component_choice": LEGACY_COMPONENT_CHOICE}
+
+    @property
+    def uses_label_prior(self) -> bool:
+        """Whether the saliency regions are chosen per label by the labeled cases' location prior."""
+        return self.config["component_choice"] == "label_prior"
+
+    @property
+    def label_prior(self) -> LabelPrior | None:
+        """The per-label location prior (``component_choice=label_prior``; else ``None``): from the checkpoint of a
+        loaded run, else learned once from the labels of ``roles.labeled`` only (never a validation case)."""
+        if not self.uses_label_prior:
+            return None
+        if getattr(self, "_label_prior", None) is None:
+            store = getattr(self, "train_labels", None)
+            if store is None or store.cases != frozenset(self.roles.labeled):
+                store = self.data.label_store(self.roles.labeled, "the label-location prior of the prompts")
+            self._label_prior = learn_label_prior(store, self.roles.labeled, self.labels, self.prompts.valid_region)
+        return self._label_prior
 
     def prompt_settings(self) -> dict[str, Any]:
         """The plan's prompt settings with this run's overrides."""
@@ -149,17 +207,28 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
         triples += [(s.case, s.slice, s.label) for case in self.roles.val
                     for s in inference_samples(self.data, case, self.labels)]
         self.prompts.ensure(triples, self.prompt_sources(), progress=self.progress)
+        prior = self.label_prior  # learned now, from the labeled cases, while their labels are at hand
+        if prior is not None and self.progress:
+            seen = ", ".join(f"{v}: {prior.slices.get(v, 0)}" for v in self.labels)
+            print(f"label prior of the prompts from {prior.n_cases} labeled case(s), slices per label {seen} "
+                  f"({prior.digest()})", flush=True)
 
     def texts(self, kind: str, samples: list[Sample]) -> list[str]:
-        """The ``kind`` text of each sample (VQA: per slice and label; LLM: per label)."""
+        """The ``kind`` text of each sample (VQA: per slice and label, describing the label's chosen region with a
+        label prior; LLM: per label)."""
         if kind == "vqa":
-            return [self.prompts.vqa(s.case, s.slice, s.label)["text"] for s in samples]
+            return [self.prompts.vqa(s.case, s.slice, s.label, self.label_prior)["text"] for s in samples]
         return [self.prompts.llm(s.label)["text"] for s in samples]
 
     def use_data(self, data: Any) -> None:
         """As :meth:`SAMTrainer.use_data`; the prompt store is rebuilt on ``data``, keeping the prompt sources it
-        already loaded (saliency model, VQA backend, LLM answers) so nothing is loaded twice."""
+        already loaded (saliency model, VQA backend, LLM answers) so nothing is loaded twice. A label prior stays:
+        it belongs to the run, not to the data it predicts."""
         super().use_data(data)
+        self._rebuild_prompt_store()
+
+    def _rebuild_prompt_store(self) -> None:
+        """A new prompt store for the current data and settings, keeping the sources the old one loaded."""
         old = getattr(self, "_prompts", None)
         self._prompts = None
         if old is not None:
@@ -205,11 +274,71 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
             self.cascade = CascadeBoxes(self)
 
     def config_record(self) -> dict[str, Any]:
-        """Also names the U-Net run a cascade reads."""
+        """Also names the U-Net run a cascade reads, and summarises a label prior (:meth:`LabelPrior.summary`)."""
         record = super().config_record()
         if self.cascaded:
             record["cascade_run"] = str(cascade_run_folder(self))
+        prior = self.label_prior
+        if prior is not None:
+            record["label_prior"] = prior.summary()
         return record
+
+    def data_use(self) -> dict[str, Any]:
+        """As every trainer's, plus where the box and point came from (``box_source``: ``saliency``, ``learned`` or
+        ``cascade:UNet``; ``None`` for a trainer that gives SAM no box or point). ``learned`` and ``cascade:UNet``
+        are trained on this run's pixel-labeled cases only; the cascade's ``box_source_training`` names the UNet run
+        it reads and that run's training length (the extra training it costs)."""
+        use = super().data_use()
+        use["box_source"] = BOX_SOURCE_NAMES[self.config["box_source"]] if self.uses_box or self.uses_points else None
+        if self.cascaded:
+            use["box_source_training"] = cascade_training(cascade_run_folder(self))
+        return use
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Also the label prior (``component_choice=label_prior``), so a finished run predicts without a label."""
+        state = super().checkpoint_state()
+        prior = self.label_prior
+        if prior is not None:
+            state["label_prior"] = prior.to_state()
+        return state
+
+    def check_checkpoint(self, state: dict[str, Any], path: Path, for_training: bool = True) -> None:
+        """As every trainer's. A finished run saved before ``component_choice`` existed had one region for every
+        label (``"saliency"``): loaded for prediction, it predicts that way again (with a warning); ``--continue``
+        of such a run with per-label regions is refused as any changed hyperparameter is."""
+        saved = state.get("config", {})
+        if not for_training and "component_choice" not in saved and self.uses_label_prior:
+            warnings.warn(f"{path} predates component_choice: it was trained with one saliency region for every "
+                          "label, and predicts so (component_choice=saliency)", stacklevel=2)
+            self.config = {**self.config, "component_choice": LEGACY_COMPONENT_CHOICE}
+            self._label_prior = None
+            self._rebuild_prompt_store()
+        super().check_checkpoint(state, path, for_training)
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        """As every trainer's; the label prior saved in the checkpoint must be the one the labeled cases give now."""
+        super().restore(state, path)
+        self._check_saved_prior(state, path)
+
+    def load_inference_state(self, state: dict[str, Any], path: Path) -> None:
+        """As every trainer's, and the label prior comes from the checkpoint (no label is read)."""
+        super().load_inference_state(state, path)
+        if self.uses_label_prior:
+            stored = state.get("label_prior")
+            if stored is None:
+                raise SamprefError(f"{path} has no label prior, which component_choice=label_prior needs: it is not a "
+                                   "checkpoint of this run's settings; train the run again")
+            self._label_prior = LabelPrior.from_state(stored)
+
+    def _check_saved_prior(self, state: dict[str, Any], path: Path) -> None:
+        stored = state.get("label_prior")
+        prior = self.label_prior
+        if prior is None or stored is None:
+            return
+        saved = LabelPrior.from_state(stored)
+        if saved.digest() != prior.digest():
+            raise SamprefError(f"--continue: {path} was trained with another label prior ({saved.digest()}) than the "
+                               f"labeled cases give now ({prior.digest()}): their labels changed. Start the run again.")
 
     def other_prompts(self, samples: list[Sample]) -> dict[str, Any]:
         """The text tokens (with learned visual prompts)."""
@@ -225,14 +354,21 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
             return {**self.cascade_prompts(samples)[0], **self.text_prompts(samples)}
         prompts: dict[str, Any] = {}
         if self.uses_box or self.uses_points:
-            visual = [self.prompts.visual(s.case, s.slice, s.label) for s in samples]
+            visual = self.saliency_boxes(samples)
             if self.uses_box:
-                prompts["boxes"] = torch.from_numpy(np.stack([v.box for v in visual])).to(self.device)
+                prompts["boxes"] = torch.from_numpy(np.stack([box for box, _ in visual])).to(self.device)
             if self.uses_points and int(self.config["points"]) > 0:
-                coords = np.stack([_pad_points(v.points, int(self.config["points"])) for v in visual])
+                coords = np.stack([_pad_points(points, int(self.config["points"])) for _, points in visual])
                 labels = np.ones(coords.shape[:2], np.int64)
                 prompts["points"] = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
         return {**prompts, **self.text_prompts(samples)}
+
+    def saliency_boxes(self, samples: list[Sample]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The saliency ``(4,)`` box and ``(P, 2)`` points of each sample as this run gives them to SAM: the cached
+        largest component, or with ``component_choice=label_prior`` the label's own component (from the images and
+        the run's label prior only)."""
+        prior = self.label_prior
+        return [self.prompts.box_and_points(s.case, s.slice, s.label, prior) for s in samples]
 
     def text_prompts(self, samples: list[Sample]) -> dict[str, Any]:
         """``extra_sparse`` (B, K, 256): the projected text tokens of :attr:`text_kinds` (none without text)."""
@@ -241,6 +377,22 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
         features = {kind: torch.from_numpy(self.text_encoder.encode(self.texts(kind, samples))).to(self.device)
                     for kind in self.text_kinds}
         return {"extra_sparse": self.network.text_projection(features)}
+
+
+def cascade_training(folder: Path) -> dict[str, Any]:
+    """What a cascade's U-Net run cost, from its ``config.json``: ``run`` (``{run folder}/fold_k``), ``trainer``,
+    ``epochs``, ``iterations_per_epoch`` and ``pixel_labeled`` (``None`` where the record does not say)."""
+    from sampref_bench.utilities.atomic import load_json
+
+    try:
+        record = load_json(folder / "config.json")
+    except SamprefError:
+        record = {}
+    hyper = record.get("hyperparameters") or {}
+    use = record.get("data_use") or {}
+    return {"run": f"{folder.parent.name}/{folder.name}", "trainer": record.get("trainer"),
+            "epochs": hyper.get("epochs"), "iterations_per_epoch": hyper.get("iterations_per_epoch"),
+            "pixel_labeled": use.get("pixel_labeled")}
 
 
 def _pad_points(points: np.ndarray, n: int) -> np.ndarray:
