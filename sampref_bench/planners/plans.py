@@ -87,11 +87,11 @@ AUGMENTED_VIEWS = 0
 EPOCH_VAL_SAMPLES = 64
 #: Per-epoch validation samples of a configuration whose encoder runs at every validation (LoRA, full).
 ENCODER_EPOCH_VAL_SAMPLES = 16
-#: Measured CPU seconds per image per training step on 2 CPU cores (LiteMedSAM, 256 px, batch 8; bench_stage1's
-#: step timing): the decoder on cached embeddings, the last TinyViT stage and neck on cached activations, the
-#: whole encoder with LoRA, the whole encoder trained.
-CPU_SECONDS_PER_IMAGE_STEP_BY_MODE = {"frozen": CPU_SECONDS_PER_IMAGE_STEP, "partial": 0.9, "lora": 5.0,
-                                      "full": 7.0}
+#: Measured CPU seconds per image per training step on 2 CPU cores (LiteMedSAM, 256 px, batch 8, median of two
+#: steps; ``benchmarks/results/bench_configurations.md``): the decoder on cached embeddings, the last TinyViT stage
+#: and neck on cached activations, the whole encoder with LoRA, the whole encoder trained.
+CPU_SECONDS_PER_IMAGE_STEP_BY_MODE = {"frozen": CPU_SECONDS_PER_IMAGE_STEP, "partial": 3.05, "lora": 4.39,
+                                      "full": 9.73}
 #: Keys added to plans.json after :data:`PLANS_FORMAT` 4 without changing its inputs hash (finished runs record
 #: the hash and are reused by it): ``sampref_plan`` re-plans a plans.json that lacks one, under the same hash.
 ADDED_PLAN_KEYS = ("unet_epochs", "unet_iterations_per_epoch", "unet")
