@@ -98,7 +98,7 @@ def _boxes_of(trainer: Any, chunk: list[Any]) -> tuple[np.ndarray, np.ndarray] |
         prompts, found = trainer.coarse_prompts(trainer.head_logits(chunk, trainer.embeddings(chunk)))
         return prompts["boxes"].cpu().numpy(), found
     if getattr(trainer, "uses_box", False):
-        boxes = np.stack([trainer.prompts.visual(s.case, s.slice, s.label).box for s in chunk])
+        boxes = np.stack([box for box, _ in trainer.saliency_boxes(chunk)])  # the label's own region where chosen
         return boxes, np.ones(len(chunk), bool)
     return None
 

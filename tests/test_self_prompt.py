@@ -207,3 +207,28 @@ def test_the_grid_trains_the_unet_before_a_cascade(sampref_roots) -> None:
         made = next(j for j in plan.jobs if j.folder == unet)
         assert made.spec.trainer == "UNet" and made.spec.overrides == () and made.spec.fraction == job.spec.fraction
         assert unet in job.depends_on and order.index(unet) < order.index(job.folder)
+
+
+def test_cascade_boxes_move_with_a_cached_view(sampref_roots) -> None:
+    from sampref_bench.planners.augmentation import draw_view_indices
+    from sampref_bench.trainers.sam.cascade import cascade_run_folder
+
+    dataset = planned_phantoms(n_labels=1)
+    unet = get_trainer("UNet")(dataset, 0, 0.5, overrides=UNET_TINY, progress=False)
+    unet.output_dir = cascade_run_folder(unet)
+    unet.run_training()
+    trainer = get_trainer("SAMBoxOnly")(dataset, 0, 0.5, overrides={**FAST, **LEARN, "box_source": "run:UNet",
+                                                                    "head_points": False, "augment_views": 3},
+                                        progress=False)
+    trainer.initialize()
+    _, samples = next(iter(trainer.train_batches(0)))
+    trainer.training_inputs(0, samples)  # draws this batch's views and sets its warp
+    plain, found = trainer.cascade_prompts(samples)
+    moved = trainer.warp_prompts(plain, list(range(len(samples))))
+    drawn = draw_view_indices(int(trainer.config["seed"]), 0, 0, len(samples), len(trainer.views))
+    for row, view in enumerate(drawn):
+        same = torch.equal(moved["boxes"][row], plain["boxes"][row].float())
+        assert same == (view == 0 or not found[row]), (row, view)  # a found box moves exactly when its view does
+    assert any(view and found[row] for row, view in enumerate(drawn))
+    trainer.set_train_mode()
+    assert np.isfinite(trainer.train_step((0, samples))["loss"])

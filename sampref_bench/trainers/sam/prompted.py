@@ -258,9 +258,13 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
             return self.learned_train_step(batch)
         if self.cascaded:
             index, samples = batch
-            return self.visual_prompt_step(index, samples, self.targets(samples), self.embeddings(samples),
-                                           lambda keep: self.cascade_prompts([samples[int(i)] for i in keep]),
-                                           0.0, {})
+            embeddings, targets = self.training_inputs(index, samples)
+
+            def moved(keep: torch.Tensor) -> tuple[dict[str, Any], np.ndarray]:
+                prompts, found = self.cascade_prompts([samples[int(i)] for i in keep])
+                return self.warp_prompts(prompts, keep.tolist()), found
+
+            return self.visual_prompt_step(index, samples, targets, embeddings, moved, 0.0, {})
         return super().train_step(batch)
 
     def cascade_prompts(self, samples: list[Sample]) -> tuple[dict[str, Any], np.ndarray]:
