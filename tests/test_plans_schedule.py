@@ -42,7 +42,7 @@ def test_schedule_is_the_same_at_every_fraction(n_cases):
             assert plans[key] == reference[key], key
             assert plans["reasons"][key] == reference["reasons"][key], key
     assert reference["batch_size"] == BATCH_SIZE == 8
-    assert (reference["epochs"], reference["dpo_epochs"]) == (EPOCHS, DPO_EPOCHS) == (15, 30)
+    assert (reference["epochs"], reference["dpo_epochs"]) == (EPOCHS, DPO_EPOCHS) == (45, 30)
     assert reference["iterations_per_epoch"] == reference["dpo_iterations_per_epoch"] == ITERATIONS_PER_EPOCH
 
 
