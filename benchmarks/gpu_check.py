@@ -5,7 +5,7 @@ is randomly initialised with SAM's exact architecture (``build_sam_architecture(
 depend on the weights. Three step types are timed on the same batch and loss (MONAI's focal + Dice,
 20:1, as sampref's stage-1 trainer uses):
 
-- ``full``: image encoder, prompt encoder and mask decoder all trained (``freeze_image_encoder=false``);
+- ``full``: image encoder, prompt encoder and mask decoder all trained (configuration ``2d_full``);
 - ``frozen_encoder``: encoder forward without gradients, decoder trained (sampref's default without a cache);
 - ``cached_embeddings``: decoder only, embeddings given (sampref's default with the embedding cache).
 
