@@ -353,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             "The previous schedule (15 epochs, plan format 4, 2026-12-02), for comparison:", "",
             markdown_table(["trainer", "fraction", "Dice", "vs planned UNet", "boxes", "train s", "labeled cases"],
                            PREVIOUS_ROWS)]
-    body += ["", "Notes: 'train s' is the run's own epochs; a `box_source=run:UNet` cascade also needs the U-Net run "
+    body += ["", "Notes: 'train s' is the run's own epochs (the 45-epoch runs of 2026-12-03 shared the 2 cores with a "
+             "second run and tests, about twice an idle machine's time); a `box_source=run:UNet` cascade also needs the U-Net run "
              "(50 x 50 steps, about 1000 s here), trained on the same labeled cases. Box columns score each "
              "source's inference boxes on the validation slices that hold the lesion (centre pixel inside the "
              "lesion, IoU with the lesion's bounding box, share without a box); they explain rows, they choose "
