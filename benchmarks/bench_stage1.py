@@ -353,13 +353,13 @@ def main(argv: list[str] | None = None) -> int:
             "The previous schedule (15 epochs, plan format 4, 2026-12-02), for comparison:", "",
             markdown_table(["trainer", "fraction", "Dice", "vs planned UNet", "boxes", "train s", "labeled cases"],
                            PREVIOUS_ROWS)]
-    body += ["", "Notes: 'train s' is the run's own epochs (the 45-epoch runs of 2026-12-03 shared the 2 cores with a "
-             "second run and tests, about twice an idle machine's time); a `box_source=run:UNet` cascade also "
-             "needs the U-Net run (50 x 50 steps, about 1000 s here), trained on the same labeled cases. Box columns score each "
-             "source's inference boxes on the validation slices that hold the lesion (centre pixel inside the "
-             "lesion, IoU with the lesion's bounding box, share without a box); they explain rows, they choose "
-             "nothing. Defaults are chosen on the inner split only (section below). Seconds per image step of each "
-             "configuration on 2 cores: bench_configurations.md.",
+    body += ["", "Notes: 'train s' is the run's own epochs (the 45-epoch runs of 2026-12-03 shared the 2 cores "
+             "with a second run and tests, about twice an idle machine's time); a `box_source=run:UNet` cascade "
+             "also needs the U-Net run (50 x 50 steps, about 1000 s here), trained on the same labeled cases. Box "
+             "columns score each source's inference boxes on the validation slices that hold the lesion (centre "
+             "pixel inside the lesion, IoU with the lesion's bounding box, share without a box); they explain "
+             "rows, they choose nothing. Defaults are chosen on the inner split only (section below). Seconds per "
+             "image step of each configuration on 2 cores: bench_configurations.md.",
              "", "Commands, in order: " + "; ".join(f"`{c}`" for c in COMMANDS)]
     body += inner_section(args.inner_json)
     body += ["", "## Chosen defaults, and what is not measured yet", "",
