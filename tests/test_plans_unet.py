@@ -47,7 +47,7 @@ def test_old_plans_without_unet_keys_are_replanned_under_the_same_hash(sampref_r
     out = paths.preprocessed_root() / "Dataset007_Phantom"
     plans_path = out / "plans.json"
     plans = json.loads(plans_path.read_text())
-    assert PLANS_FORMAT == 4  # the hash recipe of existing datasets is unchanged
+    assert PLANS_FORMAT == 5  # format 5 (configurations) re-planned every dataset; keys added since keep the hash
     old = {k: v for k, v in plans.items() if k not in ADDED_PLAN_KEYS}
     old["reasons"] = {k: v for k, v in plans["reasons"].items() if k not in ADDED_PLAN_KEYS}
     plans_path.write_text(json.dumps(old))
