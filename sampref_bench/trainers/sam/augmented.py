@@ -67,8 +67,7 @@ class TrainingAugmentation:
     def canonicalize_augmentation(self, config: dict[str, Any]) -> dict[str, Any]:
         """Planned values for ``None``; refuse views with an encoder that runs and online draws with a cached one."""
         planned = self.plans["configurations"][self.configuration].get("augmentation", {})
-        runs = planned.get("online", False) or self.plans["configurations"][self.configuration]["encoder"] in (
-            "lora", "full")
+        runs = self.encoder_runs  # type: ignore[attr-defined]  (EncoderConfiguration: LoRA or full encoder)
         views = config.get("augment_views")
         online = config.get("augment")
         views = int(planned.get("views", 0)) if views is None else int(views)
