@@ -17,7 +17,9 @@ LiteMedSAM (frozen encoder), the prompt-sourced ``SAMBaseline`` as stage 1 and t
 * the control ``SAMBaselineContinued`` at 0.1: stage 1 plus the same number of stage-2 steps on the labeled
   cases alone.
 
-Every run has its own run name, so the folders do not depend on the code's current default preset. Runs
+Every trainer here gets the paper's saliency box and points (``box_source=saliency``, the default when the table
+was measured; the learned head is the default since). Every run has its own run name, so the folders do not
+depend on the code's current default preset. Runs
 are reused when finished and continued when interrupted: on 2 CPU cores a stage-2 run takes about 15 min,
 so the whole fold takes hours; run it in the background and rerun the same command to resume.
 
@@ -118,7 +120,10 @@ def train(key: str, name: str, fold: int, fraction: float, overrides: dict, run_
     """Train (or reuse) one run; its validation and inner-split Dice and diagnostics."""
     from sampref_bench.trainers.registry import get_trainer
 
-    trainer = get_trainer(name)(3, fold, fraction, overrides=dict(overrides), progress=False, run_name=run_name)
+    cls = get_trainer(name)
+    # the table was measured with the paper's saliency prompts, before the learned box became the default
+    overrides = {**({"box_source": "saliency"} if "box_source" in cls.defaults else {}), **overrides}
+    trainer = cls(3, fold, fraction, overrides=overrides, progress=False, run_name=run_name)
     summary_path = trainer.output_dir / "validation" / "summary.json"
     start = time.perf_counter()
     if not summary_path.is_file():

@@ -31,7 +31,9 @@ from benchmarks.bench_prompts import prepare, train
 from benchmarks.report import REPO, RESULTS, markdown_table, set_roots, write_markdown
 from sampref_bench.utilities.atomic import write_json_atomic
 
-TRAINERS = ["SAMSelfPrompt", "SAMBaseline", "SAMNoPrompt", "SAMBoxOracle"]
+#: ``SAMBaseline`` is its default (the learned box since the inner split chose it); ``box_source=saliency`` its
+#: weights-free saliency box, the default before.
+TRAINERS = ["SAMSelfPrompt", "SAMBaseline", "SAMBaseline:box_source=saliency", "SAMNoPrompt", "SAMBoxOracle"]
 #: The commands behind the committed table (stated in it).
 COMMANDS = [
     "cd <a checkout of the commit> && .venv/bin/python -m benchmarks.bench_stage1 --workdir /tmp/st1 --inner "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job of sampref on the bundled BUSI subset: convert, verify, plan, compute the unsupervised prompts
-# and report their quality, train a grid of three SAM trainers (box oracle, no prompt, unsupervised prompts)
-# on fold 0 at annotation fraction 0.2 with LiteMedSAM through sampref_benchmark, predict 20 images with the
+# and report their quality, train a grid of three SAM trainers (box oracle, no prompt, and SAMBaseline: a box and
+# point from a head learned on the labeled images + VQA and LLM text) on fold 0 at annotation fraction 0.2 with
+# LiteMedSAM through sampref_benchmark, predict 20 images with the
 # trained fold-0 model through sampref_predict, and write the paper-ready report of sampref_evaluate.
 # Usage: bash scripts/demo.sh [VENV]   (make demo calls it). Data goes to ./sampref_data unless the
 # SAMPREF_raw / SAMPREF_preprocessed / SAMPREF_results variables say otherwise. Running it again reuses
@@ -40,14 +41,17 @@ print(p["epochs"], p["iterations_per_epoch"], p["batch_size"])' "$preprocessed/D
 
 echo "== 4. unsupervised prompts for every image: weights-free saliency -> dense CRF -> box and point, VQA text"
 echo "   from the saliency mask, LLM text (dataset.json's target_text without OPENAI_API_KEY); quality vs ground truth"
-echo "   scored on fold 0's training cases only (--fold 0): prompt settings are chosen from training-case reports"
+echo "   scored on fold 0's training cases only (--fold 0): prompt settings are chosen from training-case reports."
+echo "   SAMBaseline reads the texts; its box and point come from a coarse-mask head trained with it on the labeled"
+echo "   images (box_source=learned, the default; --set box_source=saliency gives it the saliency box and point)"
 "$bin/sampref_prompts" -d 003 --fold 0 --overlays 4
 
 echo "== 5. train the grid with sampref_benchmark: fold 0 at fraction 0.2 (16 labeled images), LiteMedSAM"
 echo "   the plan trains every run for $epochs epochs x $iterations iterations x $batch slices, the same at every"
 echo "   fraction (plans.json states its CPU time). To stay within minutes the demo runs a shorter schedule of the"
 echo "   same iterations (--set epochs=N; lr 1e-4, no halving before epoch 10), tagged --run-name demo (run folders"
-echo "   ...__2d-demo__f0.2): SAMNoPrompt and SAMBaseline $epochs_short epochs, then the box oracle $oracle_epochs epochs."
+echo "   ...__2d-demo__f0.2): SAMNoPrompt and SAMBaseline (learned box and point + text) $epochs_short epochs, then the"
+echo "   box oracle $oracle_epochs epochs."
 echo "   Finished runs are skipped, interrupted ones continued. The full-schedule grid on every fold:"
 echo "   sampref_benchmark -d 003 -t SAMBoxOracle SAMNoPrompt SAMBaseline --fractions 0.2 --folds all"
 grid_start=$(date +%s)
@@ -60,7 +64,8 @@ echo "grid: 3 runs in ${grid_seconds} s wall time (runs finished before are skip
 
 echo "== 6. predict 20 images with the fold-0 SAMBaseline model (sampref_predict): fold 0's 20 validation images,"
 echo "   which that model never trained on, copied to $predict_in as new images would be ({case}_0000.png);"
-echo "   masks go to $predict_out. Prompts and embeddings come from each image alone, never its label."
+echo "   masks go to $predict_out. Prompts (the learned head's box and point, the texts) and embeddings come from each"
+echo "   image alone, never its label."
 mkdir -p "$predict_in"
 "$bin/python" - "$preprocessed/Dataset003_BUSI/splits_final.json" "$raw/Dataset003_BUSI/imagesTr" "$predict_in" <<'PY'
 import json, shutil, sys

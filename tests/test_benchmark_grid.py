@@ -291,3 +291,24 @@ def test_a_run_locked_by_another_command_is_waited_for_not_trained() -> None:
     result = run_grid(plan, InlineExecutor(fake), poll_s=0.05, echo=lambda text: None)
     assert calls == ["SAMNoPrompt f0.5 fold 1"]
     assert result.outcomes[other].status == "done" and result.outcomes[mine].status == "trained"
+
+
+@pytest.mark.parametrize("recorded", [{"box_source": "saliency"}, {}])
+def test_a_finished_folder_of_an_earlier_default_is_refused_not_counted_done(recorded: dict[str, str]) -> None:
+    """An untagged SAMBaseline folder trained when the saliency box was the default (recorded, or predating the key)
+    is not today's learned-box run: the grid names the difference instead of reporting the old run as done."""
+    from sampref_bench.trainers.registry import get_trainer
+
+    dataset = planned_phantoms()
+    trainer = get_trainer("SAMBaseline")(dataset, 0, 0.5, overrides={"model": "tiny"}, progress=False)
+    folder = trainer.output_dir
+    _finish(folder)
+    hyperparameters = {k: v for k, v in trainer.config.items() if k != "box_source"}
+    (folder / "config.json").write_text(json.dumps({"hyperparameters": {**hyperparameters, **recorded}}))
+    plan = plan_grid(dataset, ["SAMBaseline"], [0.5], ["0"], {"model": "tiny"})
+    assert [job.folder for job in plan.jobs] == []
+    (refusal,) = plan.refused
+    assert str(folder) in refusal.reason and 'box_source: "saliency" -> "learned"' in refusal.reason
+    (folder / "config.json").write_text(json.dumps({"hyperparameters": trainer.config}))
+    assert [job.state for job in plan_grid(dataset, ["SAMBaseline"], [0.5], ["0"], {"model": "tiny"}).jobs] == ["done"]
+    shutil.rmtree(folder)

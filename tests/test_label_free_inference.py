@@ -26,14 +26,19 @@ def _read(path):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-#: SAMSelfPrompt's head is given a low threshold so that, after these few steps, it finds boxes to decode from.
-LABEL_FREE = {"SAMNoPrompt": {}, "SAMBaseline": {}, "SAMSelfPrompt": {"head_threshold": 0.05}}
+#: The learned heads (SAMSelfPrompt's, SAMBaseline's default box) are given a low threshold so that, after these few
+#: steps, they find boxes to decode from; SAMBaseline runs with the learned and the saliency box.
+LABEL_FREE = {"SAMNoPrompt": ("SAMNoPrompt", {}),
+              "SAMBaseline": ("SAMBaseline", {"head_threshold": 0.05}),
+              "SAMBaseline-saliency": ("SAMBaseline", {"box_source": "saliency"}),
+              "SAMSelfPrompt": ("SAMSelfPrompt", {"head_threshold": 0.05})}
 
 
-@pytest.mark.parametrize("name", sorted(LABEL_FREE))
-def test_predictions_unchanged_when_validation_labels_are_corrupted(sampref_roots, name):
+@pytest.mark.parametrize("run", sorted(LABEL_FREE))
+def test_predictions_unchanged_when_validation_labels_are_corrupted(sampref_roots, run):
+    name, overrides = LABEL_FREE[run]
     dataset = planned_phantoms(n_labels=2)
-    trainer = _trainer(name, dataset, **LABEL_FREE[name])
+    trainer = _trainer(name, dataset, **overrides)
     out = trainer.run_training()
     val = trainer.roles.val
     before = {c: _read(out / "validation" / f"{c}.nii.gz") for c in val}
@@ -51,7 +56,7 @@ def test_predictions_unchanged_when_validation_labels_are_corrupted(sampref_root
         noisy = sitk.GetImageFromArray(rng.integers(0, 3, sitk.GetArrayFromImage(image).shape, dtype=np.uint8))
         noisy.CopyInformation(image)
         sitk.WriteImage(noisy, str(label_file))
-    again = _trainer(name, dataset, **LABEL_FREE[name])
+    again = _trainer(name, dataset, **overrides)
     again.run_training(continue_training=True)  # finished run: only the final validation reruns
     for case in val:
         np.testing.assert_array_equal(_read(out / "validation" / f"{case}.nii.gz"), before[case])
@@ -59,7 +64,7 @@ def test_predictions_unchanged_when_validation_labels_are_corrupted(sampref_root
     for case in val:
         (data_dir / f"{case}_seg.npy").unlink()
         (data_dir / f"{case}_labels.json").unlink()
-    fresh = _trainer(name, dataset, **LABEL_FREE[name])
+    fresh = _trainer(name, dataset, **overrides)
     fresh.networks = {"network": again.network}
     fresh.cache = again.cache
     fresh.text_encoder = getattr(again, "text_encoder", None)

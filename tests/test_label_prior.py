@@ -28,7 +28,8 @@ from tests.trainer_helpers import FAST, planned_phantoms
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-QUICK = {**FAST, "epochs": 1, "lr": 3e-3, "threshold": 0.1}
+#: The saliency box (not the learned default), whose component ``component_choice`` picks.
+QUICK = {**FAST, "epochs": 1, "lr": 3e-3, "threshold": 0.1, "box_source": "saliency"}
 #: The two-blob phantom: (H, W) of its PNGs; label 1 a dark disk on the left, label 2 a smaller one on the right,
 #: each as (centre x, centre y, radius) in pixels, moved by up to +-3 px (x) and +-4 px (y) per case.
 SHAPE = (60, 80)
@@ -248,10 +249,14 @@ def test_component_choice_enters_identity_only_where_it_changes_the_prompts(samp
     two = planned_two_blobs(dataset_id=22)
     assert make("SAMBaseline", two).run_tag == "component_choicelabel_prior"  # per-label regions: a new identity
     assert make("SAMBaseline", two, component_choice="saliency").run_tag is None  # the old prompts, the old folder
-    for name, extra in (("SAMTextOnly", {}), ("SAMBoxOnly", {"box_source": "learned"})):
-        trainer = make(name, two, **extra)                # reads no saliency region: nothing to choose
-        assert trainer.config["component_choice"] == "saliency" and trainer.run_tag in (None, "box_sourcelearned")
-    assert make("SAMBaseline", two, box_source="learned").config["component_choice"] == "label_prior"  # VQA text
+    for name in ("SAMTextOnly", "SAMBoxOnly"):           # the learned box by default: no saliency region is read,
+        trainer = make(name, two)                         # nothing to choose, the default folder
+        assert trainer.config["component_choice"] == "saliency" and trainer.run_tag is None
+    boxes = make("SAMBoxOnly", two, box_source="saliency")  # saliency boxes: per-label regions, and both in the tag
+    assert boxes.config["component_choice"] == "label_prior" and boxes.run_tag.startswith("box_sourcesaliency-")
+    learned = make("SAMBaseline", two)
+    assert learned.config["box_source"] == "learned"
+    assert learned.config["component_choice"] == "label_prior"  # its mask-VQA text still reads the regions
 
 
 def test_a_finished_run_predicts_from_the_prior_in_its_checkpoint(sampref_roots):

@@ -47,10 +47,11 @@ def _train(root: Path, plan, runs: list[tuple[str, int, dict]]) -> dict[tuple[st
 
 @pytest.fixture(scope="module")
 def phantom_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[str, int], Path]]:
-    """Planned 3D phantoms (dataset 7) with SAMNoPrompt runs of folds 0 and 1 and a SAMBoxOnly run of fold 0."""
+    """Planned 3D phantoms (dataset 7) with SAMNoPrompt runs of folds 0 and 1 and a SAMBoxOnly run of fold 0 (with the
+    saliency box, which it computes for new images)."""
     root = tmp_path_factory.mktemp("phantoms")
     return root, _train(root, planned_phantoms, [("SAMNoPrompt", 0, SAM_TINY), ("SAMNoPrompt", 1, SAM_TINY),
-                                                 ("SAMBoxOnly", 0, SAM_TINY)])
+                                                 ("SAMBoxOnly", 0, {**SAM_TINY, "box_source": "saliency"})])
 
 
 @pytest.fixture(scope="module")

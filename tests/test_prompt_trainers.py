@@ -1,5 +1,6 @@
-"""Prompt-sourced trainers: which prompts each ablation gives SAM, label-free inference, loading a finished run,
-and the BiomedCLIP path end to end on a small open_clip model built from config."""
+"""Prompt-sourced trainers: which prompts each ablation gives SAM (from the prompt cache with the saliency box, from
+the learned head by default), label-free inference, loading a finished run, a run from before box_source, and the
+BiomedCLIP path end to end on a small open_clip model built from config."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import torch
 from sampref_bench.planners.data import inference_samples
 from sampref_bench.prompts.text_encoder import minilm_encoder
 from sampref_bench.trainers.registry import get_trainer, load_trained_run
+from sampref_bench.trainers.run_folder import load_checkpoint, save_checkpoint
 from sampref_bench.utilities.errors import SamprefError
 from tests.trainer_helpers import FAST, planned_phantoms
 
 LEARN = {"epochs": 1, "iterations_per_epoch": 2, "lr": 3e-3, "threshold": 0.1}
+#: The cached saliency box and points (the default box and point are the learned head's).
+SALIENCY = {"box_source": "saliency"}
 
 #: trainer -> (box, number of points, number of text tokens)
 COMPOSITION = {
@@ -33,7 +37,7 @@ def _trainer(name, dataset, **overrides):
 @pytest.mark.parametrize("name", sorted(COMPOSITION))
 def test_each_trainer_gets_its_prompts_from_the_cache(name):
     dataset = planned_phantoms(n_labels=2)
-    trainer = _trainer(name, dataset)
+    trainer = _trainer(name, dataset, **SALIENCY)
     trainer.initialize()
     assert trainer.config["saliency"] == "basin-dome"  # the plan's choice for CT-like phantoms
     samples = inference_samples(trainer.data, trainer.roles.val[0], trainer.labels)[:4]
@@ -57,6 +61,30 @@ def test_each_trainer_gets_its_prompts_from_the_cache(name):
     assert logits.shape == (4, 1, trainer.plans["image_size"], trainer.plans["image_size"])
 
 
+@pytest.mark.parametrize("name", sorted(COMPOSITION))
+def test_each_trainer_with_a_box_defaults_to_the_learned_head_and_keeps_its_composition(name):
+    dataset = planned_phantoms(n_labels=2)
+    trainer = _trainer(name, dataset)
+    box, n_points, n_text = COMPOSITION[name]
+    assert trainer.config["box_source"] == ("learned" if box else "saliency")  # SAMTextOnly has no box to learn
+    assert trainer.prompt_sources() == (("vqa", "llm")[-n_text:] if n_text else ())  # no saliency box is read
+    trainer.initialize()
+    assert hasattr(trainer.network, "prompt_head") == box
+    samples = inference_samples(trainer.data, trainer.roles.val[0], trainer.labels)[:4]
+    prompts = trainer.inference_prompts(samples)
+    expected = {"boxes": box, "points": n_points > 0, "extra_sparse": n_text > 0}
+    assert set(prompts) == {key for key, used in expected.items() if used}
+    if box:
+        assert prompts["boxes"].shape == (4, 4)
+    if n_points:  # the head's one point, deepest inside its coarse mask
+        assert prompts["points"][0].shape == (4, 1, 2)
+    if n_text:
+        assert prompts["extra_sparse"].shape == (4, n_text, 256)
+        assert prompts["extra_sparse"].requires_grad  # the projection is trained, with learned boxes too
+    logits = trainer.predict_logits(samples)
+    assert logits.shape == (4, 1, trainer.plans["image_size"], trainer.plans["image_size"])
+
+
 def test_vqa_text_differs_between_images_and_llm_text_between_labels():
     dataset = planned_phantoms(n_labels=2)
     trainer = _trainer("SAMBaseline", dataset)
@@ -72,14 +100,39 @@ def test_vqa_text_differs_between_images_and_llm_text_between_labels():
 
 def test_config_and_run_name_state_the_saliency_source():
     dataset = planned_phantoms()
-    trainer = _trainer("SAMBoxOnly", dataset)
+    trainer = _trainer("SAMBoxOnly", dataset, **SALIENCY)
+    assert "box_sourcesaliency" in trainer.run_tag  # not the default box source
     out = trainer.run_training()
     record = json.loads((out / "config.json").read_text())
     assert record["hyperparameters"]["saliency"] == "basin-dome"
-    other = _trainer("SAMBoxOnly", dataset, saliency="dark-basin")
+    assert record["data_use"]["box_source"] == "saliency"
+    other = _trainer("SAMBoxOnly", dataset, saliency="dark-basin", **SALIENCY)
     assert other.output_dir != trainer.output_dir  # another saliency source is another run
     with pytest.raises(SamprefError, match='--set saliency="sift": expected one of dark-basin, bright-dome'):
-        _trainer("SAMBoxOnly", dataset, saliency="sift")
+        _trainer("SAMBoxOnly", dataset, saliency="sift", **SALIENCY)
+
+
+def test_a_run_recorded_before_box_source_is_a_saliency_run():
+    dataset = planned_phantoms()
+    trainer = _trainer("SAMBoxOnly", dataset, **SALIENCY)
+    out = trainer.run_training()
+    case = trainer.roles.val[0]
+    expected = trainer.predict_case(case)
+    path = out / "checkpoint_final.pth"
+    state = load_checkpoint(path)
+    head_keys = ("box_source", "head_weight", "head_hidden", "head_threshold", "head_points")  # added together
+    state["config"] = {k: v for k, v in state["config"].items() if k not in head_keys}
+    save_checkpoint(path, state)
+    record = json.loads((out / "config.json").read_text())
+    record["hyperparameters"] = {k: v for k, v in record["hyperparameters"].items() if k not in head_keys}
+    del record["data_use"]["box_source"]
+    (out / "config.json").write_text(json.dumps(record))
+    old = load_trained_run(out)  # loads as what it was, not as today's learned default
+    assert old.config["box_source"] == "saliency" and not hasattr(old.network, "prompt_head")
+    np.testing.assert_array_equal(old.predict_case(case), expected)
+    learned = _trainer("SAMBoxOnly", dataset)  # the default: a learned run may neither continue nor load it
+    with pytest.raises(SamprefError, match='box_source: "saliency" -> "learned"'):
+        learned.check_checkpoint(load_checkpoint(path), path)
 
 
 def test_finished_run_loads_as_a_model_in_one_call_and_predicts_the_same():
@@ -112,12 +165,12 @@ def test_biomedclip_path_end_to_end_on_a_small_model_from_config(tmp_path, monke
     folder = save_model_dir(tmp_path / "clip", tiny_clip())
     monkeypatch.setenv("SAMPREF_BIOMEDCLIP", str(folder))
     dataset = planned_phantoms()
-    trainer = _trainer("SAMBaseline", dataset, saliency="biomedclip")
+    trainer = _trainer("SAMBaseline", dataset, saliency="biomedclip", **SALIENCY)
     out = trainer.run_training()
     record = json.loads((out / "config.json").read_text())
     assert record["hyperparameters"]["saliency"] == "biomedclip"
     # the weights' location is a hyperparameter but not part of the run's name
-    by_path = _trainer("SAMBaseline", dataset, saliency="biomedclip", clip_path=str(folder))
+    by_path = _trainer("SAMBaseline", dataset, saliency="biomedclip", clip_path=str(folder), **SALIENCY)
     assert by_path.config["clip_path"] == str(folder) and by_path.output_dir == trainer.output_dir
     assert trainer.prompts.visual_folder.name.startswith("biomedclip-")
     assert trainer.prompts.saliency_source.settings()["weights_id"].startswith("biomedclip-")
@@ -126,4 +179,4 @@ def test_biomedclip_path_end_to_end_on_a_small_model_from_config(tmp_path, monke
     assert summary["n_cases"] == len(trainer.roles.val)
     monkeypatch.setenv("SAMPREF_BIOMEDCLIP", str(tmp_path / "nowhere"))
     with pytest.raises(SamprefError, match="nowhere"):
-        _trainer("SAMBoxOnly", dataset, saliency="biomedclip", points=2).initialize()
+        _trainer("SAMBoxOnly", dataset, saliency="biomedclip", points=2, **SALIENCY).initialize()

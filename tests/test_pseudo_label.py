@@ -24,8 +24,11 @@ from sampref_bench.utilities.errors import SamprefError
 from tests.trainer_helpers import DPO_TINY, copy_roots
 
 #: The tiny stage-1 model is barely trained (probabilities 0.2-0.45), so the test keeps the most confident half of
-#: the samples at a low cut, which leaves some pixels of kept samples unconfident (ignored).
-TINY = {**DPO_TINY, "batch_size": 4, "epochs": 2, "confidence_cut": 0.65, "min_confidence": 0.0, "keep_top_share": 0.5}
+#: the samples at a low cut, which leaves some pixels of kept samples unconfident (ignored). Its learned box's head
+#: (the default box source) gets a low threshold, as in the other tiny runs, so that it finds boxes to decode from:
+#: a (slice, label) it finds absent is predicted empty, every pixel confident.
+TINY = {**DPO_TINY, "batch_size": 4, "epochs": 2, "confidence_cut": 0.65, "min_confidence": 0.0, "keep_top_share": 0.5,
+        "head_threshold": 0.05}
 FRACTION = 0.5
 
 
@@ -115,6 +118,9 @@ def test_run_writes_validation_pseudo_labels_and_trains_what_stage1_trains(datas
     assert set(before) == set(after) and not any(k.startswith("image_encoder.") for k in after)
     for prefix in ("mask_decoder.", "prompt_encoder.", "text_projection."):
         assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix
+    # the coarse-mask head of the default learned box stays as stage 1 left it: stage 2 decodes from its prompts
+    head = [k for k in after if k.startswith("prompt_head.")]
+    assert head and all(torch.equal(before[k], after[k]) for k in head)
 
 
 def test_interrupted_run_continues_to_identical_weights_and_log_and_batches_mix(dataset, monkeypatch):

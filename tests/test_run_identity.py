@@ -122,3 +122,29 @@ def test_an_option_added_later_at_its_default_is_not_a_difference():
     assert config_differences(saved, {"lr": 1e-4, "selection": "inner"}, defaults) == [
         'selection: <absent> -> "inner"']
     assert config_differences(saved, {"lr": 1e-4, "selection": "last"}) == ['selection: <absent> -> "last"']
+
+
+def test_the_learned_box_is_the_default_and_a_saliency_run_is_tagged():
+    dataset = planned_phantoms()
+    for name in ("SAMBaseline", "SAMNoVQA", "SAMBoxOnly"):
+        default = _trainer(dataset, name=name)
+        assert default.config["box_source"] == "learned" and default.run_tag is None
+        assert default.output_dir.parent.name == f"{name}__samprefPlans__2d__f0.5"
+        saliency = _trainer(dataset, name=name, box_source="saliency")
+        assert saliency.output_dir.parent.name == f"{name}__samprefPlans__2d-box_sourcesaliency__f0.5"
+    text_only = _trainer(dataset, name="SAMTextOnly")  # no box: its default stays the saliency
+    assert text_only.config["box_source"] == "saliency" and text_only.run_tag is None
+    dpo = _trainer(dataset, name="DPORanking")  # the DPO trainers' stage 1 is a default SAMBaseline run
+    stage1 = dpo.stage1_trainer()
+    assert dpo.config["box_source"] == stage1.config["box_source"] == "learned" and stage1.run_tag is None
+    assert _trainer(dataset, name="DPORanking", box_source="saliency").stage1_trainer().run_tag == "box_sourcesaliency"
+
+
+def test_a_config_saved_before_box_source_reads_as_the_saliency_it_was():
+    baseline = get_trainer("SAMBaseline")
+    assert baseline.recorded_config({"lr": 1e-4}) == {"box_source": "saliency", "lr": 1e-4}
+    assert baseline.recorded_config({"box_source": "learned"}) == {"box_source": "learned"}  # recorded: kept
+    assert get_trainer("SAMNoPrompt").recorded_config({"lr": 1e-4}) == {"lr": 1e-4}  # nothing to fill
+    saved = baseline.recorded_config({"lr": 1e-4})
+    assert config_differences(saved, {"lr": 1e-4, "box_source": "learned"}, baseline.defaults) == [
+        'box_source: "saliency" -> "learned"']  # not taken for an option added later at today's default

@@ -99,9 +99,12 @@ def test_options_are_typed(sampref_roots) -> None:
 @pytest.mark.parametrize(("name", "points", "texts"), [("SAMBaseline", 1, 2), ("SAMBoxOnly", 0, 0)])
 def test_learned_box_source_replaces_the_saliency_and_keeps_the_text(sampref_roots, name, points, texts) -> None:
     dataset = planned_phantoms(n_labels=2)
-    trainer = get_trainer(name)(dataset, 0, 0.5, overrides={**FAST, **LEARN, "box_source": "learned"},
-                                progress=False)
-    assert "learned" in trainer.output_dir.parent.name  # its own run
+    trainer = get_trainer(name)(dataset, 0, 0.5, overrides={**FAST, **LEARN}, progress=False)
+    assert trainer.config["box_source"] == "learned"  # the default: the untagged folder
+    assert "box_source" not in trainer.output_dir.parent.name
+    saliency = get_trainer(name)(dataset, 0, 0.5, overrides={**FAST, **LEARN, "box_source": "saliency"},
+                                 progress=False)
+    assert "box_sourcesaliency" in saliency.output_dir.parent.name  # the saliency box is its own run
     assert trainer.prompt_sources() == (("vqa", "llm") if texts else ())
     trainer.initialize()
     trainer.network.prompt_head = _FixedHead()
@@ -132,6 +135,9 @@ def test_a_text_only_trainer_refuses_learned_boxes(sampref_roots) -> None:
     dataset = planned_phantoms()
     with pytest.raises(SamprefError, match="SAMTextOnly uses neither"):
         get_trainer("SAMTextOnly")(dataset, 0, 0.5, overrides={**FAST, "box_source": "learned"}, progress=False)
+    text_only = get_trainer("SAMTextOnly")(dataset, 0, 0.5, overrides=FAST, progress=False)
+    assert text_only.config["box_source"] == "saliency"  # its own default, so no box_source in its tag
+    assert "box_source" not in text_only.output_dir.parent.name
 
 
 # ------------------------------------------------------------------ box_source=run:UNet (cascade)

@@ -19,10 +19,10 @@ examples:
   sampref_train 003 SAMBoxOracle 0 --set lr=3e-4 --set model=tiny     # any hyperparameter
   sampref_train 003 SAMNoPrompt 0 --set lr=3e-4 --run-name fastlr      # name the run yourself
   sampref_train --list-options DPORanking                             # every --set key, its type and range
-  sampref_train 003 SAMBaseline 0 --fraction 0.1                      # unsupervised prompts (sampref_prompts)
+  sampref_train 003 SAMBaseline 0 --fraction 0.1                      # learned box and point + VQA and LLM text
+  sampref_train 003 SAMBaseline 0 --fraction 0.1 --set box_source=saliency  # the unsupervised saliency box instead
   sampref_train 003 SAMBaseline 0 --set saliency=biomedclip --set clip_path=/weights/BiomedCLIP
-  sampref_train 003 SAMSelfPrompt 0 --fraction 0.1                    # prompts from a head learned on the labels
-  sampref_train 003 SAMBaseline 0 --fraction 0.1 --set box_source=learned  # the same learned box, plus the text
+  sampref_train 003 SAMSelfPrompt 0 --fraction 0.1                    # the same learned box and point, no text
   sampref_train 003 DPORanking 0 --fraction 0.2                       # stage 1 (SAMBaseline@0.1) reused, then DPO
   sampref_train 003 DPORanking 0 --fraction 0.2 --set settings=paper  # the paper's DPO settings
   sampref_train 003 DPORating 0 --fraction 0.2 --set annotator=file --set ratings_file=ratings.json

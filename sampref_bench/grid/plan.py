@@ -6,7 +6,9 @@ trainer of the grid knows). Every remaining (trainer, fraction, fold) is built a
 network is made), which gives its run folder; a trainer whose constructor refuses the combination (a DPO trainer
 at a fraction without rated cases, a semi-supervised one without unlabeled images) is *refused*: listed, never an
 error. A run whose folder already holds ``checkpoint_final.pth`` and ``validation/summary.json`` is *done*; one
-with a checkpoint is resumed (``--continue``).
+with a checkpoint is resumed (``--continue``). A finished folder whose ``config.json`` records other
+hyperparameters than the run the grid would train there (a run of a default that changed since) is refused with
+the differences, never counted as done.
 
 A two-stage trainer (DPO, ``SAMPseudoLabel``, ``SAMBaselineContinued``) needs its stage-1 ``SAMBaseline`` run:
 that run is a dependency of the job, placed before it, and added as a job of its own when the grid does not
@@ -115,6 +117,29 @@ def run_state(folder: Path) -> str:
     return "new"
 
 
+def stale_run(instance: Any, folder: Path) -> str | None:
+    """Why the finished run in ``folder`` is not the run ``instance`` would train (its ``config.json`` records other
+    hyperparameters, read as :meth:`~sampref_bench.trainers.base.BaseTrainer.recorded_config` reads them: a folder
+    of a default that has changed since), or None when it is. A folder without a readable ``config.json`` is
+    taken as it is."""
+    from sampref_bench.trainers.run_identity import config_differences
+    from sampref_bench.utilities.atomic import load_json
+
+    try:
+        saved = load_json(folder / "config.json").get("hyperparameters")
+    except (SamprefError, AttributeError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    differences = config_differences(type(instance).recorded_config(saved), instance.config,
+                                     instance.reference_config())
+    if not differences:
+        return None
+    return (f"{folder} holds a finished run with other hyperparameters ({'; '.join(differences)}), most likely one "
+            f"of an earlier default; move that folder away to train today's run there, or pass the saved values "
+            f"with --set to report it")
+
+
 def parse_folds(folds: list[str], n_folds: int) -> tuple[list[int], list[str]]:
     """``["all"]`` or fold numbers -> sorted folds, plus problems (non-numbers, folds out of ``0..n_folds-1``)."""
     if any(str(f).lower() == "all" for f in folds):
@@ -205,7 +230,13 @@ def plan_grid(dataset: str | int, trainers: list[str], fractions: list[float] | 
                 entry.folds.append(fold)
                 continue
             folder = instance.output_dir
-            job = Job(spec, folder, run_state(folder))
+            state = run_state(folder)
+            stale = stale_run(instance, folder) if state == "done" else None
+            if stale is not None:
+                entry = refused.setdefault((trainer, key, configuration), Refusal(trainer, float(key), [], stale))
+                entry.folds.append(fold)
+                continue
+            job = Job(spec, folder, state)
             dependency = _stage1_job(instance, name, fold, configuration)
             if dependency is not None and dependency.folder != folder:
                 job.depends_on.append(dependency.folder)

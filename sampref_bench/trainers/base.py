@@ -98,6 +98,9 @@ class BaseTrainer(CheckpointState, InferenceLoading):
         "batch_size": None,
         "seed": 12345,
     }
+    #: The value a hyperparameter had in runs recorded before it existed, for each whose default is not that value
+    #: (a saved config lacking the key is read with it, never as today's default; see :meth:`recorded_config`).
+    unrecorded_values: ClassVar[dict[str, Any]] = {}
     #: The schema of the options this class adds or re-declares (:mod:`.options`); inherited ones keep theirs.
     options: ClassVar[dict[str, Option]] = {
         "epochs": Option("int", low=1, none="the plan's epochs of this trainer's stage", help="epochs to train"),
@@ -114,6 +117,12 @@ class BaseTrainer(CheckpointState, InferenceLoading):
             raise SamprefError(f"two trainers are named {cls.__name__} ({existing.__module__} and {cls.__module__}); "
                                "rename one")
         TRAINER_CLASSES[cls.__name__] = cls
+
+    @classmethod
+    def recorded_config(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """A saved config (a checkpoint's ``config``, ``config.json``'s ``hyperparameters``) with the keys it predates
+        at the values they had then (:attr:`unrecorded_values`); a key it records is kept as recorded."""
+        return {**cls.unrecorded_values, **saved}
 
     @classmethod
     def is_abstract(cls) -> bool:

@@ -52,7 +52,8 @@ class CheckpointState:
         if state.get("trainer") != type(self).__name__:
             raise SamprefError(f"{path} was written by trainer {state.get('trainer')!r}, not {type(self).__name__}")
         what = "--continue" if for_training else "loading a finished run"
-        differences = config_differences(state.get("config", {}), self.config, self.reference_config())
+        differences = config_differences(self.recorded_config(state.get("config", {})), self.config,
+                                         self.reference_config())
         if differences:
             advice = "Continue with the saved settings" if for_training else "Load it with its saved settings"
             raise SamprefError(f"{what}: {path} was trained with other hyperparameters ({'; '.join(differences)}"

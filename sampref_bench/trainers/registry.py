@@ -116,7 +116,7 @@ def load_trained_run(run_dir: str | Path, device: str = "cpu", checkpoint: str =
     record = load_json(record_path)
     cls = get_trainer(record["trainer"])
     trainer = cls(record["dataset"], int(record["fold"]), float(record["fraction"]), device=device,
-                  overrides=dict(record["hyperparameters"]), progress=progress)
+                  overrides=cls.recorded_config(dict(record["hyperparameters"])), progress=progress)
     trainer.run_tag = record.get("run_tag") or ""  # a --run-name, or the tag the same hyperparameters give
     trainer.output_dir = run_dir
     path = run_dir / checkpoint

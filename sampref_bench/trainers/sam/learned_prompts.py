@@ -4,8 +4,9 @@ The head (:class:`SelfPromptHead`) predicts a coarse mask per foreground label f
 embedding; :func:`prompts_from_coarse` turns the largest connected component of each mask into a box and the cell
 deepest inside it (distance-transform maximum) into one positive point, in pixels of the ``S x S`` preprocessed
 image. :class:`LearnedPrompts` is the mixin that gives a SAM trainer these prompts: ``SAMSelfPrompt`` always, and
-the prompt-sourced trainers (``SAMBaseline`` and its ablations, and through them the DPO trainers' stage 1) with
-``--set box_source=learned``, where the learned box and point replace the saliency ones and the text prompts stay.
+the prompt-sourced trainers with a box (``SAMBaseline``, ``SAMNoVQA``, ``SAMBoxOnly``, and through ``SAMBaseline``
+the two-stage trainers' stage 1) by default (``box_source=learned``; ``--set box_source=saliency`` takes the saliency
+box and points instead), the text prompts beside them either way.
 
 Training (:meth:`LearnedPrompts.learned_train_step`): ``head_weight`` x (BCE + Dice) of the coarse masks against
 the targets average-pooled to the embedding grid (a cell is foreground when at least half of it is), on every
@@ -162,10 +163,12 @@ class LearnedPrompts:
         return torch.where(absent[:, None, None, None], torch.full_like(logits, ABSENT_LOGIT), logits)
 
     def learned_inference_prompts(self, samples: list[Sample]) -> dict[str, Any]:
-        """Learned visual prompts and :meth:`other_prompts`, from the images alone."""
+        """Learned visual prompts and :meth:`other_prompts`, from the images alone. Only the head runs without
+        gradients (its box and point are not differentiable anyway): the text tokens keep theirs, so a later stage
+        that trains the text projection on these prompts (``SAMPseudoLabel``'s stage 2) trains it."""
         with torch.no_grad():
             prompts, _ = self.coarse_prompts(self.head_logits(samples, self.embeddings(samples)))
-            return {**prompts, **self.other_prompts(samples)}
+        return {**prompts, **self.other_prompts(samples)}
 
     def learned_predict_logits(self, samples: list[Sample]) -> torch.Tensor:
         """``(B, 1, S, S)`` logits decoded from the learned prompts; :data:`ABSENT_LOGIT` where the head finds

@@ -1,15 +1,26 @@
-"""Prompt-sourced SAM trainers: no human click, prompts from unsupervised sources (Konwer et al. 2025, sec. 3.1).
+"""Prompt-sourced SAM trainers: no human click at inference; the box and point come from a head learned on the
+labeled cases or from unsupervised saliency, the texts from VQA and an LLM (Konwer et al. 2025, sec. 3.1).
 
-``SAMBaseline`` gets the saliency box and interior points, the VQA answer text and the LLM description;
-the ablations of the paper's Table 1 drop parts: ``SAMNoVQA`` (no VQA text), ``SAMBoxOnly`` (the saliency
-box alone) and ``SAMTextOnly`` (the LLM text alone). Prompts come from :class:`~sampref_bench.prompts.store.PromptStore`
-at training and at inference alike, never from ground truth; texts are encoded once by a frozen encoder
-and projected to 256-d tokens by a learned :class:`~sampref_bench.models.text_prompt.TextPromptProjection`.
+``SAMBaseline`` gets a box and an interior point, the VQA answer text and the LLM description; the ablations of
+the paper's Table 1 drop parts: ``SAMNoVQA`` (no VQA text), ``SAMBoxOnly`` (the box alone) and ``SAMTextOnly``
+(the LLM text alone). Where the box and point come from is ``box_source``: by default ``"learned"``, a coarse-mask
+head on SAM's image embedding trained with the decoder on the run's labeled cases (:mod:`.learned_prompts`; its
+options ``head_weight``, ``head_hidden``, ``head_threshold``, ``head_points``); ``"saliency"``, the unsupervised
+saliency box and interior points of the prompt cache (as in the paper; the default before the learned head); or
+``"run:UNet"``, the masks of the finished UNet run (:mod:`.cascade`). ``SAMTextOnly`` has no box and keeps
+``"saliency"`` (it refuses any other source). A run's folder tags what differs from the default, so a
+learned run is untagged and a saliency run is tagged ``box_sourcesaliency``.
 
-Which saliency source made the prompts is a hyperparameter (``saliency``; the plan's by default), so it is
-in ``config.json`` and in the results tables. Every (slice, label) pair of the training slices is trained,
-including pairs where the label is absent: at inference the prompts cannot know that, so the decoder learns
-to answer "nothing here" inside a misplaced box.
+Cached prompts (saliency boxes, VQA and LLM texts) come from :class:`~sampref_bench.prompts.store.PromptStore` at
+training and at inference alike, never from ground truth; the learned head reads the image embedding alone at
+inference. Texts are encoded once by a frozen encoder and projected to 256-d tokens by a learned
+:class:`~sampref_bench.models.text_prompt.TextPromptProjection`.
+
+Which saliency source made the cached prompts is a hyperparameter (``saliency``; the plan's by default), so it is
+in ``config.json`` and in the results tables; with the learned box it still makes the weights-free VQA text
+(``vqa=mask``). Every (slice, label) pair of the training slices is trained, including pairs where the label is
+absent: at inference saliency prompts cannot know that, so the decoder learns to answer "nothing here" inside a
+misplaced box (the learned head trains on those pairs too, and a pair it finds absent is predicted empty).
 
 Which CRF component becomes a label's region is ``component_choice``: ``"saliency"`` (the largest, the same for
 every label of a slice) or ``"label_prior"`` (each label's best match to where it lies in the run's labeled cases,
@@ -57,17 +68,18 @@ _PLANNED_PROMPT = "the plan's prompt setting"
 
 
 #: Where the box and points come from: the unsupervised saliency of the prompt cache, a coarse-mask head learned
-#: from the run's labeled cases (:mod:`.learned_prompts`), or the masks of the finished UNet run of the same fold and
-#: fraction (:mod:`.cascade`).
+#: from the run's labeled cases (:mod:`.learned_prompts`; the default of every trainer with a box or point), or the
+#: masks of the finished UNet run of the same fold and fraction (:mod:`.cascade`).
 BOX_SOURCES = ("saliency", "learned", CASCADE_SOURCE)
 
 
 class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
-    """A SAM trainer whose prompts come from the prompt cache; subclasses choose which parts they use.
+    """A SAM trainer whose text prompts come from the prompt cache; subclasses choose which parts they use.
 
-    With ``box_source=learned`` the box and points come from a coarse-mask head trained on the labeled cases
-    (:class:`~sampref_bench.trainers.sam.learned_prompts.LearnedPrompts`) instead of the saliency; the text prompts
-    stay as they are. Trainers without a box or points (``SAMTextOnly``) refuse it.
+    By default (``box_source=learned``) the box and point come from a coarse-mask head trained on the labeled cases
+    (:class:`~sampref_bench.trainers.sam.learned_prompts.LearnedPrompts`); ``box_source=saliency`` takes the cached
+    saliency box and points instead. The text prompts are the same either way. Trainers without a box or points
+    (``SAMTextOnly``) default to ``saliency`` and refuse any other source.
     """
 
     abstract: ClassVar[bool] = True
@@ -85,8 +97,11 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
         **SAMTrainer.defaults,
         **dict.fromkeys(PROMPT_KEYS),
         "clip_path": None, "medvint_path": None,
-        "box_source": "saliency", **LEARNED_DEFAULTS,
+        "box_source": "learned", **LEARNED_DEFAULTS,
     }
+    #: Every run recorded before ``box_source`` existed prompted with the saliency (the default then): a saved config
+    #: without the key is a saliency run, never one of today's learned default.
+    unrecorded_values: ClassVar[dict[str, Any]] = {"box_source": "saliency"}
     options: ClassVar[dict[str, Option]] = {
         "saliency": Option("str", choices=SALIENCY_SOURCES, none=_PLANNED_PROMPT,
                            help="saliency source of the prompts"),
@@ -100,7 +115,9 @@ class SAMPromptTrainer(LearnedPrompts, SAMTrainer):
                                help="encoder of the text prompts"),
         "clip_path": Option("path", none="no BiomedCLIP weights", help="local BiomedCLIP weights (saliency, text)"),
         "medvint_path": Option("path", none="no MedVInT weights", help="local MedVInT weights (vqa=medvint)"),
-        "box_source": Option("str", choices=BOX_SOURCES, help="box and points from the saliency or a learned head"),
+        "box_source": Option("str", choices=BOX_SOURCES,
+                             help="box and points from a head learned on the labeled cases, the saliency or the "
+                             "UNet run"),
         "component_choice": Option("str", choices=COMPONENT_CHOICES,
                                    none="label_prior with 2+ foreground labels, else saliency",
                                    help="a label's saliency region: the largest CRF component or its labeled-case "
@@ -407,29 +424,32 @@ def _pad_points(points: np.ndarray, n: int) -> np.ndarray:
 
 
 class SAMBaseline(SAMPromptTrainer):
-    """The stage-1 model of the method: saliency box and points, VQA text and LLM text."""
+    """The stage-1 model of the method: box and point (learned head by default, ``box_source=saliency`` for the
+    saliency ones), VQA text and LLM text."""
 
     text_kinds = ("vqa", "llm")
 
 
 class SAMNoVQA(SAMPromptTrainer):
-    """Ablation: saliency box and points with the LLM text, without the VQA answers."""
+    """Ablation: box and point (learned by default) with the LLM text, without the VQA answers."""
 
     text_kinds = ("llm",)
 
 
 class SAMBoxOnly(SAMPromptTrainer):
-    """Ablation: the saliency box alone (no points, no text)."""
+    """Ablation: the box alone (learned by default; no points, no text)."""
 
     uses_points = False
 
 
 class SAMTextOnly(SAMPromptTrainer):
-    """Ablation: the LLM description alone (no box, no points, no VQA text); one text per label."""
+    """Ablation: the LLM description alone (no box, no points, no VQA text); one text per label. Its ``box_source``
+    stays ``"saliency"`` (it gives SAM no box or point, and refuses any other source)."""
 
     uses_box = False
     uses_points = False
     text_kinds = ("llm",)
+    defaults: ClassVar[dict[str, Any]] = {**SAMPromptTrainer.defaults, "box_source": "saliency"}
 
 
 def dataset_prompt_store(dataset: str | int, overrides: dict[str, Any] | None = None, clip_path: str | None = None,

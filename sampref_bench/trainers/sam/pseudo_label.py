@@ -18,7 +18,8 @@
    ``pseudo_weight`` scales the pseudo term). It trains what stage 1 trains (``stage2_parameters="stage1"``:
    mask decoder, prompt encoder unless ``train_prompt_encoder`` is off, text projection, and the image encoder
    when it is unfrozen), or only the mask decoder (``"mask_decoder"``, as ``SAMBaselineContinued`` and the DPO
-   trainers do).
+   trainers do). The coarse-mask head of a learned box (``box_source=learned``, the default) stays as stage 1 left
+   it: its box and point are not differentiable, and stage 2 decodes from them.
 
 Defaults and why: ``c = 0.9`` treats a pixel as a label when the stage-1 model gives its class at least 90 %;
 ``min_confidence = 0.9`` with the confident share drops a sample when more than a tenth of its image is

@@ -23,7 +23,7 @@ labeled images it would leave each head half the labels.
 Inference: a (slice, label) whose coarse mask is empty is predicted empty (the head says the label is absent);
 every other pair is decoded from its own box and point, so each label of a multi-label slice gets its own box.
 The head, its prompts and its training step are :mod:`.learned_prompts`, shared with the prompt-sourced trainers'
-``box_source=learned``.
+``box_source=learned`` (their default).
 """
 
 from __future__ import annotations

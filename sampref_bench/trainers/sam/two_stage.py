@@ -48,8 +48,9 @@ from sampref_bench.utilities.errors import SamprefError
 
 #: How the stage-2 weights that are kept are chosen: the last epoch, or the best inner-split Dice.
 SELECTIONS = ("last", "inner")
-#: Keys of a stage-1 run's hyperparameters that must agree with this trainer's for the weights to fit.
-STAGE1_MODEL_KEYS = ("model", "model_checkpoint", "model_arch", "freeze_image_encoder", "text_encoder")
+#: Keys of a stage-1 run's hyperparameters that must agree with this trainer's for the weights to fit (``box_source``:
+#: a learned stage 1 has the coarse-mask head, and stage 2 prompts as stage 1 did).
+STAGE1_MODEL_KEYS = ("model", "model_checkpoint", "model_arch", "freeze_image_encoder", "text_encoder", "box_source")
 #: Plan keys a stage-1 run must share with this run: its inputs and which of its slices trained (its length is a
 #: hyperparameter, compared with the others).
 STAGE1_PLAN_KEYS = (*PLAN_INPUT_KEYS, "background_slice_share")
@@ -142,7 +143,7 @@ class TwoStageSAMTrainer(SAMBaseline):
         if fraction_key(float(record.get("fraction", -1))) != fraction_key(self.stage1_fraction()):
             problems.append(f"fraction {record.get('fraction')} (stage 1 must be trained on the "
                             f"{fraction_key(self.stage1_fraction())} labeled cases)")
-        saved = record.get("hyperparameters", {})
+        saved = SAMBaseline.recorded_config(record.get("hyperparameters", {}))
         if explicit:
             model_diff = [d for d in config_differences({k: saved.get(k) for k in STAGE1_MODEL_KEYS},
                                                         {k: expected.config.get(k) for k in STAGE1_MODEL_KEYS})]
