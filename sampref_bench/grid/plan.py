@@ -122,7 +122,6 @@ def stale_run(instance: Any, folder: Path) -> str | None:
     hyperparameters, read as :meth:`~sampref_bench.trainers.base.BaseTrainer.recorded_config` reads them: a folder
     of a default that has changed since), or None when it is. A folder without a readable ``config.json`` is
     taken as it is."""
-    from sampref_bench.trainers.run_identity import config_differences
     from sampref_bench.utilities.atomic import load_json
 
     try:
@@ -131,8 +130,7 @@ def stale_run(instance: Any, folder: Path) -> str | None:
         return None
     if not isinstance(saved, dict):
         return None
-    differences = config_differences(type(instance).recorded_config(saved), instance.config,
-                                     instance.reference_config())
+    differences = instance.saved_config_differences(saved)
     if not differences:
         return None
     return (f"{folder} holds a finished run with other hyperparameters ({'; '.join(differences)}), most likely one "

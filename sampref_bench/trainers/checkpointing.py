@@ -45,6 +45,11 @@ class CheckpointState:
             "log": self.log, "config": self.config, "plan_snapshot": plan_snapshot(self.plans),
         }
 
+    def saved_config_differences(self, saved: dict[str, Any]) -> list[str]:
+        """``key: saved -> now`` for each hyperparameter in which a saved config (a checkpoint's ``config``,
+        ``config.json``'s ``hyperparameters``, read with :meth:`recorded_config`) differs from this run's."""
+        return config_differences(self.recorded_config(saved), self.config, self.reference_config())
+
     def check_checkpoint(self, state: dict[str, Any], path: Path, for_training: bool = True) -> None:
         """Refuse a checkpoint of another trainer, other hyperparameters, or a plan that changed what the run
         depends on (:data:`PLAN_INPUT_KEYS`; with ``for_training`` also :data:`PLAN_TRAINING_KEYS`), naming the
@@ -52,8 +57,7 @@ class CheckpointState:
         if state.get("trainer") != type(self).__name__:
             raise SamprefError(f"{path} was written by trainer {state.get('trainer')!r}, not {type(self).__name__}")
         what = "--continue" if for_training else "loading a finished run"
-        differences = config_differences(self.recorded_config(state.get("config", {})), self.config,
-                                         self.reference_config())
+        differences = self.saved_config_differences(state.get("config", {}))
         if differences:
             advice = "Continue with the saved settings" if for_training else "Load it with its saved settings"
             raise SamprefError(f"{what}: {path} was trained with other hyperparameters ({'; '.join(differences)}"
