@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
-from benchmarks.bench_prompts import case_dice, prepare, training_seconds
+from benchmarks.bench_prompts import case_dice, paper_prompts, prepare, training_seconds
 from benchmarks.report import REPO, RESULTS, machine, markdown_table, write_markdown
 from sampref_bench.utilities.atomic import write_json_atomic
 
@@ -120,10 +120,8 @@ def train(key: str, name: str, fold: int, fraction: float, overrides: dict, run_
     """Train (or reuse) one run; its validation and inner-split Dice and diagnostics."""
     from sampref_bench.trainers.registry import get_trainer
 
-    cls = get_trainer(name)
-    # the table was measured with the paper's saliency prompts, before the learned box became the default
-    overrides = {**({"box_source": "saliency"} if "box_source" in cls.defaults else {}), **overrides}
-    trainer = cls(3, fold, fraction, overrides=overrides, progress=False, run_name=run_name)
+    trainer = get_trainer(name)(3, fold, fraction, overrides=paper_prompts(name, overrides), progress=False,
+                                run_name=run_name)
     summary_path = trainer.output_dir / "validation" / "summary.json"
     start = time.perf_counter()
     if not summary_path.is_file():

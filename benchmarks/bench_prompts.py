@@ -36,15 +36,14 @@ TRAINERS = ["SAMBaseline", "SAMNoVQA", "SAMBoxOnly", "SAMTextOnly", "SAMNoPrompt
 #: stage-1 (10 % labels, no DPO) full pipeline quoted in the same paper.
 PAPER_US = {"SAMBaseline": 75.88, "SAMNoVQA": 70.53, "SAMBoxOnly": 68.89, "SAMTextOnly": 59.05}
 PAPER_US_STAGE1 = 73.62
-#: The paper's prompts are the unsupervised saliency ones: the trainers with a box (whose default is the learned
-#: head) are run with ``box_source=saliency``, so this table measures what it always measured.
-SALIENCY = {"box_source": "saliency"}
-WITH_BOX = ("SAMBaseline", "SAMNoVQA", "SAMBoxOnly")
-
-
 def paper_prompts(name: str, extra: dict | None = None) -> dict:
-    """The overrides that give trainer ``name`` the paper's (saliency) prompts, plus ``extra``."""
-    return {**(SALIENCY if name in WITH_BOX else {}), **(extra or {})}
+    """The overrides that give trainer ``name`` the paper's prompts, plus ``extra``: the unsupervised saliency box
+    (``box_source=saliency``) for every trainer with the option, whose default is the learned head since these
+    tables were measured; nothing for the others."""
+    from sampref_bench.trainers.registry import get_trainer
+
+    pinned = {"box_source": "saliency"} if "box_source" in get_trainer(name).defaults else {}
+    return {**pinned, **(extra or {})}
 
 
 def prepare(workdir: Path, source: Path) -> None:
