@@ -63,15 +63,15 @@ def case_dice(summary: dict) -> dict[str, float]:
 
 
 def train(name: str, fold: int, fraction: float, overrides: dict | None = None, run_name: str | None = None,
-          dataset: int | str = 3) -> dict:
-    """Train (or reuse a finished run) of ``dataset`` and return its per-case validation Dice and timing; the override
-    ``_configuration`` names the planned configuration (default ``2d``)."""
+          dataset: int | str = 3, device: str = "cpu") -> dict:
+    """Train (or reuse a finished run) of ``dataset`` on ``device`` (``cpu`` or ``cuda``) and return its per-case
+    validation Dice and timing; the override ``_configuration`` names the planned configuration (default ``2d``)."""
     from sampref_bench.trainers.registry import get_trainer
 
     overrides = dict(overrides or {})
     configuration = overrides.pop("_configuration", "2d")
     trainer = get_trainer(name)(dataset, fold, fraction, configuration=configuration, overrides=overrides,
-                                progress=False, run_name=run_name)
+                                progress=False, run_name=run_name, device=device)
     summary_path = trainer.output_dir / "validation" / "summary.json"
     start = time.perf_counter()
     if not summary_path.is_file():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,6 @@ DEFAULT_LABELS = {"SAMBaseline": "SAMBaseline:box_source=learned", "SAMSelfPromp
 def unet_reference(fraction: float) -> dict[str, float] | None:
     """Per-case Dice of the planned-schedule UNet of fold 0 at ``fraction``: the finished run in this workdir
     (default configuration), else the SSL benchmark's record, if there is one."""
-    import os
 
     from benchmarks.bench_prompts import case_dice
     from sampref_bench.planners.plans import fraction_key
@@ -141,7 +141,7 @@ def _boxes_of(trainer: Any, chunk: list[Any]) -> tuple[np.ndarray, np.ndarray] |
 
 
 @torch.no_grad()
-def box_quality(run_dir: Path) -> dict[str, float] | None:
+def box_quality(run_dir: Path, device: str = "cpu") -> dict[str, float] | None:
     """For a finished run with box prompts from a source (learned head, cascade, saliency): on its validation
     slices that hold the label, the share whose box centre lies inside the lesion, the median IoU of the box with
     the lesion's box, and the share without a box (scoring only; nothing is chosen on these cases)."""
@@ -149,7 +149,7 @@ def box_quality(run_dir: Path) -> dict[str, float] | None:
     from sampref_bench.trainers.registry import load_trained_run
     from sampref_bench.trainers.sam.trainer import boxes_from_masks
 
-    trainer = load_trained_run(run_dir)
+    trainer = load_trained_run(run_dir, device=device)
     store = trainer.data.label_store(trainer.roles.val, "scoring the learned boxes")
     samples = labeled_samples(store, trainer.roles.val, trainer.labels, 0.0, require_present=True)
     inside, ious, missed = [], [], []
@@ -205,7 +205,7 @@ def rows(results: list[dict[str, Any]]) -> list[list[str]]:
 INNER_ID = 903
 
 
-def run_inner(workdir: Path, fractions: list[float], specs: list[str], json_path: Path) -> None:
+def run_inner(workdir: Path, fractions: list[float], specs: list[str], json_path: Path, device: str = "cpu") -> None:
     """Train each spec on inner fold 0 of dataset :data:`INNER_ID` and record its per-case Dice, its per-epoch
     validation Dice (the inner validation subset) and its box quality, in ``json_path``."""
     import csv
@@ -217,12 +217,13 @@ def run_inner(workdir: Path, fractions: list[float], specs: list[str], json_path
     for fraction in fractions:
         for spec in specs:
             name, overrides, label = parse_spec(spec)
-            result = {**train(name, 0, fraction, overrides, dataset=INNER_ID), "fraction": fraction, "label": label}
+            result = {**train(name, 0, fraction, overrides, dataset=INNER_ID, device=device), "fraction": fraction,
+                      "label": label}
             run_dir = workdir / "results" / "Dataset903_BUSIinner" / result["run"]
             log = run_dir / "training_log.csv"
             result["val_dice_per_epoch"] = ([float(row.get("val_dice") or "nan") for row in csv.DictReader(log.open())]
                                             if log.is_file() else [])
-            result["box_quality"] = box_quality(run_dir)
+            result["box_quality"] = box_quality(run_dir, device)
             results[(label, fraction)] = result
             write_json_atomic(json_path, {"runs": list(results.values())})
             print(f"inner {label}@{fraction}: Dice {np.mean(list(result['dice'].values())):.4f}, "
@@ -359,27 +360,39 @@ def main(argv: list[str] | None = None) -> int:
                         help="train on the inner split of fold 0's training cases (dataset 903, its fold 0), where "
                              "defaults are chosen; results go to --inner-json")
     parser.add_argument("--inner-json", type=Path, default=RESULTS / "stage1_busi_inner.json")
+    parser.add_argument("--no-report", action="store_true", help="train and record the JSON only (a GPU call's runs "
+                        "write no table; it is rebuilt here with --report-only)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where the runs train (benchmarks/device_stage1_busi.sh runs the encoder-training "
+                             "configurations on a lent GPU)")
     args = parser.parse_args(argv)
+    if os.environ.get("SAMPREF_BENCH_THREADS"):  # several benchmark processes share one machine's CPUs
+        torch.set_num_threads(int(os.environ["SAMPREF_BENCH_THREADS"]))
     set_roots(args.workdir)
     if not args.no_plan and not args.report_only:
         prepare(args.workdir, args.source)
     if args.inner and not args.report_only:
         from benchmarks.inner_split import make_inner_dataset
 
-        make_inner_dataset(3, INNER_ID, 0)
-        run_inner(args.workdir, args.fractions, args.trainers, args.inner_json)
+        if not args.no_plan:  # --no-plan: the inner dataset is made and planned already (a GPU machine's copy)
+            make_inner_dataset(3, INNER_ID, 0)
+        run_inner(args.workdir, args.fractions, args.trainers, args.inner_json, args.device)
         return 0
     previous = json.loads(args.json.read_text())["runs"] if args.json.is_file() else []
     results = {(r.get("label", r["trainer"]), r["fraction"]): r for r in previous}
     for fraction in [] if args.report_only else args.fractions:
         for spec in args.trainers:
             name, overrides, label = parse_spec(spec)
-            result = {**train(name, 0, fraction, overrides), "fraction": fraction, "label": label}
-            result["box_quality"] = box_quality(args.workdir / "results" / "Dataset003_BUSI" / result["run"])
+            result = {**train(name, 0, fraction, overrides, device=args.device), "fraction": fraction,
+                      "label": label}
+            result["box_quality"] = box_quality(args.workdir / "results" / "Dataset003_BUSI" / result["run"],
+                                                args.device)
             results[(label, fraction)] = result
             write_json_atomic(args.json, {"runs": list(results.values())})
             print(f"{label}@{fraction}: Dice {np.mean(list(result['dice'].values())):.4f}, {result['train_s']} s, "
                   f"boxes {result['box_quality']}", flush=True)
+    if args.no_report:
+        return 0
     ordered = sorted(results.values(), key=lambda r: (r["fraction"], TRAINERS.index(r["trainer"])
                                                         if r["trainer"] in TRAINERS else 99, r.get("label", "")))
     table_rows = [row for key, (row, _) in RECORDED_ROWS.items() if key not in results] + rows(ordered)

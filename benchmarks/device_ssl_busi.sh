@@ -10,8 +10,20 @@
 # The workdir lives in .devwork/ (ignored, inside the repository) so a warm machine keeps it and a second call
 # continues interrupted runs from their checkpoints. Results come back in $OUT.
 # Environment: LIMIT (s for the training, 480), LOADER_S (s for the loader benchmark after it, 60), THREADS (torch threads per run, 1), JOBS (runs at once, 5), WORKERS (loader workers per run, 2),
-# SCHEDULE (planned or cpu: bench_ssl_busi's --schedule), PY (python3), DEVICE (cuda), FRACTIONS ("0.1 0.2"), TRAINERS (slowest first).
+# SCHEDULE (planned or cpu: bench_ssl_busi's --schedule), PY (python3), DEVICE (cuda), FRACTIONS ("0.1 0.2"), TRAINERS (slowest first),
+# BACKGROUND (1: see below).
+# BACKGROUND=1: set up, start the benchmark in its own process session (it outlives this call, until the machine
+# goes back) writing what it would write to $OUT into .devwork/ssl_out/, and return; device_stage1_busi.sh, the
+# next call on the same warm machine, waits for it and brings its files back.
 set -u
+if [ "${BACKGROUND:-0}" = 1 ]; then
+  mkdir -p .devwork/ssl_out
+  BACKGROUND=0 OUT="$PWD/.devwork/ssl_out" setsid nohup bash "$0" > .devwork/ssl_out/driver.txt 2>&1 < /dev/null &
+  for _ in $(seq 1 "${WAIT_S:-45}"); do sleep 1; [ -s .devwork/ssl_out/ssl_log.txt ] && break; done
+  sleep 15
+  cat .devwork/ssl_out/driver.txt; tail -c 1500 .devwork/ssl_out/ssl_log.txt 2>/dev/null | tr '\r' '\n' | tail -n 5
+  exit 0
+fi
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
 start=$(date +%s)
@@ -40,4 +52,4 @@ left=$(( ${LIMIT:-480} + ${LOADER_S:-60} - ($(date +%s) - start) ))
   --device "${DEVICE:-cuda}" --batches 10 --json "$OUT/unet_loader_gpu.json" > "$OUT/loader_log.txt" 2>&1
 cp "$work/ssl_busi_${SCHEDULE:-planned}_gpu.json" "$OUT/" 2>/dev/null || echo "no run finished"
 (cd "$work/results" && find . -name training_log.csv -o -name config.json | tar czf "$OUT/runs.tgz" -T -) || true
-tail -c 3000 "$OUT/ssl_log.txt" | tr '\r' '\n' | grep -v "^\s*$" | tail -15
+tail -c 3000 "$OUT/ssl_log.txt" | tr '\r' '\n' | grep -v "^\s*$" | tail -n 15

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -388,3 +389,20 @@ def test_raw_record_is_added_to_an_older_preprocessed_folder():
     marker.write_text(json.dumps(old))
     assert _plan().ran == []
     assert json.loads(marker.read_text()) == record
+
+
+def test_a_copy_without_raw_images_trains_but_a_removed_image_still_stops_it():
+    """A GPU machine's copy holds labelsTr and the arrays, no imagesTr: not a change. One image removed from an
+    imagesTr that is there is."""
+    raw = _phantoms(n=5)
+    out = _plan()
+    data_dir = data_folder(out.folder, json.loads(out.plans_file.read_text()))
+    images = raw / "imagesTr"
+    (images / "synthetic_001_0000.nii.gz").unlink()
+    with pytest.raises(SamprefError, match=r"synthetic_001_0000.nii.gz \(case synthetic_001\): it was removed"):
+        check_raw_unchanged(raw, data_dir, raw.name)
+    shutil.rmtree(images)
+    check_raw_unchanged(raw, data_dir, raw.name)  # no imagesTr at all: nothing to compare
+    _rewrite(raw / "labelsTr" / "synthetic_002.nii.gz", np.zeros_like)
+    with pytest.warns(UserWarning, match=r"1 raw label\(s\) changed"):  # the labels that are there still count
+        check_raw_unchanged(raw, data_dir, raw.name)

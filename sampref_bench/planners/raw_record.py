@@ -7,7 +7,9 @@ unchanged; only the others are hashed again. A changed or removed image stops th
 no longer show it), a changed or removed label is a warning (the run trains on the label preprocessed before the
 change, and its final validation scores against the new one); both name the case and the fix, which is
 ``sampref_plan -d X`` again. A folder preprocessed before this record existed, or a raw folder that is gone
-(training needs only the preprocessed data), is not checked.
+(training needs only the preprocessed data), is not checked; nor is a raw sub-folder that is gone altogether
+(``imagesTr`` of a copy that holds only the labels and the preprocessed arrays, as a GPU machine's copy does),
+while its files that are there are still compared.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ def check_raw_unchanged(raw_dir: Path, data_dir: Path, dataset_name: str) -> Non
     records = load_json(marker).get(RAW_FILES_KEY)
     if not isinstance(records, dict) or not records:
         return
+    # a top folder that is gone altogether (imagesTr on a machine given only the labels and the arrays) is like a
+    # raw folder that is gone: nothing to compare with, not a change
+    records = {rel: rec for rel, rec in records.items() if (Path(raw_dir) / Path(rel).parts[0]).is_dir()}
     changed = changed_raw_files(Path(raw_dir), records)
     if not changed:
         return
