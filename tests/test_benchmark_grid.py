@@ -312,3 +312,41 @@ def test_a_finished_folder_of_an_earlier_default_is_refused_not_counted_done(rec
     (folder / "config.json").write_text(json.dumps({"hyperparameters": trainer.config}))
     assert [job.state for job in plan_grid(dataset, ["SAMBaseline"], [0.5], ["0"], {"model": "tiny"}).jobs] == ["done"]
     shutil.rmtree(folder)
+
+
+def test_a_stale_stage1_or_cascade_folder_refuses_the_run_that_reads_it() -> None:
+    """A finished stage-1 folder (or cascade U-Net folder) of an earlier default is not counted done for the run
+    that reads it: that run is refused with the difference, as the folder itself would be."""
+    from sampref_bench.trainers.registry import get_trainer
+
+    dataset = planned_phantoms()
+    dpo = get_trainer("DPORanking")(dataset, 0, 0.5, overrides={"model": "tiny"}, progress=False)
+    stage1 = dpo.stage1_trainer()
+    _finish(stage1.output_dir)
+    old = {k: v for k, v in stage1.config.items() if k != "box_source"}
+    (stage1.output_dir / "config.json").write_text(json.dumps({"hyperparameters": {**old, "box_source": "saliency"}}))
+    plan = plan_grid(dataset, ["DPORanking"], [0.5], ["0"], {"model": "tiny"})
+    assert plan.jobs == []
+    (refusal,) = plan.refused
+    assert refusal.trainer == "DPORanking" and "its stage-1 run is not today's" in refusal.reason
+    assert str(stage1.output_dir) in refusal.reason and 'box_source: "saliency" -> "learned"' in refusal.reason
+    (stage1.output_dir / "config.json").write_text(json.dumps({"hyperparameters": stage1.config}))
+    plan = plan_grid(dataset, ["DPORanking"], [0.5], ["0"], {"model": "tiny"})
+    assert [(job.spec.trainer, job.state, job.depends_on) for job in plan.jobs] == [
+        ("SAMBaseline", "done", []), ("DPORanking", "new", [])]
+    shutil.rmtree(stage1.output_dir)
+
+    cascade = {"model": "tiny", "box_source": "run:UNet"}
+    sam = get_trainer("SAMBaseline")(dataset, 0, 0.5, overrides=cascade, progress=False)
+    from sampref_bench.trainers.sam.cascade import cascade_run_folder
+
+    unet_folder = cascade_run_folder(sam)
+    unet = get_trainer("UNet")(dataset, 0, 0.5, progress=False)
+    lora = get_trainer("SAMBaseline")(dataset, 0, 0.5, configuration="2d_lora", overrides=cascade, progress=False)
+    assert cascade_run_folder(lora) == unet_folder == unet.output_dir  # one U-Net run, whatever the SAM encoder does
+    _finish(unet_folder)
+    (unet_folder / "config.json").write_text(json.dumps({"hyperparameters": {**unet.config,
+                                                                             "epochs": unet.config["epochs"] + 1}}))
+    (refusal,) = plan_grid(dataset, ["SAMBaseline"], [0.5], ["0"], cascade).refused
+    assert "its cascade U-Net run is not today's" in refusal.reason and str(unet_folder) in refusal.reason
+    shutil.rmtree(unet_folder)

@@ -234,6 +234,11 @@ def plan_grid(dataset: str | int, trainers: list[str], fractions: list[float] | 
                 entry = refused.setdefault((trainer, key, configuration), Refusal(trainer, float(key), [], stale))
                 entry.folds.append(fold)
                 continue
+            stale = _stale_dependency(instance)
+            if stale is not None:
+                entry = refused.setdefault((trainer, key, configuration), Refusal(trainer, float(key), [], stale))
+                entry.folds.append(fold)
+                continue
             job = Job(spec, folder, state)
             dependency = _stage1_job(instance, name, fold, configuration)
             if dependency is not None and dependency.folder != folder:
@@ -279,6 +284,37 @@ def _stage1_instance(instance: Any) -> Any:
     if not hasattr(instance, "stage1_trainer") or instance.config.get("stage1_run"):
         return None
     return instance.stage1_trainer()
+
+
+def _stale_dependency(instance: Any) -> str | None:
+    """Why a finished run that ``instance`` reads (its stage-1 run; the cascade U-Net of it or of its stage 1) is
+    not the run it would get, as :func:`stale_run` says; None when each is current or not finished yet."""
+    from sampref_bench.trainers.sam.cascade import cascade_run_folder
+
+    stage1 = _stage1_instance(instance)
+    reads = [("stage-1 run", stage1, stage1.output_dir)] if stage1 is not None else []
+    for owner in (instance, stage1):
+        unet = _cascade_instance(owner)
+        if unet is not None:
+            reads.append(("cascade U-Net run", unet, cascade_run_folder(owner)))
+    for role, reader, folder in reads:
+        if run_state(folder) != "done":
+            continue
+        reason = stale_run(reader, folder)
+        if reason is not None:
+            return f"its {role} is not today's: {reason}"
+    return None
+
+
+def _cascade_instance(instance: Any) -> Any:
+    """The ``UNet`` trainer a ``box_source=run:UNet`` cascade of ``instance`` reads (None for any other)."""
+    if instance is None or not getattr(instance, "cascaded", False):
+        return None
+    from sampref_bench.trainers.registry import get_trainer
+    from sampref_bench.trainers.sam.cascade import CASCADE_TRAINER
+
+    return get_trainer(CASCADE_TRAINER)(instance.dataset_name, instance.fold, float(instance.fraction),
+                                        device="cpu", progress=False)
 
 
 def _cascade_job(instance: Any, fold: int, configuration: str) -> Job | None:

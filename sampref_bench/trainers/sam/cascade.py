@@ -38,8 +38,8 @@ CASCADE_TRAINER = "UNet"
 def cascade_run_folder(trainer: Any) -> Path:
     """The fold folder of the U-Net run a cascade of ``trainer`` reads (its dataset, fold and fraction, the default
     U-Net configuration)."""
-    return run_folder(trainer.dataset_name, CASCADE_TRAINER, trainer.plans["plans_name"], trainer.configuration,
-                      fraction_key(trainer.fraction), trainer.fold)
+    return run_folder(trainer.dataset_name, CASCADE_TRAINER, trainer.plans["plans_name"],
+                      str(trainer.plans.get("configuration", "2d")), fraction_key(trainer.fraction), trainer.fold)
 
 
 class CascadeBoxes:
