@@ -50,6 +50,9 @@ COMMANDS = [
     "--fractions 0.2 --trainers UNet SAMBaseline:box_source=run:UNet,epochs=15 "
     "SAMBaseline:box_source=learned,epochs=15 "
     "SAMBaseline:box_source=learned,augment_views=3,epochs=15 --inner-json benchmarks/results/stage1_busi_inner.json",
+    "(2026-12-04, at commit 3429161) .venv/bin/python -m benchmarks.bench_stage1 --workdir /tmp/st1 --no-plan "
+    "--fractions 0.2 --trainers SAMSelfPrompt --json /tmp/st1/stage1_busi_outer02.json (committed as "
+    "benchmarks/results/stage1_busi.json)",
     ".venv/bin/python -m benchmarks.bench_stage1 --workdir /tmp/st1 --report-only --inner-json "
     "benchmarks/results/stage1_busi_inner.json",
 ]
@@ -442,8 +445,11 @@ def main(argv: list[str] | None = None) -> int:
              "above. The outer rows of `SAMBaseline:box_source=learned` are that default's runs.",
              "- Configuration: `2d` (frozen encoder), the only one measured here. One 45-epoch run costs, on 2 CPU "
              "cores, about 0.3 h (`2d`), 3.0 h (`2d_partial`), 4.4 h (`2d_lora`) and 9.7 h (`2d_full`) "
-             "(bench_configurations.md); no device was lent, so the encoder-training and partial runs are missing, "
-             "and no encoder configuration can be recommended for GPUs from a measurement yet.",
+             "(bench_configurations.md); no device run has been possible yet (a machine was lent on 2026-12-04, but "
+             "none could be started), so the encoder-training and partial runs are missing, and no encoder "
+             "configuration can be recommended for GPUs from a measurement yet. They are prepared as two calls "
+             "of one warm GPU machine (benchmarks/README.md, `device_stage1_busi.sh`): SAMSelfPrompt in all four "
+             "configurations on fold 0 at 0.1 and on the inner split at 0.2.",
              "- Augmented views: the planned number stays 0. Three views per labeled image gave +0.004 final inner "
              "Dice at 0.2 (0.5421 vs 0.5381 on the 104 inner validation cases) though +0.036 on the 64-sample "
              "per-epoch subset: within noise on the full inner validation, for about 7 min of extra encoder time per "
@@ -454,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
              "demo's and the DPO stage 1's, wait for a U-Net run of the same fold and fraction (about 1400 s on 2 "
              "cores here, a second trained model). Making it the default, with the grid scheduling the U-Net, is the "
              "next step this table points to; until then `--set box_source=run:UNet` is the measured best setting.",
-             "- Fraction 0.2 on the outer fold: not run under the new schedule yet."]
+             "- Fraction 0.2 on the outer fold: SAMSelfPrompt only (its row above); SAMBaseline's learned default "
+             "and the planned UNet at 0.2 are not run under the new schedule yet."]
     if gaps:
         body += ["", "gap to UNet@0.1 (fold 0): " + ", ".join(gaps)]
     write_markdown("stage1_busi", "Stage-1 SAM settings on BUSI against the U-Net", "\n".join(body))
